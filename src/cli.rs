@@ -1,0 +1,261 @@
+//! The command line (a contract: scripts and runbooks call it) and what each command prints.
+//!
+//! Results go to stdout (ids, tables, JSON); logs and progress go to stderr.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::catalog::{self, human_age, human_bytes, rfc3339};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::restore::{self, RestoreOptions, Selector};
+use crate::status;
+use crate::storage::{self, Storage};
+
+/// SQLite backup and integrity guardian.
+#[derive(Debug, Parser)]
+#[command(name = "guardian", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file [default: $GUARDIAN_CONFIG, ./guardian.toml, /etc/guardian/guardian.toml]
+    #[arg(long, global = true, env = "GUARDIAN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a snapshot now (of every configured database, or one); prints each new id
+    Backup(BackupArgs),
+    /// List snapshots, newest first
+    List(ListArgs),
+    /// Restore a snapshot (the newest good one with --latest) over the database or to --to
+    Restore(RestoreArgs),
+    /// Last snapshot, its age and health, per database; exit 1 when unhealthy
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Only this database
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this database
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Print a JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["latest", "snapshot", "before"])))]
+pub struct RestoreArgs {
+    /// The newest snapshot that passes every check
+    #[arg(long)]
+    pub latest: bool,
+    /// This snapshot id (or a unique prefix of it)
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// The newest good snapshot taken before this time (RFC 3339, e.g. 2026-11-24T03:00:00Z)
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub before: Option<DateTime<Utc>>,
+    /// The database to restore (may be left out when only one is configured)
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Restore to this file instead of the configured database path
+    #[arg(long, value_name = "PATH")]
+    pub to: Option<PathBuf>,
+    /// Replace the target even if another process has it open
+    #[arg(long)]
+    pub force: bool,
+    /// Say what would be restored and where; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this database
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-24T03:00:00Z)"))
+}
+
+/// The loaded config and opened store every command works with.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Storage>,
+}
+
+impl App {
+    pub async fn open(config: Config) -> Result<App> {
+        let store = storage::open(&config.storage).await?;
+        Ok(App { config, store })
+    }
+}
+
+/// Run a parsed command; returns the process exit code for outcomes that are not errors
+/// (e.g. `status` reporting an unhealthy database).
+pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
+    match command {
+        Command::Backup(args) => backup(app, args).await,
+        Command::List(args) => list(app, args).await,
+        Command::Restore(args) => restore(app, args).await,
+        Command::Status(args) => status::print(app, args.db.as_deref(), args.json).await,
+    }
+}
+
+async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
+    let dbs = app.config.select(args.db.as_deref())?;
+    let mut worst: Option<Error> = None;
+    for db in dbs {
+        match crate::backup::run(&app.store, db, &app.config.backup).await {
+            Ok(m) => println!("{}", m.id),
+            Err(e) => {
+                // With several databases, one failure must not stop the others: report it now
+                // and return the worst at the end.
+                eprintln!("guardian: backup of {} failed: {}", db.name, crate::error::chain(&e));
+                if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
+                    worst = Some(e);
+                }
+            }
+        }
+    }
+    match worst {
+        None => Ok(0),
+        Some(e) => Err(Error::Reported(e.exit_code())),
+    }
+}
+
+async fn list(app: &App, args: ListArgs) -> Result<u8> {
+    let now = Utc::now();
+    let mut catalogs = Vec::new();
+    for db in app.config.select(args.db.as_deref())? {
+        catalogs.push(catalog::load(&app.store, &db.name).await?);
+    }
+    if args.json {
+        let views: Vec<_> = catalogs
+            .iter()
+            .flat_map(|c| c.snapshots.iter().map(|s| s.view(now)))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&views).expect("views serialize"));
+        return Ok(0);
+    }
+    let multi = catalogs.len() > 1;
+    println!(
+        "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
+        if multi { format!("{:<12} ", "DB") } else { String::new() },
+        "ID",
+        "CREATED (UTC)",
+        "AGE",
+        "SIZE",
+        "STORED",
+        "STATUS"
+    );
+    for c in &catalogs {
+        for s in &c.snapshots {
+            let v = s.view(now);
+            let status = match &s.problem {
+                Some(p) => format!("{} ({p})", v.status.as_str()),
+                None => v.status.as_str().to_string(),
+            };
+            println!(
+                "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
+                if multi { format!("{:<12} ", c.db) } else { String::new() },
+                v.id,
+                v.created_at,
+                human_age(v.age_seconds),
+                v.size_bytes.map_or("-".into(), human_bytes),
+                v.stored_bytes.map_or("-".into(), human_bytes),
+                status
+            );
+        }
+        if c.snapshots.is_empty() {
+            eprintln!("guardian: no snapshots of {} in {}", c.db, app.store.location());
+        }
+    }
+    Ok(0)
+}
+
+async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
+    let db = app.config.select_one(args.db.as_deref())?;
+    let selector = match (args.latest, args.snapshot, args.before) {
+        (true, None, None) => Selector::Latest,
+        (false, Some(id), None) => Selector::Snapshot(id),
+        (false, None, Some(t)) => Selector::Before(t),
+        _ => return Err(Error::Usage("give exactly one of --latest, --snapshot ID, --before TIME".into())),
+    };
+    let opts = RestoreOptions {
+        selector,
+        to: args.to,
+        force: args.force,
+        dry_run: args.dry_run,
+    };
+    let r = restore::run(&app.store, db, &opts).await?;
+    let now = Utc::now();
+    let m = &r.manifest;
+    let when = format!("taken {}, {} ago", rfc3339(m.created_at), human_age((now - m.created_at).num_seconds()));
+    for (id, why) in &r.skipped {
+        println!("skipped {id}: {why}");
+    }
+    if r.dry_run {
+        println!("dry run: would restore {} snapshot {} ({when}) to {}", r.db, m.id, r.target.display());
+        println!("  size {} (stored {}), sha256 {}", human_bytes(m.raw_len), human_bytes(m.stored_len), m.raw_sha256);
+        for p in &r.moved_aside {
+            println!("  would move aside {}", p.display());
+        }
+        if let Some(who) = &r.forced_over {
+            println!("  target is in use: {who}");
+        }
+        println!("  nothing was written");
+        return Ok(0);
+    }
+    println!("restored {} snapshot {} ({when}) to {}", r.db, m.id, r.target.display());
+    println!(
+        "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",
+        m.raw_sha256,
+        r.check.map_or("-", |c| c.pragma())
+    );
+    if r.moved_aside.is_empty() {
+        println!("  no previous database was at the target");
+    }
+    for p in &r.moved_aside {
+        println!("  previous file kept at {}", p.display());
+    }
+    if let Some(who) = &r.forced_over {
+        println!("  warning: the target was in use ({who}); restart that process so it opens the restored file");
+    }
+    Ok(0)
+}

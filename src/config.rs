@@ -1,0 +1,412 @@
+//! The TOML configuration: parsing, defaults, path resolution and validation.
+//!
+//! `Config::parse_str` is pure; `Config::load` adds the file I/O. Every struct denies unknown
+//! keys, and every error names the dotted key (`databases[0].name`) so the fix is obvious.
+//! Secrets never live here: S3 credentials come from the AWS chain (see `docs/CONFIG.md`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Where `guardian` looks for its config when `--config`/`GUARDIAN_CONFIG` are not given.
+pub const SEARCH_PATHS: [&str; 2] = ["./guardian.toml", "/etc/guardian/guardian.toml"];
+
+/// gzip level used when `backup.compression_level` is not set (see `docs/PERFORMANCE.md`).
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where snapshots are stored.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// How snapshots are taken.
+    #[serde(default)]
+    pub backup: BackupConfig,
+    /// The databases to guard; names are unique.
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
+    /// The file this config was read from, if any (not a TOML key).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// Which kind of store holds the snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A local directory (the default).
+    #[default]
+    Local,
+}
+
+/// `[storage]`: where snapshots live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `"local"` (default).
+    #[serde(default)]
+    pub kind: StorageKind,
+    /// Local store root (kind = "local"); relative to the config file's folder.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            kind: StorageKind::Local,
+            path: Some(PathBuf::from("/var/backups/guardian")),
+        }
+    }
+}
+
+/// Which SQLite check a fresh copy must pass before it is published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// `PRAGMA quick_check`: O(N), catches most page-level damage (default).
+    #[default]
+    QuickCheck,
+    /// `PRAGMA integrity_check`: also checks that indexes match their tables; slower.
+    IntegrityCheck,
+}
+
+impl CheckKind {
+    /// The pragma name.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            CheckKind::QuickCheck => "quick_check",
+            CheckKind::IntegrityCheck => "integrity_check",
+        }
+    }
+}
+
+/// `[backup]`: how snapshots are taken.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Folder for the temporary copy (needs room for one raw database). Default: `$TMPDIR`,
+    /// else `/var/tmp` (disk-backed, unlike a tmpfs `/tmp`).
+    pub staging_dir: Option<PathBuf>,
+    /// gzip level 1-9.
+    pub compression_level: Option<u32>,
+    /// Compression threads; default: every core.
+    pub threads: Option<usize>,
+    /// Check run on the copy before it is published: "quick_check" (default) or "integrity_check".
+    #[serde(default)]
+    pub check: CheckKind,
+}
+
+impl BackupConfig {
+    /// The staging folder to use.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.staging_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+        })
+    }
+
+    /// The gzip level to use.
+    pub fn compression_level(&self) -> u32 {
+        self.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL)
+    }
+
+    /// How many compression threads to run.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+/// `[[databases]]`: one database to guard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `[a-z0-9_-]+`, unique; used in object keys.
+    pub name: String,
+    /// The live database file; relative to the config file's folder.
+    pub path: PathBuf,
+    /// Staleness alarm: `status` calls the database unhealthy when its newest snapshot is older
+    /// than this (e.g. "26h"). Default: 26h.
+    pub max_age: Option<String>,
+}
+
+/// `max_age` when none is configured: a daily backup plus two hours of slack.
+pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(26 * 3600);
+
+impl DatabaseConfig {
+    /// The staleness threshold.
+    pub fn max_age(&self) -> std::time::Duration {
+        self.max_age
+            .as_deref()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(DEFAULT_MAX_AGE)
+    }
+}
+
+impl Config {
+    /// Parse and validate `text`; relative paths are resolved against `base_dir`.
+    pub fn parse_str(text: &str, base_dir: &Path) -> Result<Config> {
+        let de = toml::Deserializer::parse(text).map_err(|e| Error::Config(one_line(&e)))?;
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = one_line(e.inner());
+            if path == "." || path.is_empty() {
+                Error::Config(inner)
+            } else {
+                Error::Config(format!("{path}: {inner}"))
+            }
+        })?;
+        cfg.resolve_paths(base_dir);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "read {}: {}{}",
+                path.display(),
+                e,
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    " (pass --config FILE or set GUARDIAN_CONFIG; see config/guardian.example.toml)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        let base = crate::durable::parent_dir(path);
+        let mut cfg = Config::parse_str(&text, base)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip_prefix(&e))))?;
+        cfg.file = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Find the config file: `explicit` (from `--config` or `GUARDIAN_CONFIG`), else the first of
+    /// [`SEARCH_PATHS`] that exists.
+    pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        SEARCH_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::Config(
+                    "no config file found (looked for ./guardian.toml and /etc/guardian/guardian.toml); \
+                     pass --config FILE or set GUARDIAN_CONFIG (see config/guardian.example.toml)"
+                        .into(),
+                )
+            })
+    }
+
+    /// The databases a command acts on: the one named, or all of them.
+    pub fn select(&self, name: Option<&str>) -> Result<Vec<&DatabaseConfig>> {
+        match name {
+            None => Ok(self.databases.iter().collect()),
+            Some(n) => self
+                .databases
+                .iter()
+                .find(|d| d.name == n)
+                .map(|d| vec![d])
+                .ok_or_else(|| {
+                    let known: Vec<&str> = self.databases.iter().map(|d| d.name.as_str()).collect();
+                    Error::Usage(format!(
+                        "no database named {n:?} in the config (configured: {})",
+                        known.join(", ")
+                    ))
+                }),
+        }
+    }
+
+    /// The one database a single-target command acts on: the one named, or the only one.
+    pub fn select_one(&self, name: Option<&str>) -> Result<&DatabaseConfig> {
+        let dbs = self.select(name)?;
+        match dbs.as_slice() {
+            [one] => Ok(one),
+            _ => Err(Error::Usage(format!(
+                "{} databases are configured; pick one with --db NAME",
+                dbs.len()
+            ))),
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let abs = |p: &mut PathBuf| {
+            *p = normalize(&base.join(&*p));
+        };
+        if let Some(p) = self.storage.path.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.backup.staging_dir.as_mut() {
+            abs(p);
+        }
+        for db in &mut self.databases {
+            abs(&mut db.path);
+        }
+    }
+
+    /// Check every value; errors name the dotted key.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field: String, reason: String| Err(Error::Config(format!("{field}: {reason}")));
+        match self.storage.kind {
+            StorageKind::Local => {
+                if self.storage.path.is_none() {
+                    return invalid(
+                        "storage.path".into(),
+                        "required when storage.kind = \"local\"".into(),
+                    );
+                }
+            }
+        }
+        if let Some(level) = self.backup.compression_level {
+            if !(1..=9).contains(&level) {
+                return invalid(
+                    "backup.compression_level".into(),
+                    format!("must be 1 to 9 (got {level})"),
+                );
+            }
+        }
+        if self.backup.threads == Some(0) {
+            return invalid("backup.threads".into(), "must be at least 1".into());
+        }
+        if self.databases.is_empty() {
+            return invalid(
+                "databases".into(),
+                "no database configured; add a [[databases]] table with name and path".into(),
+            );
+        }
+        for (i, db) in self.databases.iter().enumerate() {
+            if let Err(reason) = validate_name(&db.name) {
+                return invalid(format!("databases[{i}].name"), reason);
+            }
+            if let Some(j) = self.databases[..i].iter().position(|d| d.name == db.name) {
+                return invalid(
+                    format!("databases[{i}].name"),
+                    format!("{:?} is already used by databases[{j}]; names must be unique", db.name),
+                );
+            }
+            if let Some(age) = &db.max_age {
+                if let Err(e) = humantime::parse_duration(age) {
+                    return invalid(format!("databases[{i}].max_age"), format!("{e} (e.g. \"26h\", \"90m\")"));
+                }
+            }
+            if db.path.as_os_str().is_empty() {
+                return invalid(format!("databases[{i}].path"), "must not be empty".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remove `.` and `..` components lexically (the paths may not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Database names end up in object keys: keep them to `[a-z0-9_-]+`.
+pub fn validate_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("must be 1 to 64 characters (got {name:?})"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(format!("must match [a-z0-9_-]+ (got {name:?})"));
+    }
+    Ok(())
+}
+
+/// TOML errors span several lines (a caret diagram); keep the message on one.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    let lines: Vec<&str> = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect();
+    lines.join("; ")
+}
+
+fn strip_prefix(e: &Error) -> String {
+    let s = e.to_string();
+    s.strip_prefix("config: ").unwrap_or(&s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::parse_str(s, Path::new("/etc/guardian"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let c = parse("[storage]\npath = \"b\"\n[[databases]]\nname = \"market\"\npath = \"m.db\"\n").unwrap();
+        assert_eq!(c.storage.kind, StorageKind::Local);
+        assert_eq!(c.storage.path.unwrap(), Path::new("/etc/guardian/b"));
+        assert_eq!(c.databases[0].path, Path::new("/etc/guardian/m.db"));
+        assert_eq!(c.backup.compression_level(), DEFAULT_COMPRESSION_LEVEL);
+    }
+
+    #[test]
+    fn unknown_key_names_its_dotted_path() {
+        let e = parse("[[databases]]\nname = \"m\"\npath = \"m.db\"\npathh = 1\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("databases[0]"), "{msg}");
+        assert!(msg.contains("pathh"), "{msg}");
+        let e = parse("[storage]\nbukkit = \"x\"\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n").unwrap_err();
+        assert!(e.to_string().contains("storage"), "{e}");
+        assert!(e.to_string().contains("bukkit"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[backup]\ncompression_level = \"high\"\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("backup.compression_level"), "{e}");
+    }
+
+    #[test]
+    fn bad_names_and_duplicates_are_refused() {
+        let e = parse("[[databases]]\nname = \"Market\"\npath = \"m.db\"\n").unwrap_err();
+        assert!(e.to_string().contains("databases[0].name"), "{e}");
+        let e = parse("[[databases]]\nname = \"m\"\npath = \"a.db\"\n[[databases]]\nname = \"m\"\npath = \"b.db\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("databases[1].name"), "{e}");
+        let e = parse("[backup]\ncompression_level = 12\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n").unwrap_err();
+        assert!(e.to_string().contains("backup.compression_level"), "{e}");
+        assert!(parse("").unwrap_err().to_string().contains("databases"));
+    }
+
+    #[test]
+    fn config_errors_are_one_line() {
+        let e = parse("[[databases]\nname = ").unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}

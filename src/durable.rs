@@ -1,0 +1,85 @@
+//! Durable local file operations: exclusive temp files, fsync, atomic rename, directory fsync.
+//!
+//! Used by the local store and by restore. It owns the "readers see all of it or none of it"
+//! discipline for local files (rustic's `local.rs`: tmp, `sync_all`, rename); it does not know
+//! what the files contain.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Create a new file that did not exist (`O_EXCL`, `O_NOFOLLOW`) with `mode`, named
+/// `.{stem}.{tag}-{random}` in `dir`. A planted file or symlink at that name makes it fail
+/// rather than follow it.
+pub fn create_temp(dir: &Path, stem: &str, tag: &str, mode: u32) -> io::Result<(File, PathBuf)> {
+    for _ in 0..16 {
+        let path = dir.join(format!(".{stem}.{tag}-{}", random_hex(6)));
+        match OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("could not find a free temporary name in {}", dir.display()),
+    ))
+}
+
+/// fsync a directory so that renames and creations inside it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The folder a path lives in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Random lowercase hex of `bytes` bytes (for temp names and snapshot ids).
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    hex::encode(buf)
+}
+
+/// Removes a temp file on drop unless [`TempGuard::disarm`] was called.
+#[derive(Debug)]
+pub struct TempGuard {
+    path: Option<PathBuf>,
+}
+
+impl TempGuard {
+    pub fn new(path: PathBuf) -> Self {
+        TempGuard { path: Some(path) }
+    }
+
+    /// The guarded path.
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().expect("guard is armed")
+    }
+
+    /// Keep the file: it has been renamed into place.
+    pub fn disarm(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The crate's error type and the exit-code policy.
+//!
+//! Policy (as ripgrep's `main`): library code returns [`Error`], never prints it and never exits.
+//! `main` prints the whole cause chain once, on one line, and maps the error to an exit code:
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | ok |
+//! | 1 | the data is bad: checksum mismatch, failed integrity check, no good snapshot |
+//! | 2 | usage, config or operational error: file missing, storage unreachable, permission |
+//!
+//! Messages are lowercase, name the thing and the operation, and carry a remedy where one exists.
+//! The cause is attached with `#[source]`, never repeated in the message.
+
+use std::path::PathBuf;
+
+use crate::storage::StorageError;
+
+/// Result with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, in groups a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file is missing, unreadable or invalid.
+    #[error("config: {0}")]
+    Config(String),
+
+    /// The command line asked for something that does not exist or does not fit.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A storage operation failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+
+    /// A SQLite call failed on a database (source, staging copy or restore target).
+    #[error("{op} {path}")]
+    Sqlite {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A local file operation failed.
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The database (or a copy of it) failed an integrity check.
+    #[error("integrity check failed for {what}: {detail}")]
+    Integrity { what: String, detail: String },
+
+    /// Stored bytes do not match the checksum their manifest recorded.
+    #[error("checksum mismatch for {what}: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// A snapshot is damaged in some other way (bad manifest, wrong size, bad gzip).
+    #[error("snapshot {id} is damaged: {detail}")]
+    Damaged { id: String, detail: String },
+
+    /// No snapshot passed the checks (or none exists).
+    #[error("{0}")]
+    NoGoodSnapshot(String),
+
+    /// The target database is open in another process.
+    #[error("{0}")]
+    InUse(String),
+
+    /// The operation was cancelled (shutdown).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+
+    /// Failures were already reported one by one (e.g. one line per database); exit with this code.
+    #[error("one or more operations failed (see above)")]
+    Reported(u8),
+}
+
+impl Error {
+    /// The process exit code this error maps to (see the module doc).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Integrity { .. }
+            | Error::ChecksumMismatch { .. }
+            | Error::Damaged { .. }
+            | Error::NoGoodSnapshot(_) => 1,
+            Error::Config(_)
+            | Error::Usage(_)
+            | Error::Storage(_)
+            | Error::Sqlite { .. }
+            | Error::Io { .. }
+            | Error::InUse(_)
+            | Error::Cancelled(_) => 2,
+            Error::Reported(code) => *code,
+        }
+    }
+
+    /// True when the error says the data itself is bad (exit code 1).
+    pub fn is_data_error(&self) -> bool {
+        self.exit_code() == 1
+    }
+
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sqlite(op: &'static str, path: impl Into<PathBuf>, source: rusqlite::Error) -> Self {
+        Error::Sqlite {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Render an error and its whole cause chain on one line: `a: b: c`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(src) = cur {
+        let s = src.to_string();
+        // Some errors (e.g. the AWS SDK's) repeat their source in their own message.
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = src.source();
+    }
+    out
+}

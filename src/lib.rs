@@ -1,0 +1,32 @@
+//! guardian: online backups of live SQLite databases, restore drills, and safe restores.
+//!
+//! # Layout
+//! - [`cli`]: the command line (a contract) and what each command prints.
+//! - [`config`]: the TOML config: parsing, defaults, validation with dotted key paths.
+//! - [`error`]: the error type and the exit-code policy (0 ok, 1 bad data, 2 operational).
+//! - [`snapshot`]: SQLite access: the online copy, checks, inspection.
+//! - [`archive`]: streaming parallel gzip + SHA-256, and the verified reverse.
+//! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker).
+//! - [`storage`]: the narrow storage trait and its backends (local directory).
+//! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
+//! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
+//! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
+//! - [`status`]: health per database.
+//! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
+//! - [`durable`]: exclusive temp files, fsync, atomic rename.
+
+pub mod archive;
+pub mod backup;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod manifest;
+pub mod progress;
+pub mod restore;
+pub mod snapshot;
+pub mod status;
+pub mod storage;
+
+pub use error::{Error, Result};

@@ -1,0 +1,67 @@
+//! Entry point: parse the command line, set up logging, load the config, run the command, and
+//! map the outcome to an exit code (see `error.rs`). Only this file exits the process.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use guardian::cli::{self, App, Cli, LogFormat};
+use guardian::config::Config;
+use guardian::error::{chain, Error};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; usage errors exit 2 (clap's own convention).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(&cli);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Error::Reported(code)) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("guardian: error: {}", chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> guardian::Result<u8> {
+    let path = Config::locate(cli.config.as_deref())?;
+    let config = Config::load(&path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start async runtime", "-", e))?;
+    runtime.block_on(async {
+        let app = App::open(config).await?;
+        cli::dispatch(&app, cli.command).await
+    })
+}
+
+fn init_logging(cli: &Cli) {
+    // guardian's own events at the chosen level; dependencies one notch quieter, so -vv shows
+    // our trace without a flood from the HTTP stack.
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "guardian=debug,info",
+        (false, _) => "guardian=trace,debug",
+    };
+    let filter = EnvFilter::try_from_env("GUARDIAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let interactive = std::io::stderr().is_terminal() && cli.log_format == LogFormat::Text && !cli.quiet;
+    guardian::progress::set_interactive(interactive);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(cli.verbose > 0);
+    match cli.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,415 @@
+//! What a snapshot is in the store: its id, its object keys, and its manifest.
+//!
+//! Layout (see `docs/FORMAT.md`):
+//! ```text
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/db.sqlite.gz     plain gzip of the SQLite file
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/manifest.json    the commit marker, written last
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/drill-{time}-{ok|failed}.json   drill results
+//! ```
+//! Ids sort by time, so key order is time order. The manifest is untrusted input when read back:
+//! [`Manifest::parse`] bounds its size and checks every field before anything uses it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::ObjectKey;
+
+/// The manifest format this guardian writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Manifests larger than this are refused unread (a real one is a few KB).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// The data object's file name.
+pub const DATA_OBJECT: &str = "db.sqlite.gz";
+/// The manifest's file name.
+pub const MANIFEST_OBJECT: &str = "manifest.json";
+/// SQLite databases cannot be larger than 2^32 pages of 64 KiB.
+const MAX_DB_BYTES: u64 = 1 << 48;
+const ID_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// A snapshot id: `{YYYYMMDDTHHMMSSZ}-{8 hex}`, e.g. `20261124T030000Z-a1b2c3d4`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotId(String);
+
+impl SnapshotId {
+    /// A fresh id for a snapshot taken at `at`.
+    pub fn new(at: DateTime<Utc>) -> Self {
+        SnapshotId(format!(
+            "{}-{}",
+            at.format(ID_TIME_FORMAT),
+            crate::durable::random_hex(4)
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The time encoded in the id (second precision).
+    pub fn time(&self) -> DateTime<Utc> {
+        let ts = &self.0[..16];
+        NaiveDateTime::parse_from_str(ts, ID_TIME_FORMAT)
+            .expect("validated id")
+            .and_utc()
+    }
+}
+
+impl FromStr for SnapshotId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a snapshot id (expected YYYYMMDDTHHMMSSZ-xxxxxxxx)");
+        let (ts, rand) = s.split_once('-').ok_or_else(bad)?;
+        if ts.len() != 16 || rand.len() != 8 {
+            return Err(bad());
+        }
+        if !rand.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(bad());
+        }
+        NaiveDateTime::parse_from_str(ts, ID_TIME_FORMAT).map_err(|_| bad())?;
+        Ok(SnapshotId(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for SnapshotId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<SnapshotId> for String {
+    fn from(id: SnapshotId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A SHA-256 digest as 64 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    pub fn from_digest(bytes: &[u8]) -> Self {
+        Sha256Hex(hex::encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Sha256Hex {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Sha256Hex(s))
+        } else {
+            Err("not a lowercase hex SHA-256".into())
+        }
+    }
+}
+
+impl From<Sha256Hex> for String {
+    fn from(h: Sha256Hex) -> String {
+        h.0
+    }
+}
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The check a snapshot passed before it was published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    /// `quick_check` or `integrity_check`.
+    pub kind: String,
+    /// `ok` (a snapshot is never published otherwise).
+    pub result: String,
+}
+
+/// The commit marker of a snapshot: everything needed to verify and restore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub guardian_version: String,
+    pub db: String,
+    pub id: SnapshotId,
+    pub created_at: DateTime<Utc>,
+    /// The live database this was copied from.
+    pub source_path: String,
+    pub sqlite_version: String,
+    pub page_size: u64,
+    pub page_count: u64,
+    /// The source's journal mode (`wal`, `delete`, ...).
+    pub journal_mode: String,
+    /// Size of the raw SQLite file (= page_size * page_count).
+    pub raw_len: u64,
+    /// SHA-256 of the raw SQLite file.
+    pub raw_sha256: Sha256Hex,
+    /// Size of the stored object.
+    pub stored_len: u64,
+    /// SHA-256 of the stored object.
+    pub stored_sha256: Sha256Hex,
+    /// The data object's file name within the snapshot folder.
+    pub object: String,
+    /// `gzip`.
+    pub compression: String,
+    pub compression_level: u32,
+    /// Rows per table, from `SELECT count(*)` on the copy.
+    pub tables: BTreeMap<String, u64>,
+    /// SHA-256 of the schema (`type, name, tbl_name, sql` of every `sqlite_schema` row, sorted).
+    pub schema_sha256: Sha256Hex,
+    /// The check the copy passed before publication.
+    pub check: CheckRecord,
+}
+
+impl Manifest {
+    /// Serialize (pretty, so a human can read it in the bucket).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parse and check a manifest read from `key` (the key must name the same db and id).
+    pub fn parse(bytes: &[u8], key: &SnapshotKey) -> Result<Manifest, String> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(format!("manifest is {} bytes, over the limit", bytes.len()));
+        }
+        // Look at the version first, so a newer format gets a clear message, not a field error.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let v: Version =
+            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid: {e}"))?;
+        if v.format_version == 0 || v.format_version > FORMAT_VERSION {
+            return Err(format!(
+                "manifest format_version {} is not supported (this guardian reads 1 to {FORMAT_VERSION}; upgrade guardian)",
+                v.format_version
+            ));
+        }
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid: {e}"))?;
+        m.check_fields(key)?;
+        Ok(m)
+    }
+
+    fn check_fields(&self, key: &SnapshotKey) -> Result<(), String> {
+        if self.db != key.db {
+            return Err(format!("manifest names database {:?}, but is stored under {:?}", self.db, key.db));
+        }
+        if self.id != key.id {
+            return Err(format!("manifest names snapshot {}, but is stored under {}", self.id, key.id));
+        }
+        if crate::storage::validate_component(&self.object).is_err() || self.object == MANIFEST_OBJECT {
+            return Err(format!("manifest names an invalid data object {:?}", self.object));
+        }
+        if self.compression != "gzip" {
+            return Err(format!("unknown compression {:?}", self.compression));
+        }
+        if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
+            return Err(format!("page_size {} is not a SQLite page size", self.page_size));
+        }
+        if self.raw_len > MAX_DB_BYTES || self.stored_len > MAX_DB_BYTES * 2 {
+            return Err(format!("size fields are implausible (raw_len {}, stored_len {})", self.raw_len, self.stored_len));
+        }
+        if self.page_size.checked_mul(self.page_count) != Some(self.raw_len) {
+            return Err(format!(
+                "raw_len {} is not page_size {} x page_count {}",
+                self.raw_len, self.page_size, self.page_count
+            ));
+        }
+        if self.check.result != "ok" {
+            return Err(format!("manifest records a failed {} ({})", self.check.kind, self.check.result));
+        }
+        Ok(())
+    }
+
+    /// Key of the data object.
+    pub fn data_key(&self) -> ObjectKey {
+        ObjectKey::new(format!("{}/{}/{}", self.db, self.id, self.object)).expect("validated parts")
+    }
+}
+
+/// The folder of one snapshot: `{db}/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotKey {
+    pub db: String,
+    pub id: SnapshotId,
+}
+
+impl SnapshotKey {
+    pub fn manifest(&self) -> ObjectKey {
+        self.object(MANIFEST_OBJECT)
+    }
+
+    pub fn data(&self) -> ObjectKey {
+        self.object(DATA_OBJECT)
+    }
+
+    /// A drill record's key: `drill-{YYYYMMDDTHHMMSSZ}-{ok|failed}.json`.
+    pub fn drill(&self, at: DateTime<Utc>, ok: bool) -> ObjectKey {
+        self.object(&format!(
+            "drill-{}-{}.json",
+            at.format(ID_TIME_FORMAT),
+            if ok { "ok" } else { "failed" }
+        ))
+    }
+
+    fn object(&self, name: &str) -> ObjectKey {
+        ObjectKey::new(format!("{}/{}/{}", self.db, self.id, name)).expect("validated parts")
+    }
+}
+
+/// The listing prefix of one database's snapshots.
+pub fn db_prefix(db: &str) -> String {
+    format!("{db}/")
+}
+
+/// What an object in a snapshot folder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectRole {
+    Manifest,
+    /// A data object (normally `db.sqlite.gz`).
+    Data(String),
+    /// A drill record: when it ran and whether it passed.
+    Drill { at: DateTime<Utc>, ok: bool },
+}
+
+/// Split a listed key into its snapshot folder and role. Keys that do not follow the layout
+/// (foreign files, a db name that is not ours) give `None` and are ignored.
+pub fn parse_key(key: &ObjectKey) -> Option<(SnapshotKey, ObjectRole)> {
+    let mut parts = key.components();
+    let db = parts.next()?;
+    let id = parts.next()?;
+    let name = parts.next()?;
+    if parts.next().is_some() || crate::config::validate_name(db).is_err() {
+        return None;
+    }
+    let id: SnapshotId = id.parse().ok()?;
+    let role = if name == MANIFEST_OBJECT {
+        ObjectRole::Manifest
+    } else if let Some(rest) = name.strip_prefix("drill-").and_then(|r| r.strip_suffix(".json")) {
+        let (ts, verdict) = rest.split_once('-')?;
+        let at = NaiveDateTime::parse_from_str(ts, ID_TIME_FORMAT).ok()?.and_utc();
+        let ok = match verdict {
+            "ok" => true,
+            "failed" => false,
+            _ => return None,
+        };
+        ObjectRole::Drill { at, ok }
+    } else {
+        ObjectRole::Data(name.to_string())
+    };
+    Some((SnapshotKey { db: db.to_string(), id }, role))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let id: SnapshotId = "20261124T030000Z-a1b2c3d4".parse().unwrap();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            guardian_version: "0.1.0".into(),
+            db: "market".into(),
+            id,
+            created_at: "2026-11-24T03:00:00.250Z".parse().unwrap(),
+            source_path: "/data/market.db".into(),
+            sqlite_version: "3.51.3".into(),
+            page_size: 4096,
+            page_count: 3,
+            journal_mode: "wal".into(),
+            raw_len: 12288,
+            raw_sha256: Sha256Hex::from_digest(&[1; 32]),
+            stored_len: 500,
+            stored_sha256: Sha256Hex::from_digest(&[2; 32]),
+            object: DATA_OBJECT.into(),
+            compression: "gzip".into(),
+            compression_level: 6,
+            tables: BTreeMap::from([("orders".into(), 10)]),
+            schema_sha256: Sha256Hex::from_digest(&[3; 32]),
+            check: CheckRecord {
+                kind: "quick_check".into(),
+                result: "ok".into(),
+            },
+        }
+    }
+
+    fn key_of(m: &Manifest) -> SnapshotKey {
+        SnapshotKey {
+            db: m.db.clone(),
+            id: m.id.clone(),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let m = sample();
+        assert_eq!(Manifest::parse(&m.to_json(), &key_of(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn manifest_parse_rejects_damage() {
+        let m = sample();
+        let key = key_of(&m);
+        let json = String::from_utf8(m.to_json()).unwrap();
+        let cases = [
+            ("not json", "{".to_string()),
+            ("future version", json.replace("\"format_version\": 1", "\"format_version\": 99")),
+            ("huge size", json.replace("\"raw_len\": 12288", "\"raw_len\": 18446744073709551615")),
+            ("size not pages", json.replace("\"raw_len\": 12288", "\"raw_len\": 12289")),
+            ("bad hash", json.replace(&m.raw_sha256.to_string(), "zz")),
+            ("other db", json.replace("\"db\": \"market\"", "\"db\": \"shop\"")),
+            ("escape object", json.replace("\"object\": \"db.sqlite.gz\"", "\"object\": \"../x\"")),
+            ("failed check", json.replace("\"result\": \"ok\"", "\"result\": \"bad\"")),
+        ];
+        for (what, text) in cases {
+            assert!(Manifest::parse(text.as_bytes(), &key).is_err(), "{what} accepted");
+        }
+        let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
+        assert!(Manifest::parse(&big, &key).is_err());
+    }
+
+    #[test]
+    fn snapshot_ids_sort_by_time_and_validate() {
+        let a = SnapshotId::new("2026-01-02T03:04:05Z".parse().unwrap());
+        let b = SnapshotId::new("2026-01-02T03:04:06Z".parse().unwrap());
+        assert!(a < b);
+        assert_eq!(a.time(), "2026-01-02T03:04:05Z".parse::<DateTime<Utc>>().unwrap());
+        for bad in ["", "x", "20261124T030000Z", "20261124T030000Z-ABCDEF12", "20261340T030000Z-a1b2c3d4", "../../etc"] {
+            assert!(bad.parse::<SnapshotId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_parse_into_roles() {
+        let k = |s: &str| ObjectKey::new(s).unwrap();
+        let (sk, role) = parse_key(&k("market/20261124T030000Z-a1b2c3d4/manifest.json")).unwrap();
+        assert_eq!(sk.db, "market");
+        assert_eq!(role, ObjectRole::Manifest);
+        let (_, role) = parse_key(&k("market/20261124T030000Z-a1b2c3d4/drill-20261125T000000Z-failed.json")).unwrap();
+        assert!(matches!(role, ObjectRole::Drill { ok: false, .. }));
+        assert_eq!(sk.drill("2026-11-25T00:00:00Z".parse().unwrap(), false).as_str(),
+            "market/20261124T030000Z-a1b2c3d4/drill-20261125T000000Z-failed.json");
+        assert!(parse_key(&k("market/notanid/manifest.json")).is_none());
+        assert!(parse_key(&k("Market/20261124T030000Z-a1b2c3d4/manifest.json")).is_none());
+        assert!(parse_key(&k("market/20261124T030000Z-a1b2c3d4/x/y")).is_none());
+    }
+}

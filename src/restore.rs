@@ -1,0 +1,388 @@
+//! Restore: pick a snapshot, prove it good, and swap it into place without losing anything.
+//!
+//! A candidate is downloaded straight into a staging file in the target's folder while both
+//! SHA-256s are computed; then SQLite checks the staged file (`integrity_check`, or
+//! `quick_check` for a snapshot a drill already verified byte for byte). Only then is anything
+//! touched: the old database is hard-linked aside, its `-wal`/`-shm`/`-journal` are renamed
+//! aside with it (a stale `-wal` next to a restored file would corrupt it), the staged file is
+//! renamed over the target, and the folder is fsynced. Nothing is ever deleted.
+//!
+//! If a candidate's *data* is bad, the next older one is tried and the skip is reported. An
+//! operational error (store unreachable, disk full) stops the restore: an older snapshot would
+//! not fix it.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, instrument, warn};
+
+use crate::archive::{self, BodyReader};
+use crate::catalog::{self, SnapshotEntry, SnapshotStatus};
+use crate::config::{CheckKind, DatabaseConfig};
+use crate::durable::{self, TempGuard};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::snapshot;
+use crate::storage::Storage;
+
+/// Which snapshot to restore.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// The newest good one.
+    Latest,
+    /// This id (or unique id prefix), and no other.
+    Snapshot(String),
+    /// The newest good one taken strictly before this time.
+    Before(DateTime<Utc>),
+}
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub selector: Selector,
+    /// Target file; default: the database's configured path.
+    pub to: Option<PathBuf>,
+    /// Replace a database that another process has open.
+    pub force: bool,
+    /// Say what would happen; write nothing.
+    pub dry_run: bool,
+}
+
+/// What a restore did (or, with `dry_run`, would do).
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub db: String,
+    pub manifest: Manifest,
+    pub target: PathBuf,
+    /// The check that passed on the restored bytes (`None` for a dry run).
+    pub check: Option<CheckKind>,
+    /// Where the previous database and its sidecars went.
+    pub moved_aside: Vec<PathBuf>,
+    /// Newer candidates that were skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Who held the target open when `--force` replaced it.
+    pub forced_over: Option<String>,
+    pub dry_run: bool,
+}
+
+/// A candidate snapshot's verification failed because of its data; try the next one.
+struct Skip(String);
+
+/// Restore a snapshot of `db` from `store`.
+#[instrument(skip_all, fields(db = %db.name))]
+pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let target = opts.to.clone().unwrap_or_else(|| db.path.clone());
+    let dir = durable::parent_dir(&target).to_path_buf();
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "restore target folder {} does not exist; create it first (mkdir -p)",
+            dir.display()
+        )));
+    }
+    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(Error::Usage(format!(
+            "restore target {} is a symlink; pass the real file with --to",
+            target.display()
+        )));
+    }
+    let holder = in_use(&target);
+    if let Some(who) = &holder {
+        if !opts.force {
+            return Err(Error::InUse(format!(
+                "restore target {} is in use ({who}); stop the application first, or pass --force to replace it anyway",
+                target.display()
+            )));
+        }
+        warn!(target = %target.display(), holder = %who, "replacing a database that is in use (--force); restart the process that holds it");
+    }
+    sweep_restore_temps(&target);
+
+    let catalog = catalog::load(store, &db.name).await?;
+    let candidates: Vec<&SnapshotEntry> = match &opts.selector {
+        Selector::Latest => catalog.usable().collect(),
+        Selector::Before(t) => catalog.usable().filter(|s| s.created_at < *t).collect(),
+        Selector::Snapshot(id) => vec![catalog.find(id).map_err(Error::Usage)?],
+    };
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    if let Selector::Latest | Selector::Before(_) = opts.selector {
+        for s in catalog.snapshots.iter().filter(|s| s.status == SnapshotStatus::Failed) {
+            if candidates.first().is_none_or(|c| s.created_at > c.created_at) {
+                skipped.push((s.key.id.to_string(), s.problem.clone().unwrap_or_else(|| "failed".into())));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Err(Error::NoGoodSnapshot(no_snapshot_message(&db.name, &opts.selector, &skipped)));
+    }
+
+    for cand in candidates {
+        let manifest = match (&cand.manifest, cand.status) {
+            (Some(m), st) if st != SnapshotStatus::Failed => m.clone(),
+            _ => {
+                let why = cand.problem.clone().unwrap_or_else(|| "snapshot is failed".into());
+                if let Selector::Snapshot(_) = opts.selector {
+                    return Err(Error::Damaged { id: cand.key.id.to_string(), detail: why });
+                }
+                skipped.push((cand.key.id.to_string(), why));
+                continue;
+            }
+        };
+        let check = if cand.status == SnapshotStatus::Verified {
+            // A drill proved these exact bytes (same SHA-256) pass integrity_check.
+            CheckKind::QuickCheck
+        } else {
+            CheckKind::IntegrityCheck
+        };
+        if opts.dry_run {
+            return Ok(RestoreReport {
+                db: db.name.clone(),
+                manifest,
+                moved_aside: existing_files(&target),
+                target,
+                check: None,
+                skipped,
+                forced_over: holder,
+                dry_run: true,
+            });
+        }
+        match stage(store, &manifest, &target, check).await? {
+            Err(Skip(why)) => {
+                warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
+                if let Selector::Snapshot(_) = opts.selector {
+                    return Err(Error::Damaged { id: manifest.id.to_string(), detail: why });
+                }
+                skipped.push((manifest.id.to_string(), why));
+            }
+            Ok(staged) => {
+                // The target may have been opened while we downloaded: look again.
+                if !opts.force {
+                    if let Some(who) = in_use(&target) {
+                        return Err(Error::InUse(format!(
+                            "restore target {} became in use during the restore ({who}); nothing was replaced",
+                            target.display()
+                        )));
+                    }
+                }
+                let moved_aside = swap_into_place(staged, &target)?;
+                info!(id = %manifest.id, target = %target.display(), "restore finished");
+                return Ok(RestoreReport {
+                    db: db.name.clone(),
+                    manifest,
+                    target,
+                    check: Some(check),
+                    moved_aside,
+                    skipped,
+                    forced_over: holder,
+                    dry_run: false,
+                });
+            }
+        }
+    }
+    Err(Error::NoGoodSnapshot(no_snapshot_message(&db.name, &opts.selector, &skipped)))
+}
+
+fn no_snapshot_message(db: &str, sel: &Selector, skipped: &[(String, String)]) -> String {
+    let what = match sel {
+        Selector::Before(t) => format!("no good snapshot of {db} taken before {}", catalog::rfc3339(*t)),
+        _ => format!("no good snapshot of {db}"),
+    };
+    if skipped.is_empty() {
+        format!("{what} in the store")
+    } else {
+        let list: Vec<String> = skipped.iter().map(|(id, why)| format!("{id}: {why}")).collect();
+        format!("{what}; skipped {}", list.join("; "))
+    }
+}
+
+/// Download `m`'s data into a staging file next to `target`, verify both digests and run
+/// `check`. `Ok(Err(Skip))` means the snapshot's data is bad.
+async fn stage(
+    store: &Arc<dyn Storage>,
+    m: &Manifest,
+    target: &Path,
+    check: CheckKind,
+) -> Result<std::result::Result<TempGuard, Skip>> {
+    let body = match store.get_stream(&m.data_key()).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(Err(Skip("data object is missing".into()))),
+        Err(e) => return Err(e.into()),
+    };
+    let dir = durable::parent_dir(target).to_path_buf();
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("db").to_string();
+    let mode = fs::metadata(target).map(|md| md.permissions().mode() & 0o7777).unwrap_or(0o600);
+    let (file, path) = durable::create_temp(&dir, &name, &restore_tag(), 0o600)
+        .map_err(|e| Error::io("create staging file in", &dir, e))?;
+    let guard = TempGuard::new(path.clone());
+    let m2 = m.clone();
+    let db = m.db.clone();
+    let target_owned = target.to_path_buf();
+    let verdict = tokio::task::spawn_blocking(move || -> Result<std::result::Result<(), Skip>> {
+        let progress = Progress::start("download+restore", &db, Some(m2.stored_len));
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        let digests = archive::extract(BodyReader::new(body), &mut out, m2.raw_len, &|n| progress.set(n));
+        let digests = match digests {
+            Ok(d) => d,
+            // A broken gzip stream is bad data; anything else (disk full, network) is not.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().starts_with("gzip stream") => {
+                return Ok(Err(Skip(format!("stored object is not valid gzip: {e}"))));
+            }
+            Err(e) => return Err(Error::io("restore into", &path, e)),
+        };
+        out.flush().map_err(|e| Error::io("write", &path, e))?;
+        drop(out);
+        progress.finish(digests.stored_len);
+        if digests.stored_len != m2.stored_len || digests.stored_sha256 != m2.stored_sha256 {
+            return Ok(Err(Skip(format!(
+                "stored object checksum mismatch (expected {} bytes sha256 {}, got {} bytes sha256 {})",
+                m2.stored_len, m2.stored_sha256, digests.stored_len, digests.stored_sha256
+            ))));
+        }
+        if digests.raw_len != m2.raw_len || digests.raw_sha256 != m2.raw_sha256 {
+            return Ok(Err(Skip(format!(
+                "restored database checksum mismatch (expected sha256 {}, got {})",
+                m2.raw_sha256, digests.raw_sha256
+            ))));
+        }
+        let progress = Progress::start(check.pragma(), &db, None);
+        let outcome = snapshot::run_check(&path, check);
+        remove_sidecars(&path);
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(problems)) => {
+                return Ok(Err(Skip(format!("PRAGMA {} failed: {}", check.pragma(), problems.join("; ")))));
+            }
+            Err(e) if e.is_data_error() => return Ok(Err(Skip(crate::error::chain(&e)))),
+            Err(e) => return Err(e),
+        }
+        progress.finish(m2.raw_len);
+        // Same mode (and owner, where permitted) as the file it replaces; 0600 for a new one.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set mode of", &path, e))?;
+        if let Ok(old) = fs::metadata(&target_owned) {
+            if let Err(e) = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
+                warn!(error = %e, "could not give the restored file the old file's owner");
+            }
+        }
+        file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+        Ok(Ok(()))
+    })
+    .await
+    .expect("restore worker does not panic")?;
+    Ok(verdict.map(|()| guard))
+}
+
+/// Move the old database and its sidecars aside and rename the staged file into place.
+/// Returns the paths the old files now have.
+fn swap_into_place(staged: TempGuard, target: &Path) -> Result<Vec<PathBuf>> {
+    let dir = durable::parent_dir(target).to_path_buf();
+    let aside = aside_name(target);
+    let mut moved = Vec::new();
+    let mut main_linked = false;
+    if target.exists() {
+        // A hard link keeps the old file reachable under the aside name while the target name
+        // still holds it: a crash here leaves the old database in place.
+        match fs::hard_link(target, &aside) {
+            Ok(()) => main_linked = true,
+            Err(e) => warn!(error = %e, "cannot hard-link the old database aside; renaming it instead"),
+        }
+        if main_linked {
+            moved.push(aside.clone());
+        }
+    }
+    let [wal, shm, journal] = snapshot::sidecars(target);
+    let [awal, ashm, ajournal] = snapshot::sidecars(&aside);
+    for (from, to) in [(wal, awal), (shm, ashm), (journal, ajournal)] {
+        if fs::symlink_metadata(&from).is_ok() {
+            fs::rename(&from, &to).map_err(|e| Error::io("move aside", &from, e))?;
+            moved.push(to);
+        }
+    }
+    if target.exists() && !main_linked {
+        fs::rename(target, &aside).map_err(|e| Error::io("move aside", target, e))?;
+        moved.insert(0, aside.clone());
+    }
+    fs::rename(staged.path(), target).map_err(|e| Error::io("rename restored file onto", target, e))?;
+    staged.disarm();
+    durable::sync_dir(&dir).map_err(|e| Error::io("fsync folder", &dir, e))?;
+    Ok(moved)
+}
+
+/// `<target>.pre-restore-<UTC time>`, made unique if a restore ran in the same second.
+fn aside_name(target: &Path) -> PathBuf {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+    let base = format!("{}.pre-restore-{stamp}", target.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 1;
+    while fs::symlink_metadata(&candidate).is_ok()
+        || snapshot::sidecars(&candidate).iter().any(|p| fs::symlink_metadata(p).is_ok())
+    {
+        candidate = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// The target and sidecars that exist now (what a restore would move aside).
+fn existing_files(target: &Path) -> Vec<PathBuf> {
+    std::iter::once(target.to_path_buf())
+        .chain(snapshot::sidecars(target))
+        .filter(|p| fs::symlink_metadata(p).is_ok())
+        .collect()
+}
+
+fn restore_tag() -> String {
+    format!("guardian-restore-{}", std::process::id())
+}
+
+/// Remove staging files of restores into this folder whose process is gone.
+fn sweep_restore_temps(target: &Path) {
+    let dir = durable::parent_dir(target);
+    let Some(name) = target.file_name().and_then(|n| n.to_str()) else { return };
+    let prefix = format!(".{name}.guardian-restore-");
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let fname = entry.file_name();
+        let Some(rest) = fname.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if !crate::backup::pid_alive(pid) {
+            let _ = fs::remove_file(entry.path());
+            info!(path = %entry.path().display(), "removed staging file of an interrupted restore");
+        }
+    }
+}
+
+fn remove_sidecars(path: &Path) {
+    for p in snapshot::sidecars(path) {
+        let _ = fs::remove_file(p);
+    }
+}
+
+/// Does another process hold a SQLite lock on `db`? Returns who, e.g. "pid 1234 holds a lock".
+///
+/// SQLite uses POSIX advisory locks: on the database file at the lock bytes from 0x40000000
+/// (<https://www.sqlite.org/lockingv3.html>, `os_unix.c`), and in WAL mode on the `-shm` file
+/// at bytes 120..=128, where every open connection holds a shared lock on byte 128 for as long
+/// as it is open. `F_GETLK` asks without taking anything, so this never disturbs the database.
+pub fn in_use(db: &Path) -> Option<String> {
+    const PENDING_BYTE: i64 = 0x4000_0000;
+    let probe = |path: &Path, start: i64, len: i64, what: &str| -> Option<String> {
+        let file = File::open(path).ok()?;
+        let mut fl = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: start,
+            l_len: len,
+            l_pid: 0,
+        };
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETLK(&mut fl)).ok()?;
+        (fl.l_type != libc::F_UNLCK as libc::c_short)
+            .then(|| format!("process {} holds a lock on its {what}", fl.l_pid))
+    };
+    let [_, shm, _] = snapshot::sidecars(db);
+    probe(db, PENDING_BYTE, 512, "database file").or_else(|| probe(&shm, 120, 9, "-shm file"))
+}

@@ -1,0 +1,250 @@
+//! Taking a consistent copy of a live database, and inspecting a copy.
+//!
+//! The copy uses SQLite's online-backup API in a single `step(-1)`: one read transaction, so the
+//! copy is a committed state of the database, and (in WAL mode) writers are never blocked. With
+//! N-page steps, every write by another connection restarts the copy, so under steady writes it
+//! may never finish (<https://www.sqlite.org/c3ref/backup_finish.html>). BUSY and LOCKED are
+//! retried with backoff until a deadline. The source is opened read-only and never modified.
+//!
+//! This module owns SQLite access for backups, restores and drills; it knows nothing of storage.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use sha2::{Digest, Sha256};
+
+use crate::config::CheckKind;
+use crate::error::{Error, Result};
+use crate::manifest::Sha256Hex;
+
+/// How long a copy keeps retrying a source that reports BUSY or LOCKED.
+pub const BUSY_DEADLINE: Duration = Duration::from_secs(120);
+/// How many problems a failed check reports.
+const MAX_PROBLEMS: usize = 10;
+
+/// What a copy of a database looks like inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub sqlite_version: String,
+    pub page_size: u64,
+    pub page_count: u64,
+    /// Rows per table (virtual tables are skipped: their modules may be absent here).
+    pub tables: BTreeMap<String, u64>,
+    pub schema_sha256: Sha256Hex,
+}
+
+/// The outcome of `PRAGMA quick_check` / `integrity_check`: `Ok(())` or the first problems.
+pub type CheckOutcome = std::result::Result<(), Vec<String>>;
+
+/// Check that `path` exists and starts with the SQLite header, so that "not a database" is a
+/// clear message instead of a SQLite error code.
+pub fn check_source(path: &Path) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Usage(format!(
+                "database file {} does not exist (check databases[].path in the config)",
+                path.display()
+            ))
+        } else {
+            Error::io("open database file", path, e)
+        }
+    })?;
+    let mut header = [0u8; 16];
+    let n = crate::archive::read_full(&mut f, &mut header).map_err(|e| Error::io("read", path, e))?;
+    if n == 0 {
+        return Err(Error::Usage(format!(
+            "database file {} is empty (0 bytes); nothing to back up",
+            path.display()
+        )));
+    }
+    if &header[..n] != b"SQLite format 3\0" {
+        return Err(Error::Usage(format!(
+            "{} is not a SQLite database (no \"SQLite format 3\" header; is it encrypted or the wrong file?)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Copy the live database `src` into a new file `dst` with the online-backup API.
+/// Returns the source's journal mode.
+pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
+    check_source(src)?;
+    let source = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sqlite_error("open database", src, e))?;
+    source
+        .busy_timeout(Duration::from_millis(250))
+        .map_err(|e| sqlite_error("configure", src, e))?;
+    let journal_mode: String = source
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(|e| sqlite_error("read journal mode of", src, e))?;
+
+    let mut dest = Connection::open(dst).map_err(|e| sqlite_error("create copy", dst, e))?;
+    // The copy is a scratch file that is hashed and thrown away: no journal, no fsync.
+    dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .map_err(|e| sqlite_error("configure copy", dst, e))?;
+    {
+        let backup = Backup::new(&source, &mut dest).map_err(|e| sqlite_error("start backup of", src, e))?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match backup.step(-1) {
+                Ok(StepResult::Done) => break,
+                Ok(StepResult::More) => continue, // not expected with -1, but harmless
+                Ok(StepResult::Busy | StepResult::Locked) | Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error {
+                        code: ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked,
+                        ..
+                    },
+                    _,
+                )) => {
+                    if started.elapsed() > BUSY_DEADLINE {
+                        return Err(Error::Usage(format!(
+                            "database {} stayed locked for {}s; is a process holding a long write lock?",
+                            src.display(),
+                            BUSY_DEADLINE.as_secs()
+                        )));
+                    }
+                    tracing::warn!(db = %src.display(), pause_ms = pause.as_millis() as u64, "source busy; retrying copy");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Ok(other) => {
+                    return Err(Error::Usage(format!("unexpected backup step result {other:?}")));
+                }
+                Err(e) => return Err(sqlite_error("copy database", src, e)),
+            }
+        }
+    }
+    dest.close().map_err(|(_, e)| sqlite_error("close copy", dst, e))?;
+    source.close().map_err(|(_, e)| sqlite_error("close database", src, e))?;
+    Ok(journal_mode)
+}
+
+/// Run `check` on the database at `path` (opened read-only).
+pub fn run_check(path: &Path, check: CheckKind) -> Result<CheckOutcome> {
+    let conn = open_read_only(path)?;
+    let sql = format!("PRAGMA {}({MAX_PROBLEMS})", check.pragma());
+    let mut stmt = conn.prepare(&sql).map_err(|e| sqlite_error("check", path, e))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| sqlite_error("check", path, e))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(rows))
+    }
+}
+
+/// `PRAGMA foreign_key_check`: the first violations, as `table rowid -> parent` lines.
+pub fn foreign_key_check(path: &Path) -> Result<Vec<String>> {
+    let conn = open_read_only(path)?;
+    let mut stmt = conn
+        .prepare("PRAGMA foreign_key_check")
+        .map_err(|e| sqlite_error("check foreign keys of", path, e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(format!(
+                "{} row {} -> {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?.map_or("?".into(), |v| v.to_string()),
+                r.get::<_, String>(2)?
+            ))
+        })
+        .and_then(|rows| rows.take(MAX_PROBLEMS).collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| sqlite_error("check foreign keys of", path, e))?;
+    Ok(rows)
+}
+
+/// Read the page geometry, schema hash and row counts of the database at `path`.
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let conn = open_read_only(path)?;
+    let err = |e| sqlite_error("inspect", path, e);
+    let sqlite_version: String = conn.query_row("SELECT sqlite_version()", [], |r| r.get(0)).map_err(err)?;
+    let page_size = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0)).map_err(err)? as u64;
+    let page_count = conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)).map_err(err)? as u64;
+
+    let mut schema = Sha256::new();
+    let mut tables = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema ORDER BY type, name")
+            .map_err(err)?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let fields: [String; 4] = [row.get(0).map_err(err)?, row.get(1).map_err(err)?, row.get(2).map_err(err)?, row.get(3).map_err(err)?];
+            for f in &fields {
+                // Length-prefixed, so field boundaries cannot be forged by their contents.
+                schema.update((f.len() as u64).to_le_bytes());
+                schema.update(f.as_bytes());
+            }
+            if fields[0] == "table" && !fields[3].to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
+                tables.push(fields[1].clone());
+            }
+        }
+    }
+    let mut counts = BTreeMap::new();
+    for t in tables {
+        let sql = format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\""));
+        let n = conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).map_err(err)? as u64;
+        counts.insert(t, n);
+    }
+    Ok(Inspection {
+        sqlite_version,
+        page_size,
+        page_count,
+        tables: counts,
+        schema_sha256: Sha256Hex::from_digest(&schema.finalize()),
+    })
+}
+
+fn open_read_only(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| sqlite_error("open", path, e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| sqlite_error("configure", path, e))?;
+    Ok(conn)
+}
+
+/// Map a SQLite error to ours: corruption is bad data (exit 1), "not a database" is bad input.
+pub fn sqlite_error(op: &'static str, path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt) => Error::Integrity {
+            what: path.display().to_string(),
+            detail: format!("{op}: {e}"),
+        },
+        Some(ErrorCode::NotADatabase) => Error::Usage(format!(
+            "{} is not a SQLite database (or is encrypted): {e}",
+            path.display()
+        )),
+        _ => Error::sqlite(op, path, e),
+    }
+}
+
+/// True when `path` starts with the SQLite header (used to tell data from junk in tests/tools).
+pub fn looks_like_sqlite(path: &Path) -> bool {
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok()
+        && &header == b"SQLite format 3\0"
+}
+
+/// Paths of a database's sidecar files: `-wal`, `-shm`, `-journal`.
+pub fn sidecars(db: &Path) -> [PathBuf; 3] {
+    let s = db.as_os_str();
+    let with = |suffix: &str| {
+        let mut p = s.to_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    [with("-wal"), with("-shm"), with("-journal")]
+}
