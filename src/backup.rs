@@ -194,7 +194,7 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &BackupCon
 
 /// Staging folders are named `guardian-{db}-{pid}-…`, so a later run can tell a dead run's
 /// leftovers from a live one's.
-fn staging_prefix(db: &str) -> String {
+pub(crate) fn staging_prefix(db: &str) -> String {
     format!("guardian-{db}-{}-", std::process::id())
 }
 

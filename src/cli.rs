@@ -52,6 +52,56 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Last snapshot, its age and health, per database; exit 1 when unhealthy
     Status(StatusArgs),
+    /// Run as a service: scheduled backups, drills and prunes, /metrics and /healthz
+    Run(RunArgs),
+    /// Restore a snapshot into a scratch folder and check everything; record the verdict; exit 1 if it fails
+    Drill(DrillArgs),
+    /// Re-read stored snapshots and check their size and SHA-256 (no SQLite); exit 1 on damage
+    Verify(VerifyArgs),
+    /// Delete snapshots the retention policy no longer keeps (see --dry-run)
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Only this database
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Drill this snapshot id (or a unique prefix) instead of the newest usable one
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// Print the reports as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only this database
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Every snapshot, not just the newest
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only this database
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Say what would be deleted and why each snapshot stays; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +164,7 @@ fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
 }
 
 /// The loaded config and opened store every command works with.
+#[derive(Debug, Clone)]
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Storage>,
@@ -134,14 +185,37 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
         Command::List(args) => list(app, args).await,
         Command::Restore(args) => restore(app, args).await,
         Command::Status(args) => status::print(app, args.db.as_deref(), args.json).await,
+        Command::Run(RunArgs {}) => {
+            let (first, second) = crate::service::os_signals()?;
+            crate::service::run(app.clone(), first, second).await.map(|()| 0)
+        }
+        Command::Drill(args) => crate::commands::drill(app, args).await,
+        Command::Verify(args) => crate::commands::verify(app, args).await,
+        Command::Prune(args) => crate::commands::prune(app, args).await,
     }
 }
 
 async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let dbs = app.config.select(args.db.as_deref())?;
+    let notifier = crate::notify::Notifier::from_config(&app.config.notify)?;
     let mut worst: Option<Error> = None;
     for db in dbs {
-        match crate::backup::run(&app.store, db, &app.config.backup).await {
+        let started = std::time::Instant::now();
+        let result = crate::backup::run(&app.store, db, &app.config.backup).await;
+        let event = match &result {
+            Ok(m) => crate::notify::Event::BackupOk {
+                db: db.name.clone(),
+                id: m.id.to_string(),
+                seconds: started.elapsed().as_secs_f64(),
+                stored_bytes: m.stored_len,
+            },
+            Err(e) => crate::notify::Event::BackupFailed {
+                db: db.name.clone(),
+                error: crate::error::chain(e),
+            },
+        };
+        notifier.send(&event).await;
+        match result {
             Ok(m) => println!("{}", m.id),
             Err(e) => {
                 // With several databases, one failure must not stop the others: report it now

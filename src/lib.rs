@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (a contract) and what each command prints.
+//! - [`commands`]: the bodies of `drill`, `verify` and `prune` (run, print, exit code).
 //! - [`config`]: the TOML config: parsing, defaults, validation with dotted key paths.
 //! - [`error`]: the error type and the exit-code policy (0 ok, 1 bad data, 2 operational).
 //! - [`snapshot`]: SQLite access: the online copy, checks, inspection.
@@ -12,6 +13,13 @@
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
 //! - [`status`]: health per database.
+//! - [`drill`]: the restore drill: restore into scratch, check everything, record the verdict.
+//! - [`verify`]: re-read stored snapshots and check their checksums (bit rot), no SQLite.
+//! - [`retention`]: which snapshots to keep (a pure function) and the prune that applies it.
+//! - [`schedule`]: cron strings → scheduler jobs; no business logic.
+//! - [`service`]: `guardian run`: locks, job outcomes, graceful shutdown.
+//! - [`metrics`]: the service's Prometheus metrics and `/healthz`.
+//! - [`notify`]: webhook and heartbeat alerts.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
 //! - [`durable`]: exclusive temp files, fsync, atomic rename.
 
@@ -19,14 +27,22 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod drill;
 pub mod manifest;
+pub mod metrics;
+pub mod notify;
 pub mod progress;
 pub mod restore;
+pub mod retention;
+pub mod schedule;
+pub mod service;
 pub mod snapshot;
 pub mod status;
 pub mod storage;
+pub mod verify;
 
 pub use error::{Error, Result};

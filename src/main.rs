@@ -38,10 +38,14 @@ fn run(cli: Cli) -> guardian::Result<u8> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("start async runtime", "-", e))?;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let app = App::open(config).await?;
         cli::dispatch(&app, cli.command).await
-    })
+    });
+    // Blocking work a stopped service cancelled (e.g. a SQLite copy in progress) must not hold
+    // the exit: the manifest-last design makes abandoning it safe.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    outcome
 }
 
 fn init_logging(cli: &Cli) {
@@ -49,8 +53,9 @@ fn init_logging(cli: &Cli) {
     // our trace without a flood from the HTTP stack.
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "guardian=debug,info",
+        // The scheduler library logs its internals at info.
+        (false, 0) => "info,tokio_cron_scheduler=warn",
+        (false, 1) => "guardian=debug,info,tokio_cron_scheduler=warn",
         (false, _) => "guardian=trace,debug",
     };
     let filter = EnvFilter::try_from_env("GUARDIAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));

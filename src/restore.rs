@@ -207,47 +207,20 @@ async fn stage(
     target: &Path,
     check: CheckKind,
 ) -> Result<std::result::Result<TempGuard, Skip>> {
-    let body = match store.get_stream(&m.data_key()).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(Err(Skip("data object is missing".into()))),
-        Err(e) => return Err(e.into()),
-    };
     let dir = durable::parent_dir(target).to_path_buf();
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("db").to_string();
     let mode = fs::metadata(target).map(|md| md.permissions().mode() & 0o7777).unwrap_or(0o600);
     let (file, path) = durable::create_temp(&dir, &name, &restore_tag(), 0o600)
         .map_err(|e| Error::io("create staging file in", &dir, e))?;
     let guard = TempGuard::new(path.clone());
-    let m2 = m.clone();
+    let file = match download_verified(store, m, file, &path).await? {
+        (file, Ok(_)) => file,
+        (_, Err(why)) => return Ok(Err(Skip(why))),
+    };
     let db = m.db.clone();
+    let raw_len = m.raw_len;
     let target_owned = target.to_path_buf();
     let verdict = tokio::task::spawn_blocking(move || -> Result<std::result::Result<(), Skip>> {
-        let progress = Progress::start("download+restore", &db, Some(m2.stored_len));
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let digests = archive::extract(BodyReader::new(body), &mut out, m2.raw_len, &|n| progress.set(n));
-        let digests = match digests {
-            Ok(d) => d,
-            // A broken gzip stream is bad data; anything else (disk full, network) is not.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().starts_with("gzip stream") => {
-                return Ok(Err(Skip(format!("stored object is not valid gzip: {e}"))));
-            }
-            Err(e) => return Err(Error::io("restore into", &path, e)),
-        };
-        out.flush().map_err(|e| Error::io("write", &path, e))?;
-        drop(out);
-        progress.finish(digests.stored_len);
-        if digests.stored_len != m2.stored_len || digests.stored_sha256 != m2.stored_sha256 {
-            return Ok(Err(Skip(format!(
-                "stored object checksum mismatch (expected {} bytes sha256 {}, got {} bytes sha256 {})",
-                m2.stored_len, m2.stored_sha256, digests.stored_len, digests.stored_sha256
-            ))));
-        }
-        if digests.raw_len != m2.raw_len || digests.raw_sha256 != m2.raw_sha256 {
-            return Ok(Err(Skip(format!(
-                "restored database checksum mismatch (expected sha256 {}, got {})",
-                m2.raw_sha256, digests.raw_sha256
-            ))));
-        }
         let progress = Progress::start(check.pragma(), &db, None);
         let outcome = snapshot::run_check(&path, check);
         remove_sidecars(&path);
@@ -259,7 +232,7 @@ async fn stage(
             Err(e) if e.is_data_error() => return Ok(Err(Skip(crate::error::chain(&e)))),
             Err(e) => return Err(e),
         }
-        progress.finish(m2.raw_len);
+        progress.finish(raw_len);
         // Same mode (and owner, where permitted) as the file it replaces; 0600 for a new one.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("set mode of", &path, e))?;
@@ -274,6 +247,61 @@ async fn stage(
     .await
     .expect("restore worker does not panic")?;
     Ok(verdict.map(|()| guard))
+}
+
+/// Stream `m`'s data object into `file` (at `path`), decompressing it and checking the stored
+/// and raw SHA-256 and sizes against the manifest. Returns the file and, when the stored data
+/// is bad (missing, not gzip, checksum mismatch), `Err(why)`. Shared by restore and the drill.
+///
+/// # Errors
+/// Operational failures only: the store is unreachable, the disk is full.
+pub(crate) async fn download_verified(
+    store: &Arc<dyn Storage>,
+    m: &Manifest,
+    file: File,
+    path: &Path,
+) -> Result<(File, std::result::Result<archive::Digests, String>)> {
+    let body = match store.get_stream(&m.data_key()).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok((file, Err("data object is missing".into()))),
+        Err(e) => return Err(e.into()),
+    };
+    let m2 = m.clone();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let progress = Progress::start("download+restore", &m2.db, Some(m2.stored_len));
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        let digests = archive::extract(BodyReader::new(body), &mut out, m2.raw_len, &|n| progress.set(n));
+        let digests = match digests {
+            Ok(d) => d,
+            // A broken gzip stream is bad data; anything else (disk full, network) is not.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().starts_with("gzip stream") => {
+                drop(out);
+                return Ok((file, Err(format!("stored object is not valid gzip: {e}"))));
+            }
+            Err(e) => return Err(Error::io("restore into", &path, e)),
+        };
+        out.flush().map_err(|e| Error::io("write", &path, e))?;
+        drop(out);
+        progress.finish(digests.stored_len);
+        if digests.stored_len != m2.stored_len || digests.stored_sha256 != m2.stored_sha256 {
+            let why = format!(
+                "stored object checksum mismatch (expected {} bytes sha256 {}, got {} bytes sha256 {})",
+                m2.stored_len, m2.stored_sha256, digests.stored_len, digests.stored_sha256
+            );
+            return Ok((file, Err(why)));
+        }
+        if digests.raw_len != m2.raw_len || digests.raw_sha256 != m2.raw_sha256 {
+            let why = format!(
+                "restored database checksum mismatch (expected sha256 {}, got {})",
+                m2.raw_sha256, digests.raw_sha256
+            );
+            return Ok((file, Err(why)));
+        }
+        Ok((file, Ok(digests)))
+    })
+    .await
+    .expect("download worker does not panic")
 }
 
 /// Move the old database and its sidecars aside and rename the staged file into place.

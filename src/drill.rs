@@ -1,0 +1,337 @@
+//! The restore drill: prove a snapshot restores, by restoring it.
+//!
+//! A snapshot (the newest usable one, or a named one) is downloaded into a private scratch
+//! folder under the staging folder (never the live path), both SHA-256s are checked on the way,
+//! then `PRAGMA integrity_check` and `PRAGMA foreign_key_check` run on it, and its page size,
+//! page count, schema hash and per-table row counts are compared with the manifest. Every step
+//! is timed. The result is a [`DrillReport`]: data, not an error, when the snapshot is bad.
+//!
+//! The report is stored next to the snapshot as `drill-{time}-{ok|failed}.json`, so every
+//! guardian looking at the store sees it: `list` shows the snapshot `verified` or `failed`, and
+//! `restore --latest` never picks a failed one.
+//!
+//! Foreign-key violations are warnings, not failures: the online backup copies pages exactly,
+//! so violations were in the source when the copy was taken, and marking the snapshot failed
+//! would only stop `restore --latest` from restoring a faithful copy.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tracing::{info, instrument};
+
+use crate::catalog;
+use crate::config::{CheckKind, DatabaseConfig};
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, SnapshotKey};
+use crate::snapshot;
+use crate::storage::{PutMode, Storage};
+
+/// The drill record format this guardian writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One timed step of a drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// `download`, `integrity_check`, `foreign_key_check`, `compare`.
+    pub name: &'static str,
+    pub ok: bool,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+/// One comparison of what was restored with what was promised.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub expected: String,
+    pub actual: String,
+    /// A failed required check fails the drill; others are warnings.
+    pub required: bool,
+}
+
+/// The outcome of one drill (also the body of the stored drill record).
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub format_version: u32,
+    pub guardian_version: String,
+    /// The host that ran the drill.
+    pub host: String,
+    pub db: String,
+    pub snapshot: String,
+    pub snapshot_created_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub seconds: f64,
+    /// True when every required check passed.
+    pub ok: bool,
+    pub steps: Vec<Step>,
+    pub checks: Vec<Check>,
+    /// Why the drill failed (empty when ok).
+    pub problems: Vec<String>,
+    /// Findings that do not fail the drill (foreign-key violations).
+    pub warnings: Vec<String>,
+    /// Where the record was stored, or why it could not be (not part of the record).
+    #[serde(skip)]
+    pub record: std::result::Result<String, String>,
+}
+
+/// Drill `db`'s newest usable snapshot, or `snapshot` (an id or unique prefix), and record the
+/// result in `store`. The scratch copy lives under `staging_dir`.
+///
+/// # Errors
+/// Operational failures (store unreachable, disk full) and "nothing to drill". A snapshot that
+/// fails its checks is `Ok` with `ok == false`.
+#[instrument(skip_all, fields(db = %db.name))]
+pub async fn run(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    staging_dir: &Path,
+    snapshot: Option<&str>,
+) -> Result<DrillReport> {
+    let catalog = catalog::load(store, &db.name).await?;
+    let entry = match snapshot {
+        Some(id) => catalog.find(id).map_err(Error::Usage)?,
+        None => catalog.usable().next().ok_or_else(|| {
+            Error::NoGoodSnapshot(format!(
+                "no usable snapshot of {} to drill in {}; take one with `guardian backup --db {}`",
+                db.name,
+                store.location(),
+                db.name
+            ))
+        })?,
+    };
+    let started_at = Utc::now();
+    let t0 = Instant::now();
+    info!(id = %entry.key.id, "drill started");
+    let mut r = DrillReport {
+        format_version: RECORD_VERSION,
+        guardian_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+        db: db.name.clone(),
+        snapshot: entry.key.id.to_string(),
+        snapshot_created_at: entry.created_at,
+        started_at,
+        finished_at: started_at,
+        seconds: 0.0,
+        ok: false,
+        steps: Vec::new(),
+        checks: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        record: Err("not recorded".into()),
+    };
+    match &entry.manifest {
+        Some(m) => run_steps(store, m, staging_dir, &mut r).await?,
+        None => r.problems.push(
+            entry
+                .problem
+                .clone()
+                .unwrap_or_else(|| "manifest is unreadable".into()),
+        ),
+    }
+    r.ok = r.problems.is_empty() && r.checks.iter().all(|c| c.ok || !c.required);
+    r.finished_at = Utc::now();
+    r.seconds = t0.elapsed().as_secs_f64();
+    if !r.ok {
+        still_there(store, &entry.key).await?;
+    }
+    r.record = record(store, &entry.key, &r).await;
+    info!(id = %entry.key.id, ok = r.ok, seconds = format_args!("{:.2}", r.seconds), "drill finished");
+    Ok(r)
+}
+
+/// A failure because a concurrent prune deleted the snapshot says nothing about its data:
+/// report it as an operational error and record nothing.
+async fn still_there(store: &Arc<dyn Storage>, key: &SnapshotKey) -> Result<()> {
+    match store.get_bytes(&key.manifest(), crate::manifest::MAX_MANIFEST_BYTES).await {
+        Err(e) if e.is_not_found() => Err(Error::Usage(format!(
+            "snapshot {}/{} was deleted while the drill ran (a prune?); nothing was recorded, run the drill again",
+            key.db, key.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn record(store: &Arc<dyn Storage>, key: &SnapshotKey, r: &DrillReport) -> std::result::Result<String, String> {
+    let rk = key.drill(r.finished_at, r.ok);
+    let mut body = serde_json::to_vec_pretty(r).expect("drill report serializes");
+    body.push(b'\n');
+    match store.put_bytes(&rk, Bytes::from(body), PutMode::Overwrite).await {
+        Ok(()) => Ok(rk.to_string()),
+        Err(e) => Err(format!("could not store the drill record {rk}: {}", crate::error::chain(&e))),
+    }
+}
+
+async fn run_steps(store: &Arc<dyn Storage>, m: &Manifest, staging_dir: &Path, r: &mut DrillReport) -> Result<()> {
+    std::fs::create_dir_all(staging_dir).map_err(|e| Error::io("create staging folder", staging_dir, e))?;
+    // Named like backup staging folders, so a later run removes it if this process dies.
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{}drill-", crate::backup::staging_prefix(&m.db)))
+        .tempdir_in(staging_dir)
+        .map_err(|e| Error::io("create drill folder in", staging_dir, e))?;
+    let path = scratch.path().join("db.sqlite");
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io("create scratch file", &path, e))?;
+
+    // 1. Download, decompress, both SHA-256s.
+    let t = Instant::now();
+    let (file, fetched) = crate::restore::download_verified(store, m, file, &path).await?;
+    drop(file);
+    let secs = t.elapsed().as_secs_f64();
+    match fetched {
+        Ok(d) => {
+            r.checks.push(check("stored_sha256", &m.stored_sha256, &d.stored_sha256, true));
+            r.checks.push(check("raw_sha256", &m.raw_sha256, &d.raw_sha256, true));
+            r.steps.push(step("download", true, secs, format!("{} stored, {} raw", d.stored_len, d.raw_len)));
+        }
+        Err(why) => {
+            r.checks.push(Check {
+                name: "sha256".into(),
+                ok: false,
+                expected: format!("stored {} / raw {}", m.stored_sha256, m.raw_sha256),
+                actual: why.clone(),
+                required: true,
+            });
+            r.steps.push(step("download", false, secs, why.clone()));
+            r.problems.push(why);
+            return Ok(());
+        }
+    }
+
+    // 2-4. SQLite checks on the scratch copy, off the async threads.
+    let (integrity, fks, inspection, timings) = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let integrity = snapshot::run_check(&path, CheckKind::IntegrityCheck);
+            let t_int = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let fks = snapshot::foreign_key_check(&path);
+            let t_fk = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let inspection = snapshot::inspect(&path);
+            let t_cmp = t.elapsed().as_secs_f64();
+            for p in snapshot::sidecars(&path) {
+                let _ = std::fs::remove_file(p);
+            }
+            (integrity, fks, inspection, [t_int, t_fk, t_cmp])
+        })
+        .await
+        .expect("drill checks do not panic")
+    };
+
+    let data_or_fail = |res: std::result::Result<String, Error>| -> Result<std::result::Result<String, String>> {
+        match res {
+            Ok(s) => Ok(Ok(s)),
+            Err(e) if e.is_data_error() || matches!(e, Error::Usage(_)) => Ok(Err(crate::error::chain(&e))),
+            Err(e) => Err(e),
+        }
+    };
+    let integrity = data_or_fail(integrity.map(|o| match o {
+        Ok(()) => "ok".to_string(),
+        Err(problems) => problems.join("; "),
+    }))?;
+    let int_ok = matches!(&integrity, Ok(s) if s == "ok");
+    let int_text = integrity.unwrap_or_else(|e| e);
+    r.checks.push(Check {
+        name: "integrity_check".into(),
+        ok: int_ok,
+        expected: "ok".into(),
+        actual: int_text.clone(),
+        required: true,
+    });
+    r.steps.push(step("integrity_check", int_ok, timings[0], int_text.clone()));
+    if !int_ok {
+        r.problems.push(format!("PRAGMA integrity_check: {int_text}"));
+    }
+
+    let fks = data_or_fail(fks.map(|v| v.join("; ")))?;
+    let (fk_ok, fk_text) = match fks {
+        Ok(v) if v.is_empty() => (true, "no violations".to_string()),
+        Ok(v) => (false, v),
+        Err(e) => (false, e),
+    };
+    r.checks.push(Check {
+        name: "foreign_key_check".into(),
+        ok: fk_ok,
+        expected: "no violations".into(),
+        actual: fk_text.clone(),
+        required: false,
+    });
+    r.steps.push(step("foreign_key_check", fk_ok, timings[1], fk_text.clone()));
+    if !fk_ok {
+        r.warnings.push(format!("PRAGMA foreign_key_check: {fk_text} (present in the source when the backup ran)"));
+    }
+
+    match inspection {
+        Ok(i) => {
+            let before = r.checks.len();
+            r.checks.push(check("page_size", m.page_size, i.page_size, true));
+            r.checks.push(check("page_count", m.page_count, i.page_count, true));
+            r.checks.push(check("schema_sha256", &m.schema_sha256, &i.schema_sha256, true));
+            let names: std::collections::BTreeSet<&String> = m.tables.keys().chain(i.tables.keys()).collect();
+            for t in names {
+                let show = |v: Option<&u64>| v.map_or("absent".to_string(), u64::to_string);
+                r.checks.push(Check {
+                    name: format!("rows.{t}"),
+                    ok: m.tables.get(t) == i.tables.get(t),
+                    expected: show(m.tables.get(t)),
+                    actual: show(i.tables.get(t)),
+                    required: true,
+                });
+            }
+            let bad: Vec<String> = r.checks[before..]
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: expected {}, got {}", c.name, c.expected, c.actual))
+                .collect();
+            let detail = if bad.is_empty() {
+                format!("page size, {} pages, schema and {} tables match the manifest", i.page_count, i.tables.len())
+            } else {
+                bad.join("; ")
+            };
+            r.steps.push(step("compare", bad.is_empty(), timings[2], detail));
+            r.problems.extend(bad);
+        }
+        Err(e) if e.is_data_error() || matches!(e, Error::Usage(_)) => {
+            let why = crate::error::chain(&e);
+            r.steps.push(step("compare", false, timings[2], why.clone()));
+            r.problems.push(format!("inspect: {why}"));
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+fn step(name: &'static str, ok: bool, seconds: f64, detail: String) -> Step {
+    Step {
+        name,
+        ok,
+        seconds,
+        detail,
+    }
+}
+
+fn check<T: PartialEq + std::fmt::Display>(name: &str, expected: T, actual: T, required: bool) -> Check {
+    Check {
+        name: name.to_string(),
+        ok: expected == actual,
+        expected: expected.to_string(),
+        actual: actual.to_string(),
+        required,
+    }
+}

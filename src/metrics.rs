@@ -1,0 +1,278 @@
+//! The service's numbers, and the tiny HTTP listener that serves them: `/metrics` (Prometheus
+//! text format) and `/healthz` (liveness).
+//!
+//! A `*_last_success_*` value changes only when something succeeded: a failure never resets
+//! it, so `time() - guardian_backup_last_success_timestamp_seconds > 26h` stays a true alarm.
+//! At start-up they are seeded from the store (the newest snapshot, the newest passed drill),
+//! so a restart does not look like staleness, nor hide it.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::catalog::{Catalog, SnapshotStatus};
+use crate::schedule::JobKind;
+
+const JOBS: [&str; 3] = ["backup", "drill", "prune"];
+
+/// Per-database values.
+#[derive(Debug, Default, Clone)]
+struct DbValues {
+    backup_last_success: Option<f64>,
+    backup_last_duration: Option<f64>,
+    drill_last_success: Option<f64>,
+    /// When the last drill verdict was reached, and whether it passed.
+    drill_last: Option<(f64, bool)>,
+    snapshots: Option<u64>,
+    snapshot_bytes: Option<u64>,
+    /// `(job, outcome)` → count.
+    runs: BTreeMap<(&'static str, &'static str), u64>,
+    failures: BTreeMap<&'static str, u64>,
+    running: BTreeMap<&'static str, bool>,
+}
+
+/// All metrics of one service; shared by the jobs and the listener.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    dbs: Mutex<BTreeMap<String, DbValues>>,
+}
+
+fn secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+impl Metrics {
+    /// Metrics for these databases, every counter at zero (so `rate()` and `increase()` work
+    /// from the first scrape).
+    pub fn new<'a>(dbs: impl IntoIterator<Item = &'a str>) -> Metrics {
+        let mut map = BTreeMap::new();
+        for db in dbs {
+            let mut v = DbValues::default();
+            for job in JOBS {
+                v.failures.insert(job, 0);
+            }
+            map.insert(db.to_string(), v);
+        }
+        Metrics { dbs: Mutex::new(map) }
+    }
+
+    fn with(&self, db: &str, f: impl FnOnce(&mut DbValues)) {
+        let mut map = self.dbs.lock().expect("metrics lock is never poisoned");
+        f(map.entry(db.to_string()).or_default());
+    }
+
+    /// Take counts, sizes and the newest successes from what the store holds.
+    pub fn observe_catalog(&self, catalog: &Catalog) {
+        let usable: Vec<_> = catalog.usable().collect();
+        let newest = usable.first().map(|s| secs(s.created_at));
+        let count = usable.len() as u64;
+        let bytes = catalog
+            .snapshots
+            .iter()
+            .filter(|s| s.status != SnapshotStatus::Failed)
+            .filter_map(|s| s.data_size)
+            .sum();
+        let drills = catalog.snapshots.iter().filter_map(|s| s.last_drill.as_ref());
+        let newest_drill = drills.clone().max_by_key(|d| d.at).map(|d| (secs(d.at), d.ok));
+        let newest_ok = drills.filter(|d| d.ok).map(|d| secs(d.at)).reduce(f64::max);
+        self.with(&catalog.db, |v| {
+            v.snapshots = Some(count);
+            v.snapshot_bytes = Some(bytes);
+            v.backup_last_success = max(v.backup_last_success, newest);
+            v.drill_last_success = max(v.drill_last_success, newest_ok);
+            if let Some(d) = newest_drill {
+                if v.drill_last.is_none_or(|(at, _)| d.0 > at) {
+                    v.drill_last = Some(d);
+                }
+            }
+        });
+    }
+
+    /// A backup ended.
+    pub fn backup_finished(&self, db: &str, ok: bool, seconds: f64) {
+        let now = secs(Utc::now());
+        self.with(db, |v| {
+            v.backup_last_duration = Some(seconds);
+            if ok {
+                v.backup_last_success = max(v.backup_last_success, Some(now));
+            }
+        });
+        self.outcome(db, JobKind::Backup.as_str(), if ok { "ok" } else { "failed" });
+    }
+
+    /// A drill reached a verdict.
+    pub fn drill_finished(&self, db: &str, ok: bool) {
+        let now = secs(Utc::now());
+        self.with(db, |v| {
+            v.drill_last = Some((now, ok));
+            if ok {
+                v.drill_last_success = max(v.drill_last_success, Some(now));
+            }
+        });
+        self.outcome(db, JobKind::Drill.as_str(), if ok { "ok" } else { "failed" });
+    }
+
+    /// Count a run of `job` (`backup`, `drill`, `prune`) with `outcome` (`ok`, `failed`,
+    /// `skipped`, `cancelled`); `failed` also counts in `guardian_failures_total`.
+    pub fn outcome(&self, db: &str, job: &'static str, outcome: &'static str) {
+        self.with(db, |v| {
+            *v.runs.entry((job, outcome)).or_default() += 1;
+            if outcome == "failed" {
+                *v.failures.entry(job).or_default() += 1;
+            }
+        });
+    }
+
+    /// Mark `job` of `db` as running or not.
+    pub fn running(&self, db: &str, job: &'static str, on: bool) {
+        self.with(db, |v| {
+            v.running.insert(job, on);
+        });
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let map = self.dbs.lock().expect("metrics lock is never poisoned").clone();
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        };
+        let per_db = |f: &dyn Fn(&DbValues) -> Option<f64>| -> Vec<(String, f64)> {
+            map.iter().filter_map(|(db, v)| f(v).map(|x| (format!("db=\"{db}\""), x))).collect()
+        };
+        family(
+            "guardian_build_info",
+            "gauge",
+            "Always 1; the version label says which guardian runs.",
+            vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1.0)],
+        );
+        family(
+            "guardian_backup_last_success_timestamp_seconds",
+            "gauge",
+            "When the newest snapshot was taken (Unix time); only a success moves it.",
+            per_db(&|v| v.backup_last_success),
+        );
+        family(
+            "guardian_backup_last_duration_seconds",
+            "gauge",
+            "How long the last backup run took, successful or not.",
+            per_db(&|v| v.backup_last_duration),
+        );
+        family(
+            "guardian_drill_last_success_timestamp_seconds",
+            "gauge",
+            "When a restore drill last passed (Unix time); only a success moves it.",
+            per_db(&|v| v.drill_last_success),
+        );
+        family(
+            "guardian_drill_last_result",
+            "gauge",
+            "Verdict of the newest restore drill: 1 passed, 0 failed (absent: never drilled).",
+            per_db(&|v| v.drill_last.map(|(_, ok)| f64::from(u8::from(ok)))),
+        );
+        family(
+            "guardian_drill_last_timestamp_seconds",
+            "gauge",
+            "When the newest restore drill reached its verdict (Unix time).",
+            per_db(&|v| v.drill_last.map(|(at, _)| at)),
+        );
+        family("guardian_snapshots", "gauge", "Usable (not failed) snapshots in the store.", per_db(&|v| v.snapshots.map(|n| n as f64)));
+        family(
+            "guardian_snapshot_bytes",
+            "gauge",
+            "Stored bytes of the usable snapshots.",
+            per_db(&|v| v.snapshot_bytes.map(|n| n as f64)),
+        );
+        let mut rows = Vec::new();
+        for (db, v) in &map {
+            for (job, n) in &v.failures {
+                rows.push((format!("db=\"{db}\",job=\"{job}\""), *n as f64));
+            }
+        }
+        family("guardian_failures_total", "counter", "Failed runs per job (backup, drill, prune).", rows);
+        let mut rows = Vec::new();
+        for (db, v) in &map {
+            for ((job, outcome), n) in &v.runs {
+                rows.push((format!("db=\"{db}\",job=\"{job}\",outcome=\"{outcome}\""), *n as f64));
+            }
+        }
+        family("guardian_job_runs_total", "counter", "Scheduled runs by outcome (ok, failed, skipped, cancelled).", rows);
+        let mut rows = Vec::new();
+        for (db, v) in &map {
+            for (job, on) in &v.running {
+                rows.push((format!("db=\"{db}\",job=\"{job}\""), f64::from(u8::from(*on))));
+            }
+        }
+        family("guardian_job_running", "gauge", "1 while a job runs.", rows);
+        out
+    }
+}
+
+fn max(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Serve `/healthz` and `/metrics` on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r { debug!(%peer, error = %e, "metrics connection ended with an error") },
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn respond(req: &hyper::Request<hyper::body::Incoming>, metrics: &Metrics) -> hyper::Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        (&hyper::Method::GET, "/healthz") => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
+        (&hyper::Method::GET, _) => (404, "text/plain; charset=utf-8", "not found; try /metrics or /healthz\n".into()),
+        _ => (405, "text/plain; charset=utf-8", "only GET is supported\n".into()),
+    };
+    hyper::Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

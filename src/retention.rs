@@ -1,0 +1,336 @@
+//! Retention: which snapshots to keep and which to delete, and the prune that acts on it.
+//!
+//! [`plan`] is a pure function over a list of snapshots (unit-tested as tables in
+//! `tests/retention.rs`), with restic's `forget --keep-*` semantics: a snapshot is kept if any
+//! rule keeps it; `keep_last` keeps the newest N, and `daily`/`weekly`/`monthly`/`yearly` keep
+//! the newest snapshot of each of the last N days/ISO weeks/months/years that have one
+//! (calendar boundaries in the database's time zone).
+//!
+//! Safety over thrift, on top of restic's rules:
+//! - a policy with no rule deletes nothing;
+//! - when the newest snapshot is failed, nothing is deleted (the older ones may be all you have);
+//! - the newest verified snapshot is always kept;
+//! - failed snapshots never fill a slot (a damaged snapshot must not push out a good one), and
+//!   are kept as evidence while they are newer than the oldest kept snapshot;
+//! - snapshots dated in the future are kept and fill no slot (a bad clock or a planted
+//!   snapshot cannot push good ones out);
+//! - orphans (data without a manifest) are deleted only when older than a day.
+//!
+//! [`prune`] deletes the manifest first, then the rest of the folder: a crash in between leaves
+//! an orphan, never a manifest without its data.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Duration, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use tracing::{info, instrument};
+
+use crate::catalog::{self, rfc3339, Catalog, SnapshotStatus};
+use crate::config::{DatabaseConfig, RetentionConfig};
+use crate::error::Result;
+use crate::manifest::{self, ObjectRole};
+use crate::storage::Storage;
+
+/// How old an orphan must be before it is deleted (an upload in progress is an orphan too).
+pub const ORPHAN_GRACE: Duration = Duration::hours(24);
+
+/// One snapshot as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub status: SnapshotStatus,
+}
+
+/// Why a snapshot stays (or goes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum Reason {
+    /// One of the newest `keep_last` (1-based rank).
+    Last(u32),
+    /// Newest of its day (`2026-11-24`).
+    Daily(String),
+    /// Newest of its ISO week (`2026-W48`).
+    Weekly(String),
+    /// Newest of its month (`2026-11`).
+    Monthly(String),
+    /// Newest of its year (`2026`).
+    Yearly(String),
+    /// The newest snapshot a drill verified.
+    NewestVerified,
+    /// Dated after now.
+    Future,
+    /// A failed snapshot newer than the oldest kept one, kept as evidence.
+    FailedEvidence,
+    /// Nothing is deleted this time (see [`Plan::hold`]).
+    Hold,
+    /// No rule keeps it.
+    Expired,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Last(n) => write!(f, "last {n}"),
+            Reason::Daily(k) => write!(f, "daily {k}"),
+            Reason::Weekly(k) => write!(f, "weekly {k}"),
+            Reason::Monthly(k) => write!(f, "monthly {k}"),
+            Reason::Yearly(k) => write!(f, "yearly {k}"),
+            Reason::NewestVerified => f.write_str("newest verified"),
+            Reason::Future => f.write_str("dated in the future"),
+            Reason::FailedEvidence => f.write_str("failed; kept as evidence while newer than the oldest kept snapshot"),
+            Reason::Hold => f.write_str("hold"),
+            Reason::Expired => f.write_str("no rule keeps it"),
+        }
+    }
+}
+
+impl From<Reason> for String {
+    fn from(r: Reason) -> String {
+        r.to_string()
+    }
+}
+
+/// The verdict on one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub status: SnapshotStatus,
+    pub keep: bool,
+    pub reasons: Vec<Reason>,
+}
+
+/// The verdict on every snapshot, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+    /// Set when nothing may be deleted this time, with the reason.
+    pub hold: Option<String>,
+}
+
+impl Plan {
+    /// The snapshots to delete.
+    pub fn deletions(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().filter(|d| !d.keep)
+    }
+}
+
+/// Decide which of `snapshots` to keep under `policy`, with calendar boundaries in `tz`.
+pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: DateTime<Utc>) -> Plan {
+    let mut sorted: Vec<&Candidate> = snapshots.iter().collect();
+    sorted.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    let mut decisions: Vec<Decision> = sorted
+        .iter()
+        .map(|c| Decision {
+            id: c.id.clone(),
+            created_at: c.created_at,
+            status: c.status,
+            keep: false,
+            reasons: Vec::new(),
+        })
+        .collect();
+
+    let newest_past = decisions.iter().find(|d| d.created_at <= now);
+    let hold = if policy.is_empty() {
+        Some("no retention rule is set; every snapshot is kept".to_string())
+    } else if let Some(n) = newest_past.filter(|d| d.status == SnapshotStatus::Failed) {
+        Some(format!(
+            "the newest snapshot {} is failed; nothing is deleted until a good backup exists",
+            n.id
+        ))
+    } else {
+        None
+    };
+    if let Some(h) = &hold {
+        for d in &mut decisions {
+            d.keep = true;
+            d.reasons.push(Reason::Hold);
+        }
+        return Plan {
+            decisions,
+            hold: Some(h.clone()),
+        };
+    }
+
+    // The slot rules, over good snapshots in the past, newest first.
+    let mut last_left = policy.keep_last;
+    let mut rank = 0;
+    type Bucket = (u32, Option<String>, fn(String) -> Reason, fn(DateTime<Tz>) -> String);
+    let mut buckets: [Bucket; 4] = [
+        (policy.daily, None, Reason::Daily, |t| t.format("%Y-%m-%d").to_string()),
+        (policy.weekly, None, Reason::Weekly, |t| {
+            let w = t.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
+        }),
+        (policy.monthly, None, Reason::Monthly, |t| t.format("%Y-%m").to_string()),
+        (policy.yearly, None, Reason::Yearly, |t| t.format("%Y").to_string()),
+    ];
+    for d in &mut decisions {
+        if d.created_at > now {
+            d.keep = true;
+            d.reasons.push(Reason::Future);
+            continue;
+        }
+        if d.status == SnapshotStatus::Failed {
+            continue;
+        }
+        if last_left > 0 {
+            rank += 1;
+            last_left -= 1;
+            d.reasons.push(Reason::Last(rank));
+        }
+        let local = d.created_at.with_timezone(&tz);
+        for (left, last, reason, key_of) in &mut buckets {
+            if *left == 0 {
+                continue;
+            }
+            let key = key_of(local);
+            if last.as_ref() != Some(&key) {
+                *left -= 1;
+                *last = Some(key.clone());
+                d.reasons.push(reason(key));
+            }
+        }
+        d.keep = !d.reasons.is_empty();
+    }
+    if let Some(d) = decisions
+        .iter_mut()
+        .find(|d| d.created_at <= now && d.status == SnapshotStatus::Verified)
+    {
+        d.keep = true;
+        d.reasons.push(Reason::NewestVerified);
+    }
+    let oldest_kept = decisions
+        .iter()
+        .filter(|d| d.keep && d.status != SnapshotStatus::Failed && d.created_at <= now)
+        .map(|d| d.created_at)
+        .min();
+    for d in &mut decisions {
+        if d.status == SnapshotStatus::Failed && d.created_at <= now {
+            if oldest_kept.is_some_and(|o| d.created_at >= o) {
+                d.keep = true;
+                d.reasons.push(Reason::FailedEvidence);
+            }
+        }
+        if !d.keep {
+            d.reasons.push(Reason::Expired);
+        }
+    }
+    Plan { decisions, hold: None }
+}
+
+/// An orphan folder (objects but no manifest) and what prune does with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrphanDecision {
+    pub id: String,
+    pub objects: usize,
+    pub delete: bool,
+    pub reason: String,
+}
+
+/// Decide which orphans to delete: only those whose id and every object are over a day old.
+pub fn plan_orphans(catalog: &Catalog, now: DateTime<Utc>, hold: bool) -> Vec<OrphanDecision> {
+    catalog
+        .orphans
+        .iter()
+        .map(|o| {
+            let newest = o.objects.iter().filter_map(|m| m.modified).max();
+            let young = o.key.id.time() > now - ORPHAN_GRACE || newest.is_some_and(|t| t > now - ORPHAN_GRACE);
+            let (delete, reason) = if hold {
+                (false, "hold".to_string())
+            } else if young {
+                (false, "less than a day old (an upload may be in progress)".to_string())
+            } else {
+                (true, "interrupted backup over a day old".to_string())
+            };
+            OrphanDecision {
+                id: o.key.id.to_string(),
+                objects: o.objects.len(),
+                delete,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// What a prune did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub db: String,
+    /// `None` when the database has no `[databases.retention]`.
+    pub policy: Option<RetentionConfig>,
+    pub plan: Plan,
+    pub orphans: Vec<OrphanDecision>,
+    /// Snapshot and orphan ids actually deleted.
+    pub deleted: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Apply `db`'s retention policy to its snapshots in `store`.
+#[instrument(skip_all, fields(db = %db.name))]
+pub async fn prune(store: &Arc<dyn Storage>, db: &DatabaseConfig, dry_run: bool) -> Result<PruneReport> {
+    let catalog = catalog::load(store, &db.name).await?;
+    let now = Utc::now();
+    let candidates: Vec<Candidate> = catalog
+        .snapshots
+        .iter()
+        .map(|s| Candidate {
+            id: s.key.id.to_string(),
+            created_at: s.created_at,
+            status: s.status,
+        })
+        .collect();
+    let policy = db.retention.unwrap_or_default();
+    let mut plan = plan(&candidates, &policy, db.timezone(), now);
+    if db.retention.is_none() {
+        plan.hold = Some("no [databases.retention] table; every snapshot is kept".into());
+    }
+    let orphans = plan_orphans(&catalog, now, plan.hold.is_some());
+    let mut report = PruneReport {
+        db: db.name.clone(),
+        policy: db.retention,
+        plan,
+        orphans,
+        deleted: Vec::new(),
+        dry_run,
+    };
+    if dry_run || report.plan.hold.is_some() {
+        return Ok(report);
+    }
+    for d in report.plan.deletions() {
+        let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+        info!(id = %d.id, created_at = %rfc3339(d.created_at), reasons = %reasons.join(", "), "deleting snapshot");
+    }
+    let doomed: Vec<String> = report.plan.deletions().map(|d| d.id.clone()).collect();
+    for id in doomed {
+        delete_folder(store, &db.name, &id).await?;
+        report.deleted.push(id);
+    }
+    let orphans: Vec<String> = report.orphans.iter().filter(|o| o.delete).map(|o| o.id.clone()).collect();
+    for id in orphans {
+        info!(id = %id, "deleting orphan (interrupted backup)");
+        delete_folder(store, &db.name, &id).await?;
+        report.deleted.push(id);
+    }
+    Ok(report)
+}
+
+/// Delete every object of a snapshot folder, the manifest first.
+async fn delete_folder(store: &Arc<dyn Storage>, db: &str, id: &str) -> Result<()> {
+    let prefix = format!("{}{id}/", manifest::db_prefix(db));
+    let objects = store.list(&prefix).await?;
+    let mut keys: Vec<_> = objects
+        .into_iter()
+        .filter(|o| manifest::parse_key(&o.key).is_some_and(|(sk, _)| sk.id.as_str() == id && sk.db == db))
+        .map(|o| o.key)
+        .collect();
+    // The manifest goes first: from then on the folder is an orphan, never a manifest
+    // pointing at missing data.
+    keys.sort_by_key(|k| !matches!(manifest::parse_key(k), Some((_, ObjectRole::Manifest))));
+    for key in keys {
+        store.delete(&key).await?;
+    }
+    Ok(())
+}
