@@ -249,14 +249,13 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
     }
     let multi = catalogs.len() > 1;
     println!(
-        "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
+        "{}{:<26} {:<20} {:>8} {:>10} {:>10}  STATUS",
         if multi { format!("{:<12} ", "DB") } else { String::new() },
         "ID",
         "CREATED (UTC)",
         "AGE",
         "SIZE",
         "STORED",
-        "STATUS"
     );
     for c in &catalogs {
         for s in &c.snapshots {

@@ -135,13 +135,13 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
     let newest_past = decisions.iter().find(|d| d.created_at <= now);
     let hold = if policy.is_empty() {
         Some("no retention rule is set; every snapshot is kept".to_string())
-    } else if let Some(n) = newest_past.filter(|d| d.status == SnapshotStatus::Failed) {
-        Some(format!(
-            "the newest snapshot {} is failed; nothing is deleted until a good backup exists",
-            n.id
-        ))
     } else {
-        None
+        newest_past.filter(|d| d.status == SnapshotStatus::Failed).map(|n| {
+            format!(
+                "the newest snapshot {} is failed; nothing is deleted until a good backup exists",
+                n.id
+            )
+        })
     };
     if let Some(h) = &hold {
         for d in &mut decisions {
@@ -208,11 +208,9 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
         .map(|d| d.created_at)
         .min();
     for d in &mut decisions {
-        if d.status == SnapshotStatus::Failed && d.created_at <= now {
-            if oldest_kept.is_some_and(|o| d.created_at >= o) {
-                d.keep = true;
-                d.reasons.push(Reason::FailedEvidence);
-            }
+        if d.status == SnapshotStatus::Failed && d.created_at <= now && oldest_kept.is_some_and(|o| d.created_at >= o) {
+            d.keep = true;
+            d.reasons.push(Reason::FailedEvidence);
         }
         if !d.keep {
             d.reasons.push(Reason::Expired);
