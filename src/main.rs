@@ -63,6 +63,9 @@ fn init_logging(cli: &Cli) {
     guardian::progress::set_interactive(interactive);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // When stderr is gone (a dead log pipe), the default reports that with eprintln!, which
+        // panics in whatever task logged: a service would die mid-job. Drop the lines instead.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_target(cli.verbose > 0);
     match cli.log_format {

@@ -325,8 +325,8 @@ pub fn os_signals() -> Result<(impl Future<Output = ()>, impl Future<Output = ()
                 Some(()) = int.recv() => "SIGINT",
                 else => std::future::pending().await,
             };
-            info!(signal = name, "signal received");
             tx.send_modify(|n| *n += 1);
+            info!(signal = name, "signal received");
         }
     });
     let nth = move |n: u32| {
