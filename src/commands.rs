@@ -145,7 +145,9 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
             }
         };
         if results.is_empty() {
-            eprintln!("guardian: no snapshots of {} in {}", db.name, app.store.location());
+            // Nothing verified is not a pass.
+            eprintln!("guardian: no snapshots of {} in {}; nothing to verify", db.name, app.store.location());
+            worst.add(1);
         }
         let bad: Vec<String> = results
             .iter()

@@ -196,7 +196,7 @@ impl Notifier {
             heartbeat,
             on_success: cfg.notify_on_success,
             timeout,
-            retry_delay: Duration::from_secs(2),
+            retry_delay: Duration::from_secs(1),
             host: nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())

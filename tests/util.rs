@@ -167,3 +167,178 @@ pub fn dump(db: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Copy snapshot `template` of `market` to a new snapshot taken at `at` (RFC 3339): same data,
+/// manifest rewritten with the new id and time. Returns the new id. Builds histories that span
+/// days without waiting for them.
+pub fn plant_snapshot(env: &TestEnv, template: &str, at: &str) -> String {
+    let t: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+    let id = format!("{}-{:08x}", t.format("%Y%m%dT%H%M%SZ"), rand_u32());
+    let from = env.snapshot_dir(template);
+    let to = env.snapshot_dir(&id);
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(from.join("db.sqlite.gz"), to.join("db.sqlite.gz")).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from.join("manifest.json")).unwrap()).unwrap();
+    m["id"] = id.clone().into();
+    m["created_at"] = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into();
+    std::fs::write(to.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    id
+}
+
+/// A random u32 (unique ids for planted snapshots).
+pub fn rand_u32() -> u32 {
+    getrandom::u32().unwrap()
+}
+
+/// XOR one byte of a file (bit rot).
+pub fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = usize::try_from(offset).unwrap().min(bytes.len() - 1);
+    bytes[i] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Read and parse a snapshot's manifest.
+pub fn read_manifest(env: &TestEnv, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(env.snapshot_dir(id).join("manifest.json")).unwrap()).unwrap()
+}
+
+/// Overwrite a snapshot's manifest.
+pub fn write_manifest(env: &TestEnv, id: &str, m: &serde_json::Value) {
+    std::fs::write(env.snapshot_dir(id).join("manifest.json"), serde_json::to_vec_pretty(m).unwrap()).unwrap();
+}
+
+/// The snapshot's status (`verified`, `unverified`, `failed`) from `list --json`.
+pub fn status_of(env: &TestEnv, id: &str) -> String {
+    env.list()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("snapshot {id} not listed"))["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A minimal HTTP/1.0 GET with std sockets: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a Prometheus sample, e.g. `metric(&text, "guardian_snapshots{db=\"market\"}")`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Snapshot folders in the store that have no manifest (orphans), and dot-named temp files.
+pub fn leftovers(env: &TestEnv) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dbs) = std::fs::read_dir(&env.store) else { return out };
+    for db in dbs.flatten() {
+        for snap in std::fs::read_dir(db.path()).unwrap().flatten() {
+            if !snap.path().join("manifest.json").exists() {
+                out.push(snap.path());
+            }
+            for f in std::fs::read_dir(snap.path()).unwrap().flatten() {
+                if f.file_name().to_string_lossy().starts_with('.') {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A `guardian run` child process with its stderr (JSON log lines) collected by a thread.
+pub struct Service {
+    pub child: std::process::Child,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Service {
+    /// Start `guardian --log-format json run` in `env`.
+    pub fn start(env: &TestEnv) -> Service {
+        use std::io::BufRead;
+        let mut child = env
+            .command()
+            .args(["--log-format", "json", "run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Service { child, lines, reader: Some(reader) }
+    }
+
+    /// Wait (up to `secs`) for a log line containing `needle`; returns it.
+    pub fn wait_for_line(&self, needle: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "no log line with {needle:?} within {secs}s:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The address the metrics listener bound (from the start-up log line).
+    pub fn addr(&self) -> String {
+        let line = self.wait_for_line("guardian service started", 20);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["listen"].as_str().unwrap().to_string()
+    }
+
+    /// Send a signal to the process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Wait (up to `secs`) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> i32 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(r) = self.reader.take() {
+                    r.join().unwrap();
+                }
+                return status.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("guardian run did not exit within {secs}s:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

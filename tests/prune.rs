@@ -1,0 +1,105 @@
+//! `guardian prune` through the real binary: a dry run changes nothing and explains every
+//! verdict; a real run deletes exactly that; orphans go only when over a day old; no policy,
+//! no deletion.
+
+use crate::util::{self, TestEnv};
+
+/// A store with one real snapshot and planted ones on 10 consecutive days (03:00 UTC).
+fn history(env: &TestEnv) -> (String, Vec<String>) {
+    let real = env.backup();
+    let mut planted = Vec::new();
+    for day in 10..20 {
+        planted.push(util::plant_snapshot(env, &real, &format!("2026-10-{day}T03:00:00Z")));
+    }
+    (real, planted)
+}
+
+#[test]
+fn prune_dry_run_changes_nothing_and_real_run_deletes_what_it_said() {
+    let env = TestEnv::new();
+    env.write_config("[databases.retention]\nkeep_last = 2\ndaily = 4\n");
+    let (real, planted) = history(&env);
+    assert_eq!(env.list().len(), 11);
+
+    let dry = env.run(&["prune", "--dry-run"]).ok();
+    assert!(dry.stdout.contains("(dry run)"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("would delete 7 snapshot(s)"), "{}", dry.stdout);
+    // Every snapshot gets a line saying why it stays or goes.
+    assert!(dry.stdout.lines().any(|l| l.contains(&real) && l.contains("keep") && l.contains("last 1")), "{}", dry.stdout);
+    assert!(dry.stdout.lines().any(|l| l.contains(&planted[9]) && l.contains("last 2")), "{}", dry.stdout);
+    assert!(dry.stdout.lines().any(|l| l.contains(&planted[0]) && l.contains("would delete") && l.contains("no rule keeps it")), "{}", dry.stdout);
+    assert_eq!(env.list().len(), 11, "a dry run deleted something");
+
+    let real_run = env.run(&["prune"]).ok();
+    assert!(real_run.stdout.contains("deleted 7 snapshot(s)"), "{}", real_run.stdout);
+    let left: Vec<String> = env.list().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    // keep_last 2 = the real one and Oct 19; daily 4 = today, Oct 19, 18, 17.
+    let mut expected = vec![real.clone(), planted[9].clone(), planted[8].clone(), planted[7].clone()];
+    expected.sort();
+    let mut got = left.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    // Deleted snapshots leave no folder behind.
+    assert!(!env.snapshot_dir(&planted[0]).exists());
+    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+    // A second prune has nothing to do.
+    assert!(env.run(&["prune"]).ok().stdout.contains("deleted 0 snapshot(s)"));
+}
+
+#[test]
+fn prune_without_a_policy_deletes_nothing() {
+    let env = TestEnv::new();
+    let (_, _) = history(&env);
+    let r = env.run(&["prune"]).ok();
+    assert!(r.stdout.contains("no [databases.retention] table"), "{}", r.stdout);
+    assert_eq!(env.list().len(), 11);
+}
+
+#[test]
+fn prune_keeps_everything_when_the_newest_snapshot_failed() {
+    let env = TestEnv::new();
+    env.write_config("[databases.retention]\nkeep_last = 1\n");
+    let (real, _) = history(&env);
+    util::flip_byte(&env.snapshot_dir(&real).join("db.sqlite.gz"), 500);
+    env.run(&["drill"]).expect_code(1);
+    let r = env.run(&["prune"]).ok();
+    assert!(r.stdout.contains("is failed; nothing is deleted"), "{}", r.stdout);
+    assert_eq!(env.list().len(), 11);
+}
+
+#[test]
+fn prune_removes_orphans_only_when_over_a_day_old() {
+    let env = TestEnv::new();
+    env.write_config("[databases.retention]\nkeep_last = 5\n");
+    let real = env.backup();
+    // An interrupted backup from last month (data, no manifest) and one from a minute ago.
+    let old = util::plant_snapshot(&env, &real, "2026-10-01T03:00:00Z");
+    std::fs::remove_file(env.snapshot_dir(&old).join("manifest.json")).unwrap();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(env.snapshot_dir(&old).join("db.sqlite.gz"))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    let young = util::plant_snapshot(&env, &real, &chrono::Utc::now().to_rfc3339());
+    std::fs::remove_file(env.snapshot_dir(&young).join("manifest.json")).unwrap();
+
+    let dry = env.run(&["prune", "--dry-run"]).ok();
+    assert!(dry.stdout.lines().any(|l| l.contains(&old) && l.contains("would delete")), "{}", dry.stdout);
+    assert!(dry.stdout.lines().any(|l| l.contains(&young) && l.contains("keep orphan")), "{}", dry.stdout);
+    env.run(&["prune"]).ok();
+    assert!(!env.snapshot_dir(&old).exists());
+    assert!(env.snapshot_dir(&young).exists());
+    assert_eq!(env.list().len(), 1);
+}
+
+#[test]
+fn an_all_zero_policy_is_a_config_error() {
+    let env = TestEnv::new();
+    env.write_config("[databases.retention]\nkeep_last = 0\n");
+    let r = env.run(&["prune"]).expect_code(2);
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].contains("databases[0].retention") && lines[0].contains("keep nothing"), "{}", lines[0]);
+}

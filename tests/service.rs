@@ -1,0 +1,195 @@
+//! `guardian run`: a real process on 1-second schedules takes snapshots and drills, serves
+//! metrics that move, prunes, and stops cleanly on SIGTERM with no partial snapshot; a stop
+//! during a long backup waits for it, a second signal cancels it. Plus the in-process API
+//! (`service::run` with a oneshot, as mini-redis tests do).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::util::{self, metric, Service, TestEnv};
+
+const FAST: &str = "backup = \"* * * * * *\"\ndrill = \"*/2 * * * * *\"\n\
+                    [databases.retention]\nkeep_last = 3\n\n[service]\nlisten = \"127.0.0.1:0\"\n";
+
+/// Poll `list --json` until `ok` holds (up to `secs`).
+fn wait_for_list(env: &TestEnv, secs: u64, ok: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let list = env.list();
+        if ok(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "store never reached the expected state: {list:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn service_backs_up_drills_prunes_serves_metrics_and_stops_on_sigterm() {
+    let env = TestEnv::new();
+    env.write_config(FAST);
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+
+    wait_for_list(&env, 30, |l| l.len() >= 2 && l.iter().any(|s| s["status"] == "verified"));
+    let (code, body) = util::http_get(&addr, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let ok_runs = "guardian_job_runs_total{db=\"market\",job=\"backup\",outcome=\"ok\"}";
+    let (code, first) = util::http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(metric(&first, "guardian_drill_last_result{db=\"market\"}"), Some(1.0), "{first}");
+    assert!(metric(&first, "guardian_drill_last_success_timestamp_seconds{db=\"market\"}").is_some());
+    assert_eq!(metric(&first, "guardian_failures_total{db=\"market\",job=\"backup\"}"), Some(0.0));
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, second) = util::http_get(&addr, "/metrics");
+    assert!(metric(&second, ok_runs).unwrap() > metric(&first, ok_runs).unwrap(), "backups did not advance:\n{second}");
+    let ts = "guardian_backup_last_success_timestamp_seconds{db=\"market\"}";
+    assert!(metric(&second, ts).unwrap() > metric(&first, ts).unwrap());
+    assert!(metric(&second, "guardian_snapshots{db=\"market\"}").unwrap() >= 1.0);
+    assert_eq!(util::http_get(&addr, "/nope").0, 404);
+
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+    let log = svc.log();
+    assert!(log.contains("guardian service stopped"), "{log}");
+    assert!(log.contains("scheduled backup succeeded") && log.contains("scheduled drill passed"), "{log}");
+
+    // No partial snapshot, no temp file; retention kept it small; the newest restores.
+    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+    let list = env.list();
+    assert!(list.iter().all(|s| s["status"] != "failed"), "{list:#?}");
+    assert!(list.len() <= 4, "keep_last 3 (+ the newest verified): {list:#?}");
+    let to = env.path("restored.db");
+    env.run(&["restore", "--latest", "--to", to.to_str().unwrap()]).ok();
+    assert_eq!(util::integrity(&to), "ok");
+}
+
+/// A ~64 MiB database of random bytes, compressed at level 9 on one thread: a backup that takes
+/// a few seconds, long enough to signal in the middle of it.
+fn slow_env(grace: &str) -> TestEnv {
+    let env = TestEnv::empty();
+    let c = rusqlite::Connection::open(&env.db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 64)
+         INSERT INTO blobs SELECT i, randomblob(1048576) FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "[backup]\n",
+        "[backup]\ncompression_level = 9\nthreads = 1\n",
+    );
+    std::fs::write(
+        &env.config,
+        format!("{text}backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"{grace}\"\n"),
+    )
+    .unwrap();
+    env
+}
+
+#[test]
+fn stop_during_a_backup_lets_it_finish_within_the_grace_period() {
+    let env = slow_env("60s");
+    let mut svc = Service::start(&env);
+    svc.wait_for_line("backup started", 30);
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(60), 0, "{}", svc.log());
+    let log = svc.log();
+    assert!(log.contains("waiting for the job in flight"), "{log}");
+    assert!(log.contains("scheduled backup succeeded"), "{log}");
+    let list = env.list();
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0]["status"], "unverified");
+    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+}
+
+#[test]
+fn a_second_signal_cancels_the_backup_and_leaves_no_partial_snapshot() {
+    let env = slow_env("60s");
+    let mut svc = Service::start(&env);
+    svc.wait_for_line("backup started", 30);
+    svc.signal(Signal::SIGTERM);
+    svc.wait_for_line("waiting for the job in flight", 10);
+    let second = Instant::now();
+    svc.signal(Signal::SIGINT);
+    assert_eq!(svc.wait_exit(20), 0, "{}", svc.log());
+    assert!(second.elapsed() < Duration::from_secs(10), "a second signal must not wait out the 60 s grace");
+    let log = svc.log();
+    assert!(log.contains("second stop signal"), "{log}");
+    // Whatever the timing, nothing half-written is a snapshot.
+    let list = env.list();
+    assert!(list.iter().all(|s| s["status"] != "failed"), "{list:#?}");
+    if log.contains("cancelled by shutdown") {
+        assert!(list.is_empty(), "a cancelled backup published a snapshot: {list:#?}");
+    }
+    // The next run cleans up after the interrupted one and succeeds.
+    env.write_config("");
+    env.backup();
+    assert_eq!(env.list().len(), list.len() + 1);
+    assert!(util::leftovers(&env).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_run_returns_when_its_shutdown_future_completes() {
+    let env = TestEnv::new();
+    env.write_config(FAST);
+    let config = guardian::config::Config::load(&env.config).unwrap();
+    let app = guardian::cli::App::open(config).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(guardian::service::run(
+        app,
+        async {
+            let _ = rx.await;
+        },
+        std::future::pending(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.store.join("market").exists() || std::fs::read_dir(env.store.join("market")).unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "no snapshot within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tx.send(()).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), task).await.expect("run returned").unwrap();
+    assert!(out.is_ok(), "{out:?}");
+    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+}
+
+#[tokio::test]
+async fn service_refuses_to_start_without_schedules_or_with_a_busy_port() {
+    let env = TestEnv::new();
+    let config = guardian::config::Config::load(&env.config).unwrap();
+    let app = guardian::cli::App::open(config).await.unwrap();
+    let e = guardian::service::run(app, std::future::pending(), std::future::pending()).await.unwrap_err();
+    assert!(e.to_string().contains("nothing to schedule"), "{e}");
+    assert_eq!(e.exit_code(), 2);
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    env.write_config(&format!(
+        "backup = \"0 3 * * *\"\n\n[service]\nlisten = \"{}\"\n",
+        busy.local_addr().unwrap()
+    ));
+    let r = env.run(&["run"]).expect_code(2);
+    assert_eq!(r.error_lines().len(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("service.listen") && r.stderr.contains("cannot listen"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_schedules_are_config_errors_naming_the_key() {
+    let env = TestEnv::new();
+    for (extra, key) in [
+        ("backup = \"0 3 * *\"\n", "databases[0].backup"),
+        ("drill = \"0 0 1 * mon\"\n", "databases[0].drill"),
+        ("backup = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n", "databases[0].timezone"),
+        ("backup = \"0 3 * * *\"\njitter = \"soon\"\n", "databases[0].jitter"),
+        ("\n[service]\nshutdown_timeout = \"forever\"\n", "service.shutdown_timeout"),
+        ("\n[service]\nlisten = \"localhost\"\n", "service.listen"),
+    ] {
+        env.write_config(extra);
+        let r = env.run(&["run"]).expect_code(2);
+        let lines = r.error_lines();
+        assert_eq!(lines.len(), 1, "{extra}: {}", r.stderr);
+        assert!(lines[0].contains(key), "{extra}: {}", lines[0]);
+    }
+}
