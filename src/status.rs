@@ -23,6 +23,14 @@ pub struct DbStatus {
     pub last_snapshot: Option<LastSnapshot>,
     pub last_drill: Option<LastDrill>,
     pub max_age_seconds: u64,
+    /// `guardian run` schedules (cron as configured), and when they next fire.
+    pub backup_schedule: Option<String>,
+    pub next_backup_at: Option<String>,
+    pub drill_schedule: Option<String>,
+    pub next_drill_at: Option<String>,
+    pub timezone: String,
+    /// Folders with data but no manifest (interrupted backups); prune removes them after a day.
+    pub orphans: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +47,7 @@ pub struct LastSnapshot {
 pub struct LastDrill {
     pub snapshot: String,
     pub at: String,
+    pub age_seconds: i64,
     pub ok: bool,
 }
 
@@ -46,6 +55,12 @@ pub struct LastDrill {
 pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> DbStatus {
     let now = Utc::now();
     let max_age = db.max_age();
+    let tz = db.timezone();
+    let next = |cron: &Option<String>| {
+        cron.as_deref()
+            .and_then(|c| crate::schedule::next_run(c, tz, now))
+            .map(rfc3339)
+    };
     let usable: Vec<_> = catalog.usable().collect();
     let last = usable.first().and_then(|s| {
         let m = s.manifest.as_ref()?;
@@ -66,6 +81,7 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
         .map(|(s, d)| LastDrill {
             snapshot: s.key.id.to_string(),
             at: rfc3339(d.at),
+            age_seconds: (now - d.at).num_seconds(),
             ok: d.ok,
         });
     let mut problems = Vec::new();
@@ -97,6 +113,12 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
         last_snapshot: last,
         last_drill,
         max_age_seconds: max_age.as_secs(),
+        next_backup_at: next(&db.backup),
+        backup_schedule: db.backup.clone(),
+        next_drill_at: next(&db.drill),
+        drill_schedule: db.drill.clone(),
+        timezone: tz.to_string(),
+        orphans: catalog.orphans.len(),
     }
 }
 
@@ -128,8 +150,28 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
             }
             println!("  snapshots  {} ({} stored)", s.snapshot_count, human_bytes(s.stored_bytes));
             match &s.last_drill {
-                Some(d) => println!("  drill      {} on {}: {}", d.at, d.snapshot, if d.ok { "ok" } else { "FAILED" }),
+                Some(d) => println!(
+                    "  drill      {} ({} ago) on {}: {}",
+                    d.at,
+                    human_age(d.age_seconds),
+                    d.snapshot,
+                    if d.ok { "ok" } else { "FAILED" }
+                ),
                 None => println!("  drill      never"),
+            }
+            let plan = |what: &str, cron: &Option<String>, next: &Option<String>| match (cron, next) {
+                (Some(c), Some(n)) => format!("{what} \"{c}\" (next {n})"),
+                (Some(c), None) => format!("{what} \"{c}\""),
+                (None, _) => format!("no {what} schedule"),
+            };
+            println!(
+                "  schedule   {}, {} [{}]",
+                plan("backup", &s.backup_schedule, &s.next_backup_at),
+                plan("drill", &s.drill_schedule, &s.next_drill_at),
+                s.timezone
+            );
+            if s.orphans > 0 {
+                println!("  orphans    {} interrupted backup(s) without a manifest (prune removes them after a day)", s.orphans);
             }
             for p in &s.problems {
                 println!("  problem    {p}");

@@ -46,6 +46,9 @@ fn drill_on_a_bit_flipped_snapshot_fails_and_restore_latest_skips_it() {
     assert!(r.stdout.contains("restore --latest will skip it"), "{}", r.stdout);
     assert_eq!(util::status_of(&env, &bad), "failed");
     assert_eq!(util::status_of(&env, &good), "unverified");
+    // status says so, and exits 1 for cron or a monitor.
+    let st = env.run(&["status"]).expect_code(1);
+    assert!(st.stdout.contains("UNHEALTHY") && st.stdout.contains("last drill failed"), "{}", st.stdout);
 
     // restore --latest now restores the older, good snapshot and says why it skipped the newer.
     let to = env.path("restored.db");

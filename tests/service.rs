@@ -193,3 +193,22 @@ fn bad_schedules_are_config_errors_naming_the_key() {
         assert!(lines[0].contains(key), "{extra}: {}", lines[0]);
     }
 }
+
+#[test]
+fn status_shows_the_schedules_and_when_they_next_fire() {
+    let env = TestEnv::new();
+    env.write_config("backup = \"0 3 * * *\"\ndrill = \"30 4 * * sun\"\ntimezone = \"Europe/Paris\"\n");
+    env.backup();
+    let r = env.run(&["status", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let s = &v[0];
+    assert_eq!(s["backup_schedule"], "0 3 * * *");
+    assert_eq!(s["timezone"], "Europe/Paris");
+    // 03:00 in Paris is 01:00 or 02:00 UTC depending on daylight saving.
+    let next = s["next_backup_at"].as_str().unwrap();
+    assert!(next.ends_with("T01:00:00Z") || next.ends_with("T02:00:00Z"), "{next}");
+    assert!(s["next_drill_at"].as_str().is_some());
+    assert_eq!(s["orphans"], 0);
+    let text = env.run(&["status"]).ok().stdout;
+    assert!(text.contains("schedule   backup \"0 3 * * *\" (next "), "{text}");
+}
