@@ -187,7 +187,9 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
         Command::Status(args) => status::print(app, args.db.as_deref(), args.json).await,
         Command::Run(RunArgs {}) => {
             let (first, second) = crate::service::os_signals()?;
-            crate::service::run(app.clone(), first, second).await.map(|()| 0)
+            crate::service::run(app.clone(), first, second)
+                .await
+                .map(|()| 0)
         }
         Command::Drill(args) => crate::commands::drill(app, args).await,
         Command::Verify(args) => crate::commands::verify(app, args).await,
@@ -220,7 +222,11 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
             Err(e) => {
                 // With several databases, one failure must not stop the others: report it now
                 // and return the worst at the end.
-                eprintln!("guardian: backup of {} failed: {}", db.name, crate::error::chain(&e));
+                eprintln!(
+                    "guardian: backup of {} failed: {}",
+                    db.name,
+                    crate::error::chain(&e)
+                );
                 if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
                     worst = Some(e);
                 }
@@ -244,13 +250,20 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             .iter()
             .flat_map(|c| c.snapshots.iter().map(|s| s.view(now)))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&views).expect("views serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&views).expect("views serialize")
+        );
         return Ok(0);
     }
     let multi = catalogs.len() > 1;
     println!(
         "{}{:<26} {:<20} {:>8} {:>10} {:>10}  STATUS",
-        if multi { format!("{:<12} ", "DB") } else { String::new() },
+        if multi {
+            format!("{:<12} ", "DB")
+        } else {
+            String::new()
+        },
         "ID",
         "CREATED (UTC)",
         "AGE",
@@ -266,7 +279,11 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             };
             println!(
                 "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
-                if multi { format!("{:<12} ", c.db) } else { String::new() },
+                if multi {
+                    format!("{:<12} ", c.db)
+                } else {
+                    String::new()
+                },
                 v.id,
                 v.created_at,
                 human_age(v.age_seconds),
@@ -276,7 +293,11 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             );
         }
         if c.snapshots.is_empty() {
-            eprintln!("guardian: no snapshots of {} in {}", c.db, app.store.location());
+            eprintln!(
+                "guardian: no snapshots of {} in {}",
+                c.db,
+                app.store.location()
+            );
         }
     }
     Ok(0)
@@ -288,7 +309,11 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         (true, None, None) => Selector::Latest,
         (false, Some(id), None) => Selector::Snapshot(id),
         (false, None, Some(t)) => Selector::Before(t),
-        _ => return Err(Error::Usage("give exactly one of --latest, --snapshot ID, --before TIME".into())),
+        _ => {
+            return Err(Error::Usage(
+                "give exactly one of --latest, --snapshot ID, --before TIME".into(),
+            ))
+        }
     };
     let opts = RestoreOptions {
         selector,
@@ -299,13 +324,27 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
     let r = restore::run(&app.store, db, &opts).await?;
     let now = Utc::now();
     let m = &r.manifest;
-    let when = format!("taken {}, {} ago", rfc3339(m.created_at), human_age((now - m.created_at).num_seconds()));
+    let when = format!(
+        "taken {}, {} ago",
+        rfc3339(m.created_at),
+        human_age((now - m.created_at).num_seconds())
+    );
     for (id, why) in &r.skipped {
         println!("skipped {id}: {why}");
     }
     if r.dry_run {
-        println!("dry run: would restore {} snapshot {} ({when}) to {}", r.db, m.id, r.target.display());
-        println!("  size {} (stored {}), sha256 {}", human_bytes(m.raw_len), human_bytes(m.stored_len), m.raw_sha256);
+        println!(
+            "dry run: would restore {} snapshot {} ({when}) to {}",
+            r.db,
+            m.id,
+            r.target.display()
+        );
+        println!(
+            "  size {} (stored {}), sha256 {}",
+            human_bytes(m.raw_len),
+            human_bytes(m.stored_len),
+            m.raw_sha256
+        );
         for p in &r.moved_aside {
             println!("  would move aside {}", p.display());
         }
@@ -315,7 +354,12 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         println!("  nothing was written");
         return Ok(0);
     }
-    println!("restored {} snapshot {} ({when}) to {}", r.db, m.id, r.target.display());
+    println!(
+        "restored {} snapshot {} ({when}) to {}",
+        r.db,
+        m.id,
+        r.target.display()
+    );
     println!(
         "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",
         m.raw_sha256,

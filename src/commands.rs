@@ -94,7 +94,10 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json).expect("reports serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).expect("reports serialize")
+        );
     }
     worst.finish()
 }
@@ -126,7 +129,9 @@ fn print_drill(r: &DrillReport) {
     }
     match &r.record {
         Ok(key) if r.ok => println!("  recorded as {key}: the snapshot is now verified"),
-        Ok(key) => println!("  recorded as {key}: the snapshot is now marked failed; restore --latest will skip it"),
+        Ok(key) => println!(
+            "  recorded as {key}: the snapshot is now marked failed; restore --latest will skip it"
+        ),
         Err(_) => println!("  the verdict could NOT be recorded in the store (see below)"),
     }
 }
@@ -146,7 +151,11 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
         };
         if results.is_empty() {
             // Nothing verified is not a pass.
-            eprintln!("guardian: no snapshots of {} in {}; nothing to verify", db.name, app.store.location());
+            eprintln!(
+                "guardian: no snapshots of {} in {}; nothing to verify",
+                db.name,
+                app.store.location()
+            );
             worst.add(1);
         }
         let bad: Vec<String> = results
@@ -187,7 +196,10 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
         all.extend(results);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all).expect("results serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("results serialize")
+        );
     }
     worst.finish()
 }
@@ -219,7 +231,10 @@ pub async fn prune(app: &App, args: PruneArgs) -> Result<u8> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all).expect("reports serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("reports serialize")
+        );
     }
     worst.finish()
 }
@@ -232,7 +247,11 @@ fn print_prune(r: &PruneReport) {
         ),
         None => "no retention policy".into(),
     };
-    println!("prune {}{}: {policy}", r.db, if r.dry_run { " (dry run)" } else { "" });
+    println!(
+        "prune {}{}: {policy}",
+        r.db,
+        if r.dry_run { " (dry run)" } else { "" }
+    );
     if let Some(hold) = &r.plan.hold {
         println!("  nothing will be deleted: {hold}");
     }
@@ -262,7 +281,10 @@ fn print_prune(r: &PruneReport) {
             (true, true) => "would delete",
             (true, false) => "deleted",
         };
-        println!("  {verb:<12} {:<26} ({} objects, no manifest): {}", o.id, o.objects, o.reason);
+        println!(
+            "  {verb:<12} {:<26} ({} objects, no manifest): {}",
+            o.id, o.objects, o.reason
+        );
     }
     let snaps = r.plan.deletions().count();
     let orphans = r.orphans.iter().filter(|o| o.delete).count();

@@ -179,7 +179,11 @@ pub struct RetentionConfig {
 impl RetentionConfig {
     /// True when no rule keeps anything (such a policy deletes nothing, see `retention`).
     pub fn is_empty(&self) -> bool {
-        self.keep_last == 0 && self.daily == 0 && self.weekly == 0 && self.monthly == 0 && self.yearly == 0
+        self.keep_last == 0
+            && self.daily == 0
+            && self.weekly == 0
+            && self.monthly == 0
+            && self.yearly == 0
     }
 }
 
@@ -379,9 +383,12 @@ impl Config {
         for db in &mut self.databases {
             abs(&mut db.path);
         }
-        for p in [&mut self.notify.webhook_url_file, &mut self.notify.heartbeat_url_file]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.notify.webhook_url_file,
+            &mut self.notify.heartbeat_url_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             abs(p);
         }
@@ -389,7 +396,8 @@ impl Config {
 
     /// Check every value; errors name the dotted key.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |field: String, reason: String| Err(Error::Config(format!("{field}: {reason}")));
+        let invalid =
+            |field: String, reason: String| Err(Error::Config(format!("{field}: {reason}")));
         match self.storage.kind {
             StorageKind::Local => {
                 if self.storage.path.is_none() {
@@ -424,12 +432,18 @@ impl Config {
             if let Some(j) = self.databases[..i].iter().position(|d| d.name == db.name) {
                 return invalid(
                     format!("databases[{i}].name"),
-                    format!("{:?} is already used by databases[{j}]; names must be unique", db.name),
+                    format!(
+                        "{:?} is already used by databases[{j}]; names must be unique",
+                        db.name
+                    ),
                 );
             }
             if let Some(age) = &db.max_age {
                 if let Err(e) = humantime::parse_duration(age) {
-                    return invalid(format!("databases[{i}].max_age"), format!("{e} (e.g. \"26h\", \"90m\")"));
+                    return invalid(
+                        format!("databases[{i}].max_age"),
+                        format!("{e} (e.g. \"26h\", \"90m\")"),
+                    );
                 }
             }
             if db.path.as_os_str().is_empty() {
@@ -452,9 +466,17 @@ impl Config {
             }
             if let Some(j) = &db.jitter {
                 match humantime::parse_duration(j) {
-                    Err(e) => return invalid(format!("databases[{i}].jitter"), format!("{e} (e.g. \"5m\")")),
+                    Err(e) => {
+                        return invalid(
+                            format!("databases[{i}].jitter"),
+                            format!("{e} (e.g. \"5m\")"),
+                        )
+                    }
                     Ok(d) if d > std::time::Duration::from_secs(6 * 3600) => {
-                        return invalid(format!("databases[{i}].jitter"), "must be at most 6h".into())
+                        return invalid(
+                            format!("databases[{i}].jitter"),
+                            "must be at most 6h".into(),
+                        )
                     }
                     Ok(_) => {}
                 }
@@ -487,11 +509,22 @@ impl Config {
             }
         }
         for (key, inline, file) in [
-            ("notify.webhook_url", &self.notify.webhook_url, &self.notify.webhook_url_file),
-            ("notify.heartbeat_url", &self.notify.heartbeat_url, &self.notify.heartbeat_url_file),
+            (
+                "notify.webhook_url",
+                &self.notify.webhook_url,
+                &self.notify.webhook_url_file,
+            ),
+            (
+                "notify.heartbeat_url",
+                &self.notify.heartbeat_url,
+                &self.notify.heartbeat_url_file,
+            ),
         ] {
             if inline.is_some() && file.is_some() {
-                return invalid(key.into(), format!("give either {key} or {key}_file, not both"));
+                return invalid(
+                    key.into(),
+                    format!("give either {key} or {key}_file, not both"),
+                );
             }
             if let Some(url) = inline {
                 // Never echo the URL: it may carry a token.
@@ -542,7 +575,9 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     let lines: Vec<&str> = s
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
         .collect();
     lines.join("; ")
 }
@@ -562,7 +597,9 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults_and_absolute_paths() {
-        let c = parse("[storage]\npath = \"b\"\n[[databases]]\nname = \"market\"\npath = \"m.db\"\n").unwrap();
+        let c =
+            parse("[storage]\npath = \"b\"\n[[databases]]\nname = \"market\"\npath = \"m.db\"\n")
+                .unwrap();
         assert_eq!(c.storage.kind, StorageKind::Local);
         assert_eq!(c.storage.path.unwrap(), Path::new("/etc/guardian/b"));
         assert_eq!(c.databases[0].path, Path::new("/etc/guardian/m.db"));
@@ -575,7 +612,8 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("databases[0]"), "{msg}");
         assert!(msg.contains("pathh"), "{msg}");
-        let e = parse("[storage]\nbukkit = \"x\"\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n").unwrap_err();
+        let e = parse("[storage]\nbukkit = \"x\"\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n")
+            .unwrap_err();
         assert!(e.to_string().contains("storage"), "{e}");
         assert!(e.to_string().contains("bukkit"), "{e}");
     }
@@ -594,7 +632,10 @@ mod tests {
         let e = parse("[[databases]]\nname = \"m\"\npath = \"a.db\"\n[[databases]]\nname = \"m\"\npath = \"b.db\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("databases[1].name"), "{e}");
-        let e = parse("[backup]\ncompression_level = 12\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n").unwrap_err();
+        let e = parse(
+            "[backup]\ncompression_level = 12\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("backup.compression_level"), "{e}");
         assert!(parse("").unwrap_err().to_string().contains("databases"));
     }

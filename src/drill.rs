@@ -162,18 +162,34 @@ async fn still_there(store: &Arc<dyn Storage>, key: &SnapshotKey) -> Result<()> 
     }
 }
 
-async fn record(store: &Arc<dyn Storage>, key: &SnapshotKey, r: &DrillReport) -> std::result::Result<String, String> {
+async fn record(
+    store: &Arc<dyn Storage>,
+    key: &SnapshotKey,
+    r: &DrillReport,
+) -> std::result::Result<String, String> {
     let rk = key.drill(r.finished_at, r.ok);
     let mut body = serde_json::to_vec_pretty(r).expect("drill report serializes");
     body.push(b'\n');
-    match store.put_bytes(&rk, Bytes::from(body), PutMode::Overwrite).await {
+    match store
+        .put_bytes(&rk, Bytes::from(body), PutMode::Overwrite)
+        .await
+    {
         Ok(()) => Ok(rk.to_string()),
-        Err(e) => Err(format!("could not store the drill record {rk}: {}", crate::error::chain(&e))),
+        Err(e) => Err(format!(
+            "could not store the drill record {rk}: {}",
+            crate::error::chain(&e)
+        )),
     }
 }
 
-async fn run_steps(store: &Arc<dyn Storage>, m: &Manifest, staging_dir: &Path, r: &mut DrillReport) -> Result<()> {
-    std::fs::create_dir_all(staging_dir).map_err(|e| Error::io("create staging folder", staging_dir, e))?;
+async fn run_steps(
+    store: &Arc<dyn Storage>,
+    m: &Manifest,
+    staging_dir: &Path,
+    r: &mut DrillReport,
+) -> Result<()> {
+    std::fs::create_dir_all(staging_dir)
+        .map_err(|e| Error::io("create staging folder", staging_dir, e))?;
     // Named like backup staging folders, so a later run removes it if this process dies.
     let scratch = tempfile::Builder::new()
         .prefix(&format!("{}drill-", crate::backup::staging_prefix(&m.db)))
@@ -194,9 +210,20 @@ async fn run_steps(store: &Arc<dyn Storage>, m: &Manifest, staging_dir: &Path, r
     let secs = t.elapsed().as_secs_f64();
     match fetched {
         Ok(d) => {
-            r.checks.push(check("stored_sha256", &m.stored_sha256, &d.stored_sha256, true));
-            r.checks.push(check("raw_sha256", &m.raw_sha256, &d.raw_sha256, true));
-            r.steps.push(step("download", true, secs, format!("{} stored, {} raw", d.stored_len, d.raw_len)));
+            r.checks.push(check(
+                "stored_sha256",
+                &m.stored_sha256,
+                &d.stored_sha256,
+                true,
+            ));
+            r.checks
+                .push(check("raw_sha256", &m.raw_sha256, &d.raw_sha256, true));
+            r.steps.push(step(
+                "download",
+                true,
+                secs,
+                format!("{} stored, {} raw", d.stored_len, d.raw_len),
+            ));
         }
         Err(why) => {
             r.checks.push(Check {
@@ -234,13 +261,16 @@ async fn run_steps(store: &Arc<dyn Storage>, m: &Manifest, staging_dir: &Path, r
         .expect("drill checks do not panic")
     };
 
-    let data_or_fail = |res: std::result::Result<String, Error>| -> Result<std::result::Result<String, String>> {
-        match res {
-            Ok(s) => Ok(Ok(s)),
-            Err(e) if e.is_data_error() || matches!(e, Error::Usage(_)) => Ok(Err(crate::error::chain(&e))),
-            Err(e) => Err(e),
-        }
-    };
+    let data_or_fail =
+        |res: std::result::Result<String, Error>| -> Result<std::result::Result<String, String>> {
+            match res {
+                Ok(s) => Ok(Ok(s)),
+                Err(e) if e.is_data_error() || matches!(e, Error::Usage(_)) => {
+                    Ok(Err(crate::error::chain(&e)))
+                }
+                Err(e) => Err(e),
+            }
+        };
     let integrity = data_or_fail(integrity.map(|o| match o {
         Ok(()) => "ok".to_string(),
         Err(problems) => problems.join("; "),
@@ -254,9 +284,15 @@ async fn run_steps(store: &Arc<dyn Storage>, m: &Manifest, staging_dir: &Path, r
         actual: int_text.clone(),
         required: true,
     });
-    r.steps.push(step("integrity_check", int_ok, timings[0], int_text.clone()));
+    r.steps.push(step(
+        "integrity_check",
+        int_ok,
+        timings[0],
+        int_text.clone(),
+    ));
     if !int_ok {
-        r.problems.push(format!("PRAGMA integrity_check: {int_text}"));
+        r.problems
+            .push(format!("PRAGMA integrity_check: {int_text}"));
     }
 
     let fks = data_or_fail(fks.map(|v| v.join("; ")))?;
@@ -272,18 +308,33 @@ async fn run_steps(store: &Arc<dyn Storage>, m: &Manifest, staging_dir: &Path, r
         actual: fk_text.clone(),
         required: false,
     });
-    r.steps.push(step("foreign_key_check", fk_ok, timings[1], fk_text.clone()));
+    r.steps.push(step(
+        "foreign_key_check",
+        fk_ok,
+        timings[1],
+        fk_text.clone(),
+    ));
     if !fk_ok {
-        r.warnings.push(format!("PRAGMA foreign_key_check: {fk_text} (present in the source when the backup ran)"));
+        r.warnings.push(format!(
+            "PRAGMA foreign_key_check: {fk_text} (present in the source when the backup ran)"
+        ));
     }
 
     match inspection {
         Ok(i) => {
             let before = r.checks.len();
-            r.checks.push(check("page_size", m.page_size, i.page_size, true));
-            r.checks.push(check("page_count", m.page_count, i.page_count, true));
-            r.checks.push(check("schema_sha256", &m.schema_sha256, &i.schema_sha256, true));
-            let names: std::collections::BTreeSet<&String> = m.tables.keys().chain(i.tables.keys()).collect();
+            r.checks
+                .push(check("page_size", m.page_size, i.page_size, true));
+            r.checks
+                .push(check("page_count", m.page_count, i.page_count, true));
+            r.checks.push(check(
+                "schema_sha256",
+                &m.schema_sha256,
+                &i.schema_sha256,
+                true,
+            ));
+            let names: std::collections::BTreeSet<&String> =
+                m.tables.keys().chain(i.tables.keys()).collect();
             for t in names {
                 let show = |v: Option<&u64>| v.map_or("absent".to_string(), u64::to_string);
                 r.checks.push(Check {
@@ -300,16 +351,22 @@ async fn run_steps(store: &Arc<dyn Storage>, m: &Manifest, staging_dir: &Path, r
                 .map(|c| format!("{}: expected {}, got {}", c.name, c.expected, c.actual))
                 .collect();
             let detail = if bad.is_empty() {
-                format!("page size, {} pages, schema and {} tables match the manifest", i.page_count, i.tables.len())
+                format!(
+                    "page size, {} pages, schema and {} tables match the manifest",
+                    i.page_count,
+                    i.tables.len()
+                )
             } else {
                 bad.join("; ")
             };
-            r.steps.push(step("compare", bad.is_empty(), timings[2], detail));
+            r.steps
+                .push(step("compare", bad.is_empty(), timings[2], detail));
             r.problems.extend(bad);
         }
         Err(e) if e.is_data_error() || matches!(e, Error::Usage(_)) => {
             let why = crate::error::chain(&e);
-            r.steps.push(step("compare", false, timings[2], why.clone()));
+            r.steps
+                .push(step("compare", false, timings[2], why.clone()));
             r.problems.push(format!("inspect: {why}"));
         }
         Err(e) => return Err(e),
@@ -326,7 +383,12 @@ fn step(name: &'static str, ok: bool, seconds: f64, detail: String) -> Step {
     }
 }
 
-fn check<T: PartialEq + std::fmt::Display>(name: &str, expected: T, actual: T, required: bool) -> Check {
+fn check<T: PartialEq + std::fmt::Display>(
+    name: &str,
+    expected: T,
+    actual: T,
+    required: bool,
+) -> Check {
     Check {
         name: name.to_string(),
         ok: expected == actual,

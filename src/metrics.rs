@@ -64,7 +64,9 @@ impl Metrics {
             }
             map.insert(db.to_string(), v);
         }
-        Metrics { dbs: Mutex::new(map) }
+        Metrics {
+            dbs: Mutex::new(map),
+        }
     }
 
     fn with(&self, db: &str, f: impl FnOnce(&mut DbValues)) {
@@ -83,8 +85,14 @@ impl Metrics {
             .filter(|s| s.status != SnapshotStatus::Failed)
             .filter_map(|s| s.data_size)
             .sum();
-        let drills = catalog.snapshots.iter().filter_map(|s| s.last_drill.as_ref());
-        let newest_drill = drills.clone().max_by_key(|d| d.at).map(|d| (secs(d.at), d.ok));
+        let drills = catalog
+            .snapshots
+            .iter()
+            .filter_map(|s| s.last_drill.as_ref());
+        let newest_drill = drills
+            .clone()
+            .max_by_key(|d| d.at)
+            .map(|d| (secs(d.at), d.ok));
         let newest_ok = drills.filter(|d| d.ok).map(|d| secs(d.at)).reduce(f64::max);
         self.with(&catalog.db, |v| {
             v.snapshots = Some(count);
@@ -108,7 +116,11 @@ impl Metrics {
                 v.backup_last_success = max(v.backup_last_success, Some(now));
             }
         });
-        self.outcome(db, JobKind::Backup.as_str(), if ok { "ok" } else { "failed" });
+        self.outcome(
+            db,
+            JobKind::Backup.as_str(),
+            if ok { "ok" } else { "failed" },
+        );
     }
 
     /// A drill reached a verdict.
@@ -120,7 +132,11 @@ impl Metrics {
                 v.drill_last_success = max(v.drill_last_success, Some(now));
             }
         });
-        self.outcome(db, JobKind::Drill.as_str(), if ok { "ok" } else { "failed" });
+        self.outcome(
+            db,
+            JobKind::Drill.as_str(),
+            if ok { "ok" } else { "failed" },
+        );
     }
 
     /// Count a run of `job` (`backup`, `drill`, `prune`) with `outcome` (`ok`, `failed`,
@@ -143,7 +159,11 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let map = self.dbs.lock().expect("metrics lock is never poisoned").clone();
+        let map = self
+            .dbs
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .clone();
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -152,7 +172,9 @@ impl Metrics {
             }
         };
         let per_db = |f: &dyn Fn(&DbValues) -> Option<f64>| -> Vec<(String, f64)> {
-            map.iter().filter_map(|(db, v)| f(v).map(|x| (format!("db=\"{db}\""), x))).collect()
+            map.iter()
+                .filter_map(|(db, v)| f(v).map(|x| (format!("db=\"{db}\""), x)))
+                .collect()
         };
         family(
             "guardian_build_info",
@@ -163,7 +185,7 @@ impl Metrics {
         family(
             "guardian_backup_last_success_timestamp_seconds",
             "gauge",
-            "When the newest snapshot was taken (Unix time); only a success moves it.",
+            "When the last successful backup finished (Unix time; at start-up, when the newest stored snapshot was taken); only a success moves it.",
             per_db(&|v| v.backup_last_success),
         );
         family(
@@ -190,7 +212,12 @@ impl Metrics {
             "When the newest restore drill reached its verdict (Unix time).",
             per_db(&|v| v.drill_last.map(|(at, _)| at)),
         );
-        family("guardian_snapshots", "gauge", "Usable (not failed) snapshots in the store.", per_db(&|v| v.snapshots.map(|n| n as f64)));
+        family(
+            "guardian_snapshots",
+            "gauge",
+            "Usable (not failed) snapshots in the store.",
+            per_db(&|v| v.snapshots.map(|n| n as f64)),
+        );
         family(
             "guardian_snapshot_bytes",
             "gauge",
@@ -203,18 +230,34 @@ impl Metrics {
                 rows.push((format!("db=\"{db}\",job=\"{job}\""), *n as f64));
             }
         }
-        family("guardian_failures_total", "counter", "Failed runs per job (backup, drill, prune).", rows);
+        family(
+            "guardian_failures_total",
+            "counter",
+            "Failed runs per job (backup, drill, prune).",
+            rows,
+        );
         let mut rows = Vec::new();
         for (db, v) in &map {
             for ((job, outcome), n) in &v.runs {
-                rows.push((format!("db=\"{db}\",job=\"{job}\",outcome=\"{outcome}\""), *n as f64));
+                rows.push((
+                    format!("db=\"{db}\",job=\"{job}\",outcome=\"{outcome}\""),
+                    *n as f64,
+                ));
             }
         }
-        family("guardian_job_runs_total", "counter", "Scheduled runs by outcome (ok, failed, skipped, cancelled).", rows);
+        family(
+            "guardian_job_runs_total",
+            "counter",
+            "Scheduled runs by outcome (ok, failed, skipped, cancelled).",
+            rows,
+        );
         let mut rows = Vec::new();
         for (db, v) in &map {
             for (job, on) in &v.running {
-                rows.push((format!("db=\"{db}\",job=\"{job}\""), f64::from(u8::from(*on))));
+                rows.push((
+                    format!("db=\"{db}\",job=\"{job}\""),
+                    f64::from(u8::from(*on)),
+                ));
             }
         }
         family("guardian_job_running", "gauge", "1 while a job runs.", rows);
@@ -263,12 +306,27 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: Cancellat
     }
 }
 
-fn respond(req: &hyper::Request<hyper::body::Incoming>, metrics: &Metrics) -> hyper::Response<Full<Bytes>> {
+fn respond(
+    req: &hyper::Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+) -> hyper::Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        (&hyper::Method::GET, "/metrics") => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
         (&hyper::Method::GET, "/healthz") => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
-        (&hyper::Method::GET, _) => (404, "text/plain; charset=utf-8", "not found; try /metrics or /healthz\n".into()),
-        _ => (405, "text/plain; charset=utf-8", "only GET is supported\n".into()),
+        (&hyper::Method::GET, _) => (
+            404,
+            "text/plain; charset=utf-8",
+            "not found; try /metrics or /healthz\n".into(),
+        ),
+        _ => (
+            405,
+            "text/plain; charset=utf-8",
+            "only GET is supported\n".into(),
+        ),
     };
     hyper::Response::builder()
         .status(status)

@@ -38,7 +38,8 @@ impl SecretUrl {
             Ok(u) => format!(
                 "{}://{}/…",
                 u.scheme_str().unwrap_or("?"),
-                u.authority().map_or("?", |a| a.as_str().rsplit('@').next().unwrap_or("?"))
+                u.authority()
+                    .map_or("?", |a| a.as_str().rsplit('@').next().unwrap_or("?"))
             ),
             Err(_) => "<invalid url>".into(),
         }
@@ -46,7 +47,10 @@ impl SecretUrl {
 
     /// The URL with `/suffix` added to its path (before any query).
     fn with_suffix(&self, suffix: &str) -> SecretUrl {
-        let (base, query) = self.0.split_once('?').map_or((self.0.as_str(), None), |(b, q)| (b, Some(q)));
+        let (base, query) = self
+            .0
+            .split_once('?')
+            .map_or((self.0.as_str(), None), |(b, q)| (b, Some(q)));
         let mut s = format!("{}/{suffix}", base.trim_end_matches('/'));
         if let Some(q) = query {
             s.push('?');
@@ -64,10 +68,9 @@ impl std::fmt::Debug for SecretUrl {
 
 /// Check that `url` is an absolute http(s) URL. The reason never contains the URL.
 pub fn check_url(url: &str) -> std::result::Result<(), String> {
-    let uri: http::Uri = url
-        .trim()
-        .parse()
-        .map_err(|_| "is not a valid URL (the value is not shown: it may hold a token)".to_string())?;
+    let uri: http::Uri = url.trim().parse().map_err(|_| {
+        "is not a valid URL (the value is not shown: it may hold a token)".to_string()
+    })?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
         _ => Err("must be an absolute http:// or https:// URL with a host (the value is not shown: it may hold a token)".into()),
@@ -77,12 +80,34 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
 /// Something worth telling a human about.
 #[derive(Debug, Clone)]
 pub enum Event {
-    BackupOk { db: String, id: String, seconds: f64, stored_bytes: u64 },
-    BackupFailed { db: String, error: String },
-    DrillOk { db: String, snapshot: String, seconds: f64 },
-    DrillFailed { db: String, snapshot: Option<String>, detail: String },
-    PruneFailed { db: String, error: String },
-    VerifyFailed { db: String, detail: String },
+    BackupOk {
+        db: String,
+        id: String,
+        seconds: f64,
+        stored_bytes: u64,
+    },
+    BackupFailed {
+        db: String,
+        error: String,
+    },
+    DrillOk {
+        db: String,
+        snapshot: String,
+        seconds: f64,
+    },
+    DrillFailed {
+        db: String,
+        snapshot: Option<String>,
+        detail: String,
+    },
+    PruneFailed {
+        db: String,
+        error: String,
+    },
+    VerifyFailed {
+        db: String,
+        detail: String,
+    },
 }
 
 impl Event {
@@ -116,22 +141,42 @@ impl Event {
     /// One line for humans (the Slack `text`).
     pub fn text(&self, host: &str) -> String {
         match self {
-            Event::BackupOk { db, id, seconds, stored_bytes } => format!(
+            Event::BackupOk {
+                db,
+                id,
+                seconds,
+                stored_bytes,
+            } => format!(
                 "guardian on {host}: backup of {db} ok: snapshot {id}, {} stored in {seconds:.1}s",
                 crate::catalog::human_bytes(*stored_bytes)
             ),
-            Event::BackupFailed { db, error } => format!("guardian on {host}: backup of {db} FAILED: {error}"),
-            Event::DrillOk { db, snapshot, seconds } => {
+            Event::BackupFailed { db, error } => {
+                format!("guardian on {host}: backup of {db} FAILED: {error}")
+            }
+            Event::DrillOk {
+                db,
+                snapshot,
+                seconds,
+            } => {
                 format!("guardian on {host}: restore drill of {db} ok: snapshot {snapshot} verified in {seconds:.1}s")
             }
-            Event::DrillFailed { db, snapshot, detail } => format!(
+            Event::DrillFailed {
+                db,
+                snapshot,
+                detail,
+            } => format!(
                 "guardian on {host}: restore drill of {db} FAILED{}: {detail}",
-                snapshot.as_ref().map(|s| format!(" on snapshot {s}")).unwrap_or_default()
+                snapshot
+                    .as_ref()
+                    .map(|s| format!(" on snapshot {s}"))
+                    .unwrap_or_default()
             ),
             Event::PruneFailed { db, error } => {
                 format!("guardian on {host}: pruning old snapshots of {db} failed (backups continue): {error}")
             }
-            Event::VerifyFailed { db, detail } => format!("guardian on {host}: verify of {db} found damage: {detail}"),
+            Event::VerifyFailed { db, detail } => {
+                format!("guardian on {host}: verify of {db} found damage: {detail}")
+            }
         }
     }
 }
@@ -183,8 +228,18 @@ impl Notifier {
     /// A config error naming the key when a URL is given twice, its file cannot be read, or it
     /// is not an http(s) URL.
     pub fn from_config(cfg: &NotifyConfig) -> Result<Notifier> {
-        let webhook = resolve("notify.webhook_url", &cfg.webhook_url, &cfg.webhook_url_file, WEBHOOK_ENV)?;
-        let heartbeat = resolve("notify.heartbeat_url", &cfg.heartbeat_url, &cfg.heartbeat_url_file, HEARTBEAT_ENV)?;
+        let webhook = resolve(
+            "notify.webhook_url",
+            &cfg.webhook_url,
+            &cfg.webhook_url_file,
+            WEBHOOK_ENV,
+        )?;
+        let heartbeat = resolve(
+            "notify.heartbeat_url",
+            &cfg.heartbeat_url,
+            &cfg.heartbeat_url_file,
+            HEARTBEAT_ENV,
+        )?;
         let timeout = cfg
             .timeout
             .as_deref()
@@ -207,7 +262,8 @@ impl Notifier {
 
     /// A notifier that sends nothing.
     pub fn disabled() -> Notifier {
-        Notifier::from_config(&NotifyConfig::default()).expect("an empty config has nothing to resolve")
+        Notifier::from_config(&NotifyConfig::default())
+            .expect("an empty config has nothing to resolve")
     }
 
     /// Wait this long between attempts (tests shorten it).
@@ -226,7 +282,11 @@ impl Notifier {
     pub async fn send(&self, event: &Event) {
         let Some(client) = &self.client else { return };
         let webhook = async {
-            if let Some(url) = self.webhook.as_ref().filter(|_| !event.ok() || self.on_success) {
+            if let Some(url) = self
+                .webhook
+                .as_ref()
+                .filter(|_| !event.ok() || self.on_success)
+            {
                 let payload = Payload {
                     text: event.text(&self.host),
                     guardian: PayloadFacts {
@@ -238,7 +298,15 @@ impl Notifier {
                     },
                 };
                 let body = serde_json::to_vec(&payload).expect("payload serializes");
-                self.deliver(client, "webhook", url, http::Method::POST, Bytes::from(body), event).await;
+                self.deliver(
+                    client,
+                    "webhook",
+                    url,
+                    http::Method::POST,
+                    Bytes::from(body),
+                    event,
+                )
+                .await;
             }
         };
         let heartbeat = async {
@@ -247,12 +315,28 @@ impl Notifier {
                 (Event::BackupFailed { .. }, Some(u)) => u.with_suffix("fail"),
                 _ => return,
             };
-            self.deliver(client, "heartbeat", &url, http::Method::GET, Bytes::new(), event).await;
+            self.deliver(
+                client,
+                "heartbeat",
+                &url,
+                http::Method::GET,
+                Bytes::new(),
+                event,
+            )
+            .await;
         };
         tokio::join!(webhook, heartbeat);
     }
 
-    async fn deliver(&self, client: &HttpClient, what: &str, url: &SecretUrl, method: http::Method, body: Bytes, event: &Event) {
+    async fn deliver(
+        &self,
+        client: &HttpClient,
+        what: &str,
+        url: &SecretUrl,
+        method: http::Method,
+        body: Bytes,
+        event: &Event,
+    ) {
         let target = url.redacted();
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
@@ -262,11 +346,16 @@ impl Notifier {
             let mut req = http::Request::builder()
                 .method(method.clone())
                 .uri(url.0.as_str())
-                .header(http::header::USER_AGENT, concat!("guardian/", env!("CARGO_PKG_VERSION")));
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("guardian/", env!("CARGO_PKG_VERSION")),
+                );
             if !body.is_empty() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
             }
-            let req = req.body(Full::new(body.clone())).expect("request parts are valid");
+            let req = req
+                .body(Full::new(body.clone()))
+                .expect("request parts are valid");
             let retry = match tokio::time::timeout(self.timeout, client.request(req)).await {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     debug!(what, target = %target, event = event.name(), db = event.db(), "notification sent");
@@ -274,15 +363,23 @@ impl Notifier {
                 }
                 Ok(Ok(resp)) => {
                     last = format!("HTTP {}", resp.status());
-                    resp.status().is_server_error() || resp.status() == http::StatusCode::TOO_MANY_REQUESTS
+                    resp.status().is_server_error()
+                        || resp.status() == http::StatusCode::TOO_MANY_REQUESTS
                 }
                 // The client error's text can include the URL: keep only its kind.
                 Ok(Err(e)) => {
-                    last = if e.is_connect() { "cannot connect".into() } else { "request failed".into() };
+                    last = if e.is_connect() {
+                        "cannot connect".into()
+                    } else {
+                        "request failed".into()
+                    };
                     true
                 }
                 Err(_) => {
-                    last = format!("no answer within {}", humantime::format_duration(self.timeout));
+                    last = format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.timeout)
+                    );
                     true
                 }
             };
@@ -297,9 +394,16 @@ impl Notifier {
     }
 }
 
-fn resolve(key: &str, inline: &Option<String>, file: &Option<std::path::PathBuf>, env: &str) -> Result<Option<SecretUrl>> {
+fn resolve(
+    key: &str,
+    inline: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    env: &str,
+) -> Result<Option<SecretUrl>> {
     let from_env = std::env::var(env).ok().filter(|v| !v.trim().is_empty());
-    let sources = usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(from_env.is_some());
+    let sources = usize::from(inline.is_some())
+        + usize::from(file.is_some())
+        + usize::from(from_env.is_some());
     if sources > 1 {
         return Err(Error::Config(format!(
             "{key}: given more than once (in the config as {key} or {key}_file, and/or in ${env}); keep exactly one"
@@ -358,8 +462,15 @@ mod tests {
         assert_eq!(u.redacted(), "https://hooks.slack.com/…");
         assert!(!format!("{u:?}").contains("SECRET"));
         let u = SecretUrl("https://user:pw@hc-ping.com/uuid-secret?x=1".into());
-        assert!(!u.redacted().contains("pw") && !u.redacted().contains("secret"), "{}", u.redacted());
-        assert_eq!(u.with_suffix("fail").0, "https://user:pw@hc-ping.com/uuid-secret/fail?x=1");
+        assert!(
+            !u.redacted().contains("pw") && !u.redacted().contains("secret"),
+            "{}",
+            u.redacted()
+        );
+        assert_eq!(
+            u.with_suffix("fail").0,
+            "https://user:pw@hc-ping.com/uuid-secret/fail?x=1"
+        );
     }
 
     #[test]

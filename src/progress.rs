@@ -64,7 +64,11 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let mib_per_s = if secs > 0.0 { bytes as f64 / secs / 1048576.0 } else { 0.0 };
+        let mib_per_s = if secs > 0.0 {
+            bytes as f64 / secs / 1048576.0
+        } else {
+            0.0
+        };
         tracing::info!(
             db = %self.db,
             step = self.step,

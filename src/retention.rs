@@ -79,7 +79,9 @@ impl std::fmt::Display for Reason {
             Reason::Yearly(k) => write!(f, "yearly {k}"),
             Reason::NewestVerified => f.write_str("newest verified"),
             Reason::Future => f.write_str("dated in the future"),
-            Reason::FailedEvidence => f.write_str("failed; kept as evidence while newer than the oldest kept snapshot"),
+            Reason::FailedEvidence => {
+                f.write_str("failed; kept as evidence while newer than the oldest kept snapshot")
+            }
             Reason::Hold => f.write_str("hold"),
             Reason::Expired => f.write_str("no rule keeps it"),
         }
@@ -136,12 +138,14 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
     let hold = if policy.is_empty() {
         Some("no retention rule is set; every snapshot is kept".to_string())
     } else {
-        newest_past.filter(|d| d.status == SnapshotStatus::Failed).map(|n| {
-            format!(
+        newest_past
+            .filter(|d| d.status == SnapshotStatus::Failed)
+            .map(|n| {
+                format!(
                 "the newest snapshot {} is failed; nothing is deleted until a good backup exists",
                 n.id
             )
-        })
+            })
     };
     if let Some(h) = &hold {
         for d in &mut decisions {
@@ -157,15 +161,26 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
     // The slot rules, over good snapshots in the past, newest first.
     let mut last_left = policy.keep_last;
     let mut rank = 0;
-    type Bucket = (u32, Option<String>, fn(String) -> Reason, fn(DateTime<Tz>) -> String);
+    type Bucket = (
+        u32,
+        Option<String>,
+        fn(String) -> Reason,
+        fn(DateTime<Tz>) -> String,
+    );
     let mut buckets: [Bucket; 4] = [
-        (policy.daily, None, Reason::Daily, |t| t.format("%Y-%m-%d").to_string()),
+        (policy.daily, None, Reason::Daily, |t| {
+            t.format("%Y-%m-%d").to_string()
+        }),
         (policy.weekly, None, Reason::Weekly, |t| {
             let w = t.iso_week();
             format!("{}-W{:02}", w.year(), w.week())
         }),
-        (policy.monthly, None, Reason::Monthly, |t| t.format("%Y-%m").to_string()),
-        (policy.yearly, None, Reason::Yearly, |t| t.format("%Y").to_string()),
+        (policy.monthly, None, Reason::Monthly, |t| {
+            t.format("%Y-%m").to_string()
+        }),
+        (policy.yearly, None, Reason::Yearly, |t| {
+            t.format("%Y").to_string()
+        }),
     ];
     for d in &mut decisions {
         if d.created_at > now {
@@ -208,7 +223,10 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
         .map(|d| d.created_at)
         .min();
     for d in &mut decisions {
-        if d.status == SnapshotStatus::Failed && d.created_at <= now && oldest_kept.is_some_and(|o| d.created_at >= o) {
+        if d.status == SnapshotStatus::Failed
+            && d.created_at <= now
+            && oldest_kept.is_some_and(|o| d.created_at >= o)
+        {
             d.keep = true;
             d.reasons.push(Reason::FailedEvidence);
         }
@@ -216,7 +234,10 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
             d.reasons.push(Reason::Expired);
         }
     }
-    Plan { decisions, hold: None }
+    Plan {
+        decisions,
+        hold: None,
+    }
 }
 
 /// An orphan folder (objects but no manifest) and what prune does with it.
@@ -235,11 +256,15 @@ pub fn plan_orphans(catalog: &Catalog, now: DateTime<Utc>, hold: bool) -> Vec<Or
         .iter()
         .map(|o| {
             let newest = o.objects.iter().filter_map(|m| m.modified).max();
-            let young = o.key.id.time() > now - ORPHAN_GRACE || newest.is_some_and(|t| t > now - ORPHAN_GRACE);
+            let young = o.key.id.time() > now - ORPHAN_GRACE
+                || newest.is_some_and(|t| t > now - ORPHAN_GRACE);
             let (delete, reason) = if hold {
                 (false, "hold".to_string())
             } else if young {
-                (false, "less than a day old (an upload may be in progress)".to_string())
+                (
+                    false,
+                    "less than a day old (an upload may be in progress)".to_string(),
+                )
             } else {
                 (true, "interrupted backup over a day old".to_string())
             };
@@ -268,7 +293,11 @@ pub struct PruneReport {
 
 /// Apply `db`'s retention policy to its snapshots in `store`.
 #[instrument(skip_all, fields(db = %db.name))]
-pub async fn prune(store: &Arc<dyn Storage>, db: &DatabaseConfig, dry_run: bool) -> Result<PruneReport> {
+pub async fn prune(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    dry_run: bool,
+) -> Result<PruneReport> {
     let catalog = catalog::load(store, &db.name).await?;
     let now = Utc::now();
     let candidates: Vec<Candidate> = catalog
@@ -306,7 +335,12 @@ pub async fn prune(store: &Arc<dyn Storage>, db: &DatabaseConfig, dry_run: bool)
         delete_folder(store, &db.name, &id).await?;
         report.deleted.push(id);
     }
-    let orphans: Vec<String> = report.orphans.iter().filter(|o| o.delete).map(|o| o.id.clone()).collect();
+    let orphans: Vec<String> = report
+        .orphans
+        .iter()
+        .filter(|o| o.delete)
+        .map(|o| o.id.clone())
+        .collect();
     for id in orphans {
         info!(id = %id, "deleting orphan (interrupted backup)");
         delete_folder(store, &db.name, &id).await?;
@@ -321,7 +355,9 @@ async fn delete_folder(store: &Arc<dyn Storage>, db: &str, id: &str) -> Result<(
     let objects = store.list(&prefix).await?;
     let mut keys: Vec<_> = objects
         .into_iter()
-        .filter(|o| manifest::parse_key(&o.key).is_some_and(|(sk, _)| sk.id.as_str() == id && sk.db == db))
+        .filter(|o| {
+            manifest::parse_key(&o.key).is_some_and(|(sk, _)| sk.id.as_str() == id && sk.db == db)
+        })
         .map(|o| o.key)
         .collect();
     // The manifest goes first: from then on the folder is an orphan, never a manifest

@@ -77,11 +77,9 @@ pub fn parse_cron(expr: &str) -> std::result::Result<String, String> {
         "@weekly" => "0 0 0 * * sun".to_string(),
         "@monthly" => "0 0 0 1 * *".to_string(),
         "@yearly" | "@annually" => "0 0 0 1 1 *".to_string(),
-        s if s.starts_with('@') => {
-            return Err(format!(
-                "unknown cron shortcut {trimmed:?} (use @hourly, @daily, @weekly, @monthly or @yearly)"
-            ))
-        }
+        s if s.starts_with('@') => return Err(format!(
+            "unknown cron shortcut {trimmed:?} (use @hourly, @daily, @weekly, @monthly or @yearly)"
+        )),
         _ => {
             let fields: Vec<&str> = trimmed.split_whitespace().collect();
             match fields.len() {
@@ -161,7 +159,9 @@ pub fn jitter_delay(jitter: Duration) -> Duration {
 
 /// The current UTC offset of `tz`, in seconds.
 fn offset_now(tz: Tz) -> i32 {
-    tz.offset_from_utc_datetime(&Utc::now().naive_utc()).fix().local_minus_utc()
+    tz.offset_from_utc_datetime(&Utc::now().naive_utc())
+        .fix()
+        .local_minus_utc()
 }
 
 /// The running scheduler.
@@ -190,7 +190,10 @@ impl Scheduler {
         }
         sched.start().await.map_err(sched_error)?;
         let rearm = tokio::spawn(rearm_on_offset_change(sched.clone(), jobs, on_tick));
-        Ok(Scheduler { inner: sched, rearm })
+        Ok(Scheduler {
+            inner: sched,
+            rearm,
+        })
     }
 
     /// Stop ticking. Jobs already handed to the service are not touched.
@@ -217,7 +220,11 @@ async fn add(sched: &JobScheduler, entry: &Entry, on_tick: &OnTick) -> Result<uu
 }
 
 /// Re-create jobs whose zone changed its UTC offset (daylight saving), see the module doc.
-async fn rearm_on_offset_change(sched: JobScheduler, mut jobs: Vec<(uuid::Uuid, i32, Entry)>, on_tick: OnTick) {
+async fn rearm_on_offset_change(
+    sched: JobScheduler,
+    mut jobs: Vec<(uuid::Uuid, i32, Entry)>,
+    on_tick: OnTick,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -238,7 +245,9 @@ async fn rearm_on_offset_change(sched: JobScheduler, mut jobs: Vec<(uuid::Uuid, 
                     *offset = now;
                     info!(db = %entry.db, job = entry.kind.as_str(), timezone = %entry.tz, "job re-created after a UTC offset change");
                 }
-                Err(e) => warn!(db = %entry.db, error = %crate::error::chain(&e), "could not re-create job"),
+                Err(e) => {
+                    warn!(db = %entry.db, error = %crate::error::chain(&e), "could not re-create job")
+                }
             }
         }
     }
@@ -293,11 +302,20 @@ mod tests {
         let after: DateTime<Utc> = "2026-07-01T00:00:00Z".parse().unwrap();
         let paris: Tz = "Europe/Paris".parse().unwrap();
         // 03:00 in Paris in July (UTC+2) is 01:00 UTC.
-        assert_eq!(next_run("0 3 * * *", paris, after).unwrap(), "2026-07-01T01:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            next_run("0 3 * * *", paris, after).unwrap(),
+            "2026-07-01T01:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         // And in January (UTC+1) it is 02:00 UTC: the offset follows daylight saving.
         let winter: DateTime<Utc> = "2026-01-10T00:00:00Z".parse().unwrap();
-        assert_eq!(next_run("0 3 * * *", paris, winter).unwrap(), "2026-01-10T02:00:00Z".parse::<DateTime<Utc>>().unwrap());
-        assert_eq!(next_run("0 3 * * *", chrono_tz::UTC, after).unwrap(), "2026-07-01T03:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            next_run("0 3 * * *", paris, winter).unwrap(),
+            "2026-01-10T02:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            next_run("0 3 * * *", chrono_tz::UTC, after).unwrap(),
+            "2026-07-01T03:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
     }
 
     #[test]

@@ -62,7 +62,11 @@ struct Shared {
 /// # Errors
 /// Start-up problems only (no schedule, bad notify settings, listener address in use). Job
 /// failures are logged, counted and notified, never returned.
-pub async fn run(app: App, shutdown: impl Future<Output = ()>, abort: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    app: App,
+    shutdown: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
+) -> Result<()> {
     let entries = schedule::entries(&app.config);
     if entries.is_empty() {
         return Err(Error::Config(
@@ -77,17 +81,28 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>, abort: impl Futur
             "service.listen: cannot listen on {listen}: {e} (pick a free address, or \"127.0.0.1:0\" for any port)"
         ))
     })?;
-    let addr = listener.local_addr().map_err(|e| Error::io("read address of listener", listen.to_string(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("read address of listener", listen.to_string(), e))?;
 
-    let metrics = Arc::new(Metrics::new(app.config.databases.iter().map(|d| d.name.as_str())));
+    let metrics = Arc::new(Metrics::new(
+        app.config.databases.iter().map(|d| d.name.as_str()),
+    ));
     for db in &app.config.databases {
         match catalog::load(&app.store, &db.name).await {
             Ok(c) => metrics.observe_catalog(&c),
-            Err(e) => warn!(db = %db.name, error = %chain(&e), "cannot read the store yet; jobs will retry"),
+            Err(e) => {
+                warn!(db = %db.name, error = %chain(&e), "cannot read the store yet; jobs will retry")
+            }
         }
     }
     let shared = Arc::new(Shared {
-        locks: app.config.databases.iter().map(|d| (d.name.clone(), DbLocks::default())).collect(),
+        locks: app
+            .config
+            .databases
+            .iter()
+            .map(|d| (d.name.clone(), DbLocks::default()))
+            .collect(),
         app,
         metrics: Arc::clone(&metrics),
         notifier,
@@ -129,7 +144,10 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>, abort: impl Futur
         }
     }
     shared.cancel.cancel();
-    if tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("some jobs did not end after cancellation; exiting anyway");
     }
     let _ = http.await;
@@ -162,7 +180,13 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             () = s.stop.cancelled() => return,
         }
     }
-    let db = s.app.config.databases.iter().find(|d| d.name == tick.db).expect("locks exist only for configured databases");
+    let db = s
+        .app
+        .config
+        .databases
+        .iter()
+        .find(|d| d.name == tick.db)
+        .expect("locks exist only for configured databases");
     let events = {
         let _exclusive = tokio::select! {
             g = locks.exclusive.lock() => g,

@@ -95,7 +95,10 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
         Some(_) => {}
     }
     if let Some(d) = last_drill.as_ref().filter(|d| !d.ok) {
-        problems.push(format!("last drill failed ({} on snapshot {})", d.at, d.snapshot));
+        problems.push(format!(
+            "last drill failed ({} on snapshot {})",
+            d.at, d.snapshot
+        ));
     }
     DbStatus {
         db: db.name.clone(),
@@ -130,10 +133,17 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
         all.push(summarize(db, &catalog, app.store.location()));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&all).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("status serializes")
+        );
     } else {
         for s in &all {
-            println!("{}: {}", s.db, if s.healthy { "healthy" } else { "UNHEALTHY" });
+            println!(
+                "{}: {}",
+                s.db,
+                if s.healthy { "healthy" } else { "UNHEALTHY" }
+            );
             println!("  database   {}", s.path);
             println!("  storage    {}", s.location);
             match &s.last_snapshot {
@@ -148,7 +158,11 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
                 ),
                 None => println!("  last       none"),
             }
-            println!("  snapshots  {} ({} stored)", s.snapshot_count, human_bytes(s.stored_bytes));
+            println!(
+                "  snapshots  {} ({} stored)",
+                s.snapshot_count,
+                human_bytes(s.stored_bytes)
+            );
             match &s.last_drill {
                 Some(d) => println!(
                     "  drill      {} ({} ago) on {}: {}",
@@ -159,7 +173,8 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
                 ),
                 None => println!("  drill      never"),
             }
-            let plan = |what: &str, cron: &Option<String>, next: &Option<String>| match (cron, next) {
+            let plan = |what: &str, cron: &Option<String>, next: &Option<String>| match (cron, next)
+            {
                 (Some(c), Some(n)) => format!("{what} \"{c}\" (next {n})"),
                 (Some(c), None) => format!("{what} \"{c}\""),
                 (None, _) => format!("no {what} schedule"),

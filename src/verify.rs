@@ -46,14 +46,19 @@ pub async fn run(store: &Arc<dyn Storage>, db: &str, all: bool) -> Result<Vec<Ve
     let mut out = Vec::new();
     for s in catalog.snapshots.iter().take(take) {
         let outcome = match &s.manifest {
-            None => Outcome::Bad(s.problem.clone().unwrap_or_else(|| "manifest is unreadable".into())),
+            None => Outcome::Bad(
+                s.problem
+                    .clone()
+                    .unwrap_or_else(|| "manifest is unreadable".into()),
+            ),
             Some(m) => match store.get_stream(&m.data_key()).await {
                 Err(e) if e.is_not_found() => Outcome::Bad("data object is missing".into()),
                 Err(e) => Outcome::Error(crate::error::chain(&e)),
                 Ok(body) => {
-                    let read = tokio::task::spawn_blocking(move || archive::digest(BodyReader::new(body)))
-                        .await
-                        .expect("digest does not panic");
+                    let read =
+                        tokio::task::spawn_blocking(move || archive::digest(BodyReader::new(body)))
+                            .await
+                            .expect("digest does not panic");
                     match read {
                         Err(e) => Outcome::Error(format!("read {}: {e}", m.data_key())),
                         Ok((len, sha)) if len != m.stored_len || sha != m.stored_sha256 => Outcome::Bad(format!(
@@ -68,7 +73,9 @@ pub async fn run(store: &Arc<dyn Storage>, db: &str, all: bool) -> Result<Vec<Ve
         match &outcome {
             Outcome::Ok => debug!(id = %s.key.id, "snapshot verified: size and sha256 match"),
             Outcome::Bad(why) => debug!(id = %s.key.id, problem = %why, "snapshot is damaged"),
-            Outcome::Error(why) => debug!(id = %s.key.id, error = %why, "snapshot could not be read"),
+            Outcome::Error(why) => {
+                debug!(id = %s.key.id, error = %why, "snapshot could not be read")
+            }
         }
         out.push(Verified {
             db: db.to_string(),

@@ -21,15 +21,48 @@ fn every_config_file_in_config_parses_and_validates() {
 
 #[test]
 fn the_example_documents_every_key() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/guardian.example.toml")).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/guardian.example.toml"),
+    )
+    .unwrap();
     for key in [
-        "[storage]", "kind", "path", "[backup]", "staging_dir", "compression_level", "threads", "check",
-        "[[databases]]", "name", "max_age", "backup", "drill", "timezone", "jitter",
-        "[databases.retention]", "keep_last", "daily", "weekly", "monthly", "yearly",
-        "[service]", "listen", "shutdown_timeout",
-        "[notify]", "webhook_url", "webhook_url_file", "notify_on_success", "heartbeat_url", "heartbeat_url_file", "timeout",
-        "GUARDIAN_WEBHOOK_URL", "GUARDIAN_HEARTBEAT_URL",
+        "[storage]",
+        "kind",
+        "path",
+        "[backup]",
+        "staging_dir",
+        "compression_level",
+        "threads",
+        "check",
+        "[[databases]]",
+        "name",
+        "max_age",
+        "backup",
+        "drill",
+        "timezone",
+        "jitter",
+        "[databases.retention]",
+        "keep_last",
+        "daily",
+        "weekly",
+        "monthly",
+        "yearly",
+        "[service]",
+        "listen",
+        "shutdown_timeout",
+        "[notify]",
+        "webhook_url",
+        "webhook_url_file",
+        "notify_on_success",
+        "heartbeat_url",
+        "heartbeat_url_file",
+        "timeout",
+        "GUARDIAN_WEBHOOK_URL",
+        "GUARDIAN_HEARTBEAT_URL",
     ] {
-        assert!(text.contains(key), "config/guardian.example.toml does not mention {key}");
+        assert!(
+            text.contains(key),
+            "config/guardian.example.toml does not mention {key}"
+        );
     }
 }

@@ -35,13 +35,18 @@ struct Hook {
 impl Hook {
     fn start(script: &[u16]) -> Hook {
         let hits = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<u16>>()));
+        let script = Arc::new(Mutex::new(
+            script.iter().copied().collect::<VecDeque<u16>>(),
+        ));
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let sink = Arc::clone(&hits);
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 loop {
@@ -61,11 +66,16 @@ impl Hook {
                                 });
                                 let status = script.lock().unwrap().pop_front().unwrap_or(200);
                                 Ok::<_, Infallible>(
-                                    hyper::Response::builder().status(status).body(Full::new(Bytes::from("ok"))).unwrap(),
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::from("ok")))
+                                        .unwrap(),
                                 )
                             }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
                     });
                 }
             });
@@ -83,7 +93,9 @@ impl Hook {
 }
 
 fn notifier(cfg: NotifyConfig) -> Notifier {
-    Notifier::from_config(&cfg).unwrap().with_retry_delay(Duration::from_millis(10))
+    Notifier::from_config(&cfg)
+        .unwrap()
+        .with_retry_delay(Duration::from_millis(10))
 }
 
 fn failed() -> Event {
@@ -117,10 +129,17 @@ async fn failure_posts_slack_text_and_pings_heartbeat_fail() {
     assert_eq!(post.path, "/hook/s3cr3t");
     let body: serde_json::Value = serde_json::from_str(&post.body).unwrap();
     let text = body["text"].as_str().unwrap();
-    assert!(text.contains("backup of market FAILED") && text.contains("does not exist"), "{text}");
+    assert!(
+        text.contains("backup of market FAILED") && text.contains("does not exist"),
+        "{text}"
+    );
     assert_eq!(body["guardian"]["event"], "backup_failed");
     assert_eq!(body["guardian"]["ok"], false);
-    assert!(hits.iter().any(|h| h.method == "GET" && h.path == "/ping/abc/fail"), "{hits:?}");
+    assert!(
+        hits.iter()
+            .any(|h| h.method == "GET" && h.path == "/ping/abc/fail"),
+        "{hits:?}"
+    );
 }
 
 #[tokio::test]
@@ -134,7 +153,10 @@ async fn success_pings_the_heartbeat_and_posts_only_when_asked() {
     quiet.send(&ok()).await;
     let hits = hook.hits();
     assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!((hits[0].method.as_str(), hits[0].path.as_str()), ("GET", "/ping/abc/"));
+    assert_eq!(
+        (hits[0].method.as_str(), hits[0].path.as_str()),
+        ("GET", "/ping/abc/")
+    );
 
     let chatty = notifier(NotifyConfig {
         webhook_url: Some(hook.url("/hook")),
@@ -142,7 +164,11 @@ async fn success_pings_the_heartbeat_and_posts_only_when_asked() {
         ..NotifyConfig::default()
     });
     chatty.send(&ok()).await;
-    let post = hook.hits().into_iter().find(|h| h.method == "POST").expect("success posted");
+    let post = hook
+        .hits()
+        .into_iter()
+        .find(|h| h.method == "POST")
+        .expect("success posted");
     assert!(post.body.contains("backup of market ok"), "{}", post.body);
     // Drills never ping the backup heartbeat.
     chatty
@@ -171,7 +197,11 @@ async fn transient_errors_are_retried_and_client_errors_are_not() {
         ..NotifyConfig::default()
     });
     n.send(&failed()).await;
-    assert_eq!(hook.hits().len(), 1, "a 404 is a wrong URL: retrying cannot help");
+    assert_eq!(
+        hook.hits().len(),
+        1,
+        "a 404 is a wrong URL: retrying cannot help"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,7 +226,10 @@ async fn a_hung_webhook_costs_at_most_three_time_limits() {
     n.send(&failed()).await;
     let waited = started.elapsed();
     // 3 attempts of 10 s plus the 1 s and 2 s pauses, in virtual time; no real waiting.
-    assert!(waited >= Duration::from_secs(30) && waited <= Duration::from_secs(40), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(30) && waited <= Duration::from_secs(40),
+        "{waited:?}"
+    );
     assert!(wall.elapsed() < Duration::from_secs(10));
 }
 
@@ -204,33 +237,68 @@ async fn a_hung_webhook_costs_at_most_three_time_limits() {
 fn cli_backup_notifies_without_printing_secrets_and_survives_a_dead_webhook() {
     let hook = Hook::start(&[]);
     let env = TestEnv::new();
-    std::fs::write(env.path("hook.url"), format!("{}\n", hook.url("/hook/T0/B0/s3cr3t"))).unwrap();
+    std::fs::write(
+        env.path("hook.url"),
+        format!("{}\n", hook.url("/hook/T0/B0/s3cr3t")),
+    )
+    .unwrap();
     env.write_config(&format!(
         "\n[notify]\nwebhook_url_file = \"hook.url\"\nheartbeat_url = \"{}\"\n",
         hook.url("/ping/s3cr3t-uuid")
     ));
     // The config is appended after [[databases]]: [notify] is a top-level table, so it is fine.
     let id = env.backup();
-    assert!(hook.hits().iter().any(|h| h.method == "GET" && h.path == "/ping/s3cr3t-uuid"), "{:?}", hook.hits());
+    assert!(
+        hook.hits()
+            .iter()
+            .any(|h| h.method == "GET" && h.path == "/ping/s3cr3t-uuid"),
+        "{:?}",
+        hook.hits()
+    );
 
     std::fs::rename(&env.db, env.path("away.db")).unwrap();
     let r = env.run(&["backup"]).expect_code(2);
     let hits = hook.hits();
-    let post = hits.iter().find(|h| h.method == "POST").expect("failure posted");
-    assert!(post.body.contains("FAILED") && post.body.contains("does not exist"), "{}", post.body);
-    assert!(hits.iter().any(|h| h.path == "/ping/s3cr3t-uuid/fail"), "{hits:?}");
-    assert!(!r.stderr.contains("s3cr3t") && !r.stdout.contains("s3cr3t"), "{}", r.stderr);
+    let post = hits
+        .iter()
+        .find(|h| h.method == "POST")
+        .expect("failure posted");
+    assert!(
+        post.body.contains("FAILED") && post.body.contains("does not exist"),
+        "{}",
+        post.body
+    );
+    assert!(
+        hits.iter().any(|h| h.path == "/ping/s3cr3t-uuid/fail"),
+        "{hits:?}"
+    );
+    assert!(
+        !r.stderr.contains("s3cr3t") && !r.stdout.contains("s3cr3t"),
+        "{}",
+        r.stderr
+    );
     assert!(!id.is_empty());
 
     // A dead webhook is logged (redacted) and never fails the backup.
     std::fs::rename(env.path("away.db"), &env.db).unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     std::fs::write(env.path("hook.url"), format!("http://{dead}/hook/s3cr3t\n")).unwrap();
     env.write_config("\n[notify]\nwebhook_url_file = \"hook.url\"\nnotify_on_success = true\n");
     let r = env.run(&["backup"]).ok();
     assert_eq!(r.stdout.trim().lines().count(), 1, "{}", r.stdout);
-    assert!(r.stderr.contains("notification could not be delivered"), "{}", r.stderr);
-    assert!(r.stderr.contains(&format!("http://{dead}/…")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("notification could not be delivered"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("http://{dead}/…")),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("s3cr3t"), "{}", r.stderr);
 }
 
@@ -241,15 +309,28 @@ fn bad_notify_settings_are_one_line_config_errors_without_the_secret() {
     env.write_config("\n[notify]\nwebhook_url_file = \"hook.url\"\n");
     let r = env.run(&["backup"]).expect_code(2);
     assert_eq!(r.error_lines().len(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("notify.webhook_url_file") && !r.stderr.contains("s3cr3t"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("notify.webhook_url_file") && !r.stderr.contains("s3cr3t"),
+        "{}",
+        r.stderr
+    );
 
     env.write_config("\n[notify]\nwebhook_url = \"ftp://x/s3cr3t\"\n");
     let r = env.run(&["status"]).expect_code(2);
-    assert!(r.stderr.contains("notify.webhook_url") && !r.stderr.contains("s3cr3t"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("notify.webhook_url") && !r.stderr.contains("s3cr3t"),
+        "{}",
+        r.stderr
+    );
 
     std::fs::write(env.path("hook.url"), "http://127.0.0.1:9/hook\n").unwrap();
     env.write_config("\n[notify]\nwebhook_url_file = \"hook.url\"\n");
-    let r = run_with_env(&env, &["backup"], "GUARDIAN_WEBHOOK_URL", "http://127.0.0.1:9/other");
+    let r = run_with_env(
+        &env,
+        &["backup"],
+        "GUARDIAN_WEBHOOK_URL",
+        "http://127.0.0.1:9/other",
+    );
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("given more than once"), "{}", r.stderr);
 }

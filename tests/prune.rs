@@ -9,7 +9,11 @@ fn history(env: &TestEnv) -> (String, Vec<String>) {
     let real = env.backup();
     let mut planted = Vec::new();
     for day in 10..20 {
-        planted.push(util::plant_snapshot(env, &real, &format!("2026-10-{day}T03:00:00Z")));
+        planted.push(util::plant_snapshot(
+            env,
+            &real,
+            &format!("2026-10-{day}T03:00:00Z"),
+        ));
     }
     (real, planted)
 }
@@ -23,27 +27,70 @@ fn prune_dry_run_changes_nothing_and_real_run_deletes_what_it_said() {
 
     let dry = env.run(&["prune", "--dry-run"]).ok();
     assert!(dry.stdout.contains("(dry run)"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("would delete 7 snapshot(s)"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("would delete 7 snapshot(s)"),
+        "{}",
+        dry.stdout
+    );
     // Every snapshot gets a line saying why it stays or goes.
-    assert!(dry.stdout.lines().any(|l| l.contains(&real) && l.contains("keep") && l.contains("last 1")), "{}", dry.stdout);
-    assert!(dry.stdout.lines().any(|l| l.contains(&planted[9]) && l.contains("last 2")), "{}", dry.stdout);
-    assert!(dry.stdout.lines().any(|l| l.contains(&planted[0]) && l.contains("would delete") && l.contains("no rule keeps it")), "{}", dry.stdout);
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains(&real) && l.contains("keep") && l.contains("last 1")),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains(&planted[9]) && l.contains("last 2")),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.lines().any(|l| l.contains(&planted[0])
+            && l.contains("would delete")
+            && l.contains("no rule keeps it")),
+        "{}",
+        dry.stdout
+    );
     assert_eq!(env.list().len(), 11, "a dry run deleted something");
 
     let real_run = env.run(&["prune"]).ok();
-    assert!(real_run.stdout.contains("deleted 7 snapshot(s)"), "{}", real_run.stdout);
-    let left: Vec<String> = env.list().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    assert!(
+        real_run.stdout.contains("deleted 7 snapshot(s)"),
+        "{}",
+        real_run.stdout
+    );
+    let left: Vec<String> = env
+        .list()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
     // keep_last 2 = the real one and Oct 19; daily 4 = today, Oct 19, 18, 17.
-    let mut expected = vec![real.clone(), planted[9].clone(), planted[8].clone(), planted[7].clone()];
+    let mut expected = vec![
+        real.clone(),
+        planted[9].clone(),
+        planted[8].clone(),
+        planted[7].clone(),
+    ];
     expected.sort();
     let mut got = left.clone();
     got.sort();
     assert_eq!(got, expected);
     // Deleted snapshots leave no folder behind.
     assert!(!env.snapshot_dir(&planted[0]).exists());
-    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+    assert!(
+        util::leftovers(&env).is_empty(),
+        "{:?}",
+        util::leftovers(&env)
+    );
     // A second prune has nothing to do.
-    assert!(env.run(&["prune"]).ok().stdout.contains("deleted 0 snapshot(s)"));
+    assert!(env
+        .run(&["prune"])
+        .ok()
+        .stdout
+        .contains("deleted 0 snapshot(s)"));
 }
 
 #[test]
@@ -51,7 +98,11 @@ fn prune_without_a_policy_deletes_nothing() {
     let env = TestEnv::new();
     let (_, _) = history(&env);
     let r = env.run(&["prune"]).ok();
-    assert!(r.stdout.contains("no [databases.retention] table"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("no [databases.retention] table"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(env.list().len(), 11);
 }
 
@@ -63,7 +114,11 @@ fn prune_keeps_everything_when_the_newest_snapshot_failed() {
     util::flip_byte(&env.snapshot_dir(&real).join("db.sqlite.gz"), 500);
     env.run(&["drill"]).expect_code(1);
     let r = env.run(&["prune"]).ok();
-    assert!(r.stdout.contains("is failed; nothing is deleted"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("is failed; nothing is deleted"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(env.list().len(), 11);
 }
 
@@ -86,8 +141,20 @@ fn prune_removes_orphans_only_when_over_a_day_old() {
     std::fs::remove_file(env.snapshot_dir(&young).join("manifest.json")).unwrap();
 
     let dry = env.run(&["prune", "--dry-run"]).ok();
-    assert!(dry.stdout.lines().any(|l| l.contains(&old) && l.contains("would delete")), "{}", dry.stdout);
-    assert!(dry.stdout.lines().any(|l| l.contains(&young) && l.contains("keep orphan")), "{}", dry.stdout);
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("would delete")),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains(&young) && l.contains("keep orphan")),
+        "{}",
+        dry.stdout
+    );
     env.run(&["prune"]).ok();
     assert!(!env.snapshot_dir(&old).exists());
     assert!(env.snapshot_dir(&young).exists());
@@ -101,5 +168,9 @@ fn an_all_zero_policy_is_a_config_error() {
     let r = env.run(&["prune"]).expect_code(2);
     let lines = r.error_lines();
     assert_eq!(lines.len(), 1, "{}", r.stderr);
-    assert!(lines[0].contains("databases[0].retention") && lines[0].contains("keep nothing"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("databases[0].retention") && lines[0].contains("keep nothing"),
+        "{}",
+        lines[0]
+    );
 }

@@ -38,11 +38,22 @@ fn policy(keep_last: u32, daily: u32, weekly: u32, monthly: u32, yearly: u32) ->
 }
 
 fn kept(p: &Plan) -> Vec<&str> {
-    p.decisions.iter().filter(|d| d.keep).map(|d| d.id.as_str()).collect()
+    p.decisions
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.id.as_str())
+        .collect()
 }
 
 fn reasons(p: &Plan, id: &str) -> Vec<String> {
-    p.decisions.iter().find(|d| d.id == id).unwrap().reasons.iter().map(ToString::to_string).collect()
+    p.decisions
+        .iter()
+        .find(|d| d.id == id)
+        .unwrap()
+        .reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -66,7 +77,11 @@ fn retention_tables() {
             ],
             policy: policy(3, 0, 0, 0, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-11-23T03:00:00Z", "2026-11-22T03:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-11-23T03:00:00Z",
+                "2026-11-22T03:00:00Z",
+            ],
         },
         Case {
             name: "daily keeps the newest of each day",
@@ -80,7 +95,11 @@ fn retention_tables() {
             ],
             policy: policy(0, 3, 0, 0, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-11-23T15:00:00Z", "2026-11-22T15:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-11-23T15:00:00Z",
+                "2026-11-22T15:00:00Z",
+            ],
         },
         Case {
             name: "daily counts days that have a snapshot, not calendar days (restic)",
@@ -92,7 +111,11 @@ fn retention_tables() {
             ],
             policy: policy(0, 3, 0, 0, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-11-20T03:00:00Z", "2026-11-02T03:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-11-20T03:00:00Z",
+                "2026-11-02T03:00:00Z",
+            ],
         },
         Case {
             // 2026-11-22 is a Sunday (ISO week 47), 2026-11-23 a Monday (week 48).
@@ -119,7 +142,11 @@ fn retention_tables() {
             ],
             policy: policy(0, 0, 0, 3, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-10-01T03:00:00Z", "2026-09-30T03:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-10-01T03:00:00Z",
+                "2026-09-30T03:00:00Z",
+            ],
         },
         Case {
             name: "yearly keeps the newest of each year",
@@ -144,7 +171,11 @@ fn retention_tables() {
             ],
             policy: policy(1, 2, 0, 2, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-11-23T03:00:00Z", "2026-10-15T03:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-11-23T03:00:00Z",
+                "2026-10-15T03:00:00Z",
+            ],
         },
         Case {
             name: "the newest verified snapshot is kept beyond the policy",
@@ -157,10 +188,15 @@ fn retention_tables() {
             ],
             policy: policy(2, 0, 0, 0, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-11-23T03:00:00Z", "2026-11-21T03:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-11-23T03:00:00Z",
+                "2026-11-21T03:00:00Z",
+            ],
         },
         Case {
-            name: "failed snapshots fill no slot; kept as evidence while newer than the oldest kept",
+            name:
+                "failed snapshots fill no slot; kept as evidence while newer than the oldest kept",
             snaps: vec![
                 s("2026-11-20T03:00:00Z", 'f'),
                 s("2026-11-21T03:00:00Z", 'u'),
@@ -170,7 +206,11 @@ fn retention_tables() {
             ],
             policy: policy(2, 0, 0, 0, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-11-23T03:00:00Z", "2026-11-22T03:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-11-23T03:00:00Z",
+                "2026-11-22T03:00:00Z",
+            ],
         },
         Case {
             name: "when the newest snapshot failed nothing is deleted",
@@ -182,11 +222,19 @@ fn retention_tables() {
             ],
             policy: policy(1, 0, 0, 0, 0),
             tz: "UTC",
-            kept: vec!["2026-11-24T03:00:00Z", "2026-11-22T03:00:00Z", "2026-11-21T03:00:00Z", "2026-11-20T03:00:00Z"],
+            kept: vec![
+                "2026-11-24T03:00:00Z",
+                "2026-11-22T03:00:00Z",
+                "2026-11-21T03:00:00Z",
+                "2026-11-20T03:00:00Z",
+            ],
         },
         Case {
             name: "an empty policy deletes nothing",
-            snaps: vec![s("2026-11-20T03:00:00Z", 'u'), s("2026-11-24T03:00:00Z", 'u')],
+            snaps: vec![
+                s("2026-11-20T03:00:00Z", 'u'),
+                s("2026-11-24T03:00:00Z", 'u'),
+            ],
             policy: policy(0, 0, 0, 0, 0),
             tz: "UTC",
             kept: vec!["2026-11-24T03:00:00Z", "2026-11-20T03:00:00Z"],
@@ -202,19 +250,29 @@ fn retention_tables() {
             ],
             policy: policy(1, 0, 0, 0, 0),
             tz: "UTC",
-            kept: vec!["2031-01-01T00:00:00Z", "2030-01-01T00:00:00Z", "2026-11-24T03:00:00Z"],
+            kept: vec![
+                "2031-01-01T00:00:00Z",
+                "2030-01-01T00:00:00Z",
+                "2026-11-24T03:00:00Z",
+            ],
         },
         Case {
             // 22:30Z and 23:30Z on the 23rd are 23:30 on the 23rd and 00:30 on the 24th in Paris.
             name: "calendar days follow the database's time zone (UTC)",
-            snaps: vec![s("2026-11-23T22:30:00Z", 'u'), s("2026-11-23T23:30:00Z", 'u')],
+            snaps: vec![
+                s("2026-11-23T22:30:00Z", 'u'),
+                s("2026-11-23T23:30:00Z", 'u'),
+            ],
             policy: policy(0, 5, 0, 0, 0),
             tz: "UTC",
             kept: vec!["2026-11-23T23:30:00Z"],
         },
         Case {
             name: "calendar days follow the database's time zone (Paris)",
-            snaps: vec![s("2026-11-23T22:30:00Z", 'u'), s("2026-11-23T23:30:00Z", 'u')],
+            snaps: vec![
+                s("2026-11-23T22:30:00Z", 'u'),
+                s("2026-11-23T23:30:00Z", 'u'),
+            ],
             policy: policy(0, 5, 0, 0, 0),
             tz: "Europe/Paris",
             kept: vec!["2026-11-23T23:30:00Z", "2026-11-23T22:30:00Z"],
@@ -246,7 +304,10 @@ fn every_decision_says_why() {
         s("2026-11-24T03:00:00Z", 'u'),
     ];
     let p = plan(&snaps, &policy(1, 1, 0, 0, 0), chrono_tz::UTC, now());
-    assert_eq!(reasons(&p, "2026-11-24T03:00:00Z"), ["last 1", "daily 2026-11-24"]);
+    assert_eq!(
+        reasons(&p, "2026-11-24T03:00:00Z"),
+        ["last 1", "daily 2026-11-24"]
+    );
     assert_eq!(reasons(&p, "2026-11-20T03:00:00Z"), ["newest verified"]);
     assert!(reasons(&p, "2026-11-23T03:00:00Z")[0].starts_with("failed; kept as evidence"));
     assert_eq!(reasons(&p, "2026-10-15T03:00:00Z"), ["no rule keeps it"]);
@@ -254,9 +315,23 @@ fn every_decision_says_why() {
 
     let held = plan(&snaps, &policy(0, 0, 0, 0, 0), chrono_tz::UTC, now());
     assert!(held.hold.as_deref().unwrap().contains("no retention rule"));
-    let failed_newest = plan(&[s("2026-11-24T03:00:00Z", 'f'), s("2026-11-01T03:00:00Z", 'u')], &policy(1, 0, 0, 0, 0), chrono_tz::UTC, now());
-    assert!(failed_newest.hold.as_deref().unwrap().contains("is failed"), "{failed_newest:?}");
-    assert!(failed_newest.decisions.iter().all(|d| d.keep && d.reasons == [Reason::Hold]));
+    let failed_newest = plan(
+        &[
+            s("2026-11-24T03:00:00Z", 'f'),
+            s("2026-11-01T03:00:00Z", 'u'),
+        ],
+        &policy(1, 0, 0, 0, 0),
+        chrono_tz::UTC,
+        now(),
+    );
+    assert!(
+        failed_newest.hold.as_deref().unwrap().contains("is failed"),
+        "{failed_newest:?}"
+    );
+    assert!(failed_newest
+        .decisions
+        .iter()
+        .all(|d| d.keep && d.reasons == [Reason::Hold]));
 }
 
 fn arb_history() -> impl Strategy<Value = Vec<Candidate>> {
@@ -267,7 +342,11 @@ fn arb_history() -> impl Strategy<Value = Vec<Candidate>> {
             .map(|(i, (hours, st))| Candidate {
                 id: format!("s{i:03}"),
                 created_at: now() + Duration::hours(hours) + Duration::seconds(i as i64),
-                status: [SnapshotStatus::Unverified, SnapshotStatus::Verified, SnapshotStatus::Failed][st as usize],
+                status: [
+                    SnapshotStatus::Unverified,
+                    SnapshotStatus::Verified,
+                    SnapshotStatus::Failed,
+                ][st as usize],
             })
             .collect()
     })

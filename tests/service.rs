@@ -13,14 +13,21 @@ const FAST: &str = "backup = \"* * * * * *\"\ndrill = \"*/2 * * * * *\"\n\
                     [databases.retention]\nkeep_last = 3\n\n[service]\nlisten = \"127.0.0.1:0\"\n";
 
 /// Poll `list --json` until `ok` holds (up to `secs`).
-fn wait_for_list(env: &TestEnv, secs: u64, ok: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+fn wait_for_list(
+    env: &TestEnv,
+    secs: u64,
+    ok: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let list = env.list();
         if ok(&list) {
             return list;
         }
-        assert!(Instant::now() < deadline, "store never reached the expected state: {list:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "store never reached the expected state: {list:#?}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -32,18 +39,37 @@ fn service_backs_up_drills_prunes_serves_metrics_and_stops_on_sigterm() {
     let mut svc = Service::start(&env);
     let addr = svc.addr();
 
-    wait_for_list(&env, 30, |l| l.len() >= 2 && l.iter().any(|s| s["status"] == "verified"));
+    wait_for_list(&env, 30, |l| {
+        l.len() >= 2 && l.iter().any(|s| s["status"] == "verified")
+    });
     let (code, body) = util::http_get(&addr, "/healthz");
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let ok_runs = "guardian_job_runs_total{db=\"market\",job=\"backup\",outcome=\"ok\"}";
     let (code, first) = util::http_get(&addr, "/metrics");
     assert_eq!(code, 200);
-    assert_eq!(metric(&first, "guardian_drill_last_result{db=\"market\"}"), Some(1.0), "{first}");
-    assert!(metric(&first, "guardian_drill_last_success_timestamp_seconds{db=\"market\"}").is_some());
-    assert_eq!(metric(&first, "guardian_failures_total{db=\"market\",job=\"backup\"}"), Some(0.0));
+    assert_eq!(
+        metric(&first, "guardian_drill_last_result{db=\"market\"}"),
+        Some(1.0),
+        "{first}"
+    );
+    assert!(metric(
+        &first,
+        "guardian_drill_last_success_timestamp_seconds{db=\"market\"}"
+    )
+    .is_some());
+    assert_eq!(
+        metric(
+            &first,
+            "guardian_failures_total{db=\"market\",job=\"backup\"}"
+        ),
+        Some(0.0)
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let (_, second) = util::http_get(&addr, "/metrics");
-    assert!(metric(&second, ok_runs).unwrap() > metric(&first, ok_runs).unwrap(), "backups did not advance:\n{second}");
+    assert!(
+        metric(&second, ok_runs).unwrap() > metric(&first, ok_runs).unwrap(),
+        "backups did not advance:\n{second}"
+    );
     let ts = "guardian_backup_last_success_timestamp_seconds{db=\"market\"}";
     assert!(metric(&second, ts).unwrap() > metric(&first, ts).unwrap());
     assert!(metric(&second, "guardian_snapshots{db=\"market\"}").unwrap() >= 1.0);
@@ -53,15 +79,26 @@ fn service_backs_up_drills_prunes_serves_metrics_and_stops_on_sigterm() {
     assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
     let log = svc.log();
     assert!(log.contains("guardian service stopped"), "{log}");
-    assert!(log.contains("scheduled backup succeeded") && log.contains("scheduled drill passed"), "{log}");
+    assert!(
+        log.contains("scheduled backup succeeded") && log.contains("scheduled drill passed"),
+        "{log}"
+    );
 
     // No partial snapshot, no temp file; retention kept it small; the newest restores.
-    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+    assert!(
+        util::leftovers(&env).is_empty(),
+        "{:?}",
+        util::leftovers(&env)
+    );
     let list = env.list();
     assert!(list.iter().all(|s| s["status"] != "failed"), "{list:#?}");
-    assert!(list.len() <= 4, "keep_last 3 (+ the newest verified): {list:#?}");
+    assert!(
+        list.len() <= 4,
+        "keep_last 3 (+ the newest verified): {list:#?}"
+    );
     let to = env.path("restored.db");
-    env.run(&["restore", "--latest", "--to", to.to_str().unwrap()]).ok();
+    env.run(&["restore", "--latest", "--to", to.to_str().unwrap()])
+        .ok();
     assert_eq!(util::integrity(&to), "ok");
 }
 
@@ -102,7 +139,11 @@ fn stop_during_a_backup_lets_it_finish_within_the_grace_period() {
     let list = env.list();
     assert_eq!(list.len(), 1, "{list:#?}");
     assert_eq!(list[0]["status"], "unverified");
-    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+    assert!(
+        util::leftovers(&env).is_empty(),
+        "{:?}",
+        util::leftovers(&env)
+    );
 }
 
 #[test]
@@ -115,20 +156,30 @@ fn a_second_signal_cancels_the_backup_and_leaves_no_partial_snapshot() {
     let second = Instant::now();
     svc.signal(Signal::SIGINT);
     assert_eq!(svc.wait_exit(20), 0, "{}", svc.log());
-    assert!(second.elapsed() < Duration::from_secs(10), "a second signal must not wait out the 60 s grace");
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "a second signal must not wait out the 60 s grace"
+    );
     let log = svc.log();
     assert!(log.contains("second stop signal"), "{log}");
     // Whatever the timing, nothing half-written is a snapshot.
     let list = env.list();
     assert!(list.iter().all(|s| s["status"] != "failed"), "{list:#?}");
     if log.contains("cancelled by shutdown") {
-        assert!(list.is_empty(), "a cancelled backup published a snapshot: {list:#?}");
+        assert!(
+            list.is_empty(),
+            "a cancelled backup published a snapshot: {list:#?}"
+        );
     }
     // The next run cleans up after the interrupted one and succeeds.
     env.write_config("");
     env.backup();
     assert_eq!(env.list().len(), list.len() + 1);
-    assert!(util::leftovers(&env).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')));
+    assert!(util::leftovers(&env).iter().all(|p| !p
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with('.')));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,14 +197,23 @@ async fn service_run_returns_when_its_shutdown_future_completes() {
         std::future::pending(),
     ));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !env.store.join("market").exists() || std::fs::read_dir(env.store.join("market")).unwrap().count() == 0 {
+    while !env.store.join("market").exists()
+        || std::fs::read_dir(env.store.join("market")).unwrap().count() == 0
+    {
         assert!(Instant::now() < deadline, "no snapshot within 20 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tx.send(()).unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), task).await.expect("run returned").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("run returned")
+        .unwrap();
     assert!(out.is_ok(), "{out:?}");
-    assert!(util::leftovers(&env).is_empty(), "{:?}", util::leftovers(&env));
+    assert!(
+        util::leftovers(&env).is_empty(),
+        "{:?}",
+        util::leftovers(&env)
+    );
 }
 
 #[tokio::test]
@@ -161,7 +221,9 @@ async fn service_refuses_to_start_without_schedules_or_with_a_busy_port() {
     let env = TestEnv::new();
     let config = guardian::config::Config::load(&env.config).unwrap();
     let app = guardian::cli::App::open(config).await.unwrap();
-    let e = guardian::service::run(app, std::future::pending(), std::future::pending()).await.unwrap_err();
+    let e = guardian::service::run(app, std::future::pending(), std::future::pending())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("nothing to schedule"), "{e}");
     assert_eq!(e.exit_code(), 2);
 
@@ -172,7 +234,11 @@ async fn service_refuses_to_start_without_schedules_or_with_a_busy_port() {
     ));
     let r = env.run(&["run"]).expect_code(2);
     assert_eq!(r.error_lines().len(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("service.listen") && r.stderr.contains("cannot listen"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("service.listen") && r.stderr.contains("cannot listen"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -181,9 +247,18 @@ fn bad_schedules_are_config_errors_naming_the_key() {
     for (extra, key) in [
         ("backup = \"0 3 * *\"\n", "databases[0].backup"),
         ("drill = \"0 0 1 * mon\"\n", "databases[0].drill"),
-        ("backup = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n", "databases[0].timezone"),
-        ("backup = \"0 3 * * *\"\njitter = \"soon\"\n", "databases[0].jitter"),
-        ("\n[service]\nshutdown_timeout = \"forever\"\n", "service.shutdown_timeout"),
+        (
+            "backup = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n",
+            "databases[0].timezone",
+        ),
+        (
+            "backup = \"0 3 * * *\"\njitter = \"soon\"\n",
+            "databases[0].jitter",
+        ),
+        (
+            "\n[service]\nshutdown_timeout = \"forever\"\n",
+            "service.shutdown_timeout",
+        ),
         ("\n[service]\nlisten = \"localhost\"\n", "service.listen"),
     ] {
         env.write_config(extra);
@@ -197,7 +272,9 @@ fn bad_schedules_are_config_errors_naming_the_key() {
 #[test]
 fn status_shows_the_schedules_and_when_they_next_fire() {
     let env = TestEnv::new();
-    env.write_config("backup = \"0 3 * * *\"\ndrill = \"30 4 * * sun\"\ntimezone = \"Europe/Paris\"\n");
+    env.write_config(
+        "backup = \"0 3 * * *\"\ndrill = \"30 4 * * sun\"\ntimezone = \"Europe/Paris\"\n",
+    );
     env.backup();
     let r = env.run(&["status", "--json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -206,9 +283,15 @@ fn status_shows_the_schedules_and_when_they_next_fire() {
     assert_eq!(s["timezone"], "Europe/Paris");
     // 03:00 in Paris is 01:00 or 02:00 UTC depending on daylight saving.
     let next = s["next_backup_at"].as_str().unwrap();
-    assert!(next.ends_with("T01:00:00Z") || next.ends_with("T02:00:00Z"), "{next}");
+    assert!(
+        next.ends_with("T01:00:00Z") || next.ends_with("T02:00:00Z"),
+        "{next}"
+    );
     assert!(s["next_drill_at"].as_str().is_some());
     assert_eq!(s["orphans"], 0);
     let text = env.run(&["status"]).ok().stdout;
-    assert!(text.contains("schedule   backup \"0 3 * * *\" (next "), "{text}");
+    assert!(
+        text.contains("schedule   backup \"0 3 * * *\" (next "),
+        "{text}"
+    );
 }

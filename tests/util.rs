@@ -10,7 +10,9 @@ use tempfile::TempDir;
 
 /// Path of a file in `fixtures/` (never write there: copy first).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// The outcome of one `guardian` run.
@@ -25,7 +27,11 @@ impl Run {
     /// Panic with the full output unless the exit code is `code`.
     #[track_caller]
     pub fn expect_code(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -36,7 +42,10 @@ impl Run {
 
     /// The stderr lines that are not log lines (the error report).
     pub fn error_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| l.starts_with("guardian:")).collect()
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("guardian:"))
+            .collect()
     }
 }
 
@@ -130,18 +139,22 @@ pub fn run(cmd: &mut Command) -> Run {
 /// Open a database and return `SELECT count(*)` of a table.
 pub fn count(db: &Path, table: &str) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
 }
 
 /// `PRAGMA integrity_check` of a database file.
 pub fn integrity(db: &Path) -> String {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// Every row of every table, as text, in a stable order: equal dumps mean equal content.
 pub fn dump(db: &Path) -> Vec<String> {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
     let tables: Vec<String> = c
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -151,7 +164,9 @@ pub fn dump(db: &Path) -> Vec<String> {
         .unwrap();
     let mut out = Vec::new();
     for t in tables {
-        let mut stmt = c.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid")).unwrap();
+        let mut stmt = c
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+            .unwrap();
         let n = stmt.column_count();
         let rows = stmt
             .query_map([], |r| {
@@ -181,8 +196,14 @@ pub fn plant_snapshot(env: &TestEnv, template: &str, at: &str) -> String {
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(from.join("manifest.json")).unwrap()).unwrap();
     m["id"] = id.clone().into();
-    m["created_at"] = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into();
-    std::fs::write(to.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    m["created_at"] = t
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        .into();
+    std::fs::write(
+        to.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
     id
 }
 
@@ -201,12 +222,17 @@ pub fn flip_byte(path: &Path, offset: u64) {
 
 /// Read and parse a snapshot's manifest.
 pub fn read_manifest(env: &TestEnv, id: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(env.snapshot_dir(id).join("manifest.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(env.snapshot_dir(id).join("manifest.json")).unwrap())
+        .unwrap()
 }
 
 /// Overwrite a snapshot's manifest.
 pub fn write_manifest(env: &TestEnv, id: &str, m: &serde_json::Value) {
-    std::fs::write(env.snapshot_dir(id).join("manifest.json"), serde_json::to_vec_pretty(m).unwrap()).unwrap();
+    std::fs::write(
+        env.snapshot_dir(id).join("manifest.json"),
+        serde_json::to_vec_pretty(m).unwrap(),
+    )
+    .unwrap();
 }
 
 /// The snapshot's status (`verified`, `unverified`, `failed`) from `list --json`.
@@ -224,12 +250,16 @@ pub fn status_of(env: &TestEnv, id: &str) -> String {
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -243,7 +273,9 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 /// Snapshot folders in the store that have no manifest (orphans), and dot-named temp files.
 pub fn leftovers(env: &TestEnv) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(dbs) = std::fs::read_dir(&env.store) else { return out };
+    let Ok(dbs) = std::fs::read_dir(&env.store) else {
+        return out;
+    };
     for db in dbs.flatten() {
         for snap in std::fs::read_dir(db.path()).unwrap().flatten() {
             if !snap.path().join("manifest.json").exists() {
@@ -281,21 +313,38 @@ impl Service {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&lines);
         let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 sink.lock().unwrap().push(line);
             }
         });
-        Service { child, lines, reader: Some(reader) }
+        Service {
+            child,
+            lines,
+            reader: Some(reader),
+        }
     }
 
     /// Wait (up to `secs`) for a log line containing `needle`; returns it.
     pub fn wait_for_line(&self, needle: &str, secs: u64) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
                 return l.clone();
             }
-            assert!(std::time::Instant::now() < deadline, "no log line with {needle:?} within {secs}s:\n{}", self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?} within {secs}s:\n{}",
+                self.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }

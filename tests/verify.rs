@@ -10,17 +10,35 @@ fn verify_detects_a_flipped_byte_and_reports_per_snapshot() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let new = env.backup();
     let r = env.run(&["verify", "--all"]).ok();
-    assert_eq!(r.stdout.lines().filter(|l| l.contains(" ok ")).count(), 2, "{}", r.stdout);
+    assert_eq!(
+        r.stdout.lines().filter(|l| l.contains(" ok ")).count(),
+        2,
+        "{}",
+        r.stdout
+    );
 
     util::flip_byte(&env.snapshot_dir(&old).join("db.sqlite.gz"), 700);
     // The newest is fine, so the default (newest only) passes.
     let r = env.run(&["verify"]).ok();
-    assert!(r.stdout.contains(&new) && !r.stdout.contains(&old), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&new) && !r.stdout.contains(&old),
+        "{}",
+        r.stdout
+    );
     // --all finds the damage, names the snapshot, exits 1.
     let r = env.run(&["verify", "--all"]).expect_code(1);
     let bad = r.stdout.lines().find(|l| l.contains(&old)).unwrap();
-    assert!(bad.contains("DAMAGED") && bad.contains("checksum mismatch"), "{bad}");
-    assert!(r.stdout.lines().any(|l| l.contains(&new) && l.contains(" ok ")), "{}", r.stdout);
+    assert!(
+        bad.contains("DAMAGED") && bad.contains("checksum mismatch"),
+        "{bad}"
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains(&new) && l.contains(" ok ")),
+        "{}",
+        r.stdout
+    );
     // verify reports and never writes: the snapshot is not marked.
     assert_eq!(util::status_of(&env, &old), "unverified");
 }
@@ -43,7 +61,10 @@ fn verify_json_reports_missing_and_truncated_data() {
         assert_eq!(s["outcome"], "bad", "{s}");
     }
     let missing = v.iter().find(|s| s["id"] == a.as_str()).unwrap();
-    assert!(missing["detail"].as_str().unwrap().contains("missing"), "{missing}");
+    assert!(
+        missing["detail"].as_str().unwrap().contains("missing"),
+        "{missing}"
+    );
 }
 
 #[test]

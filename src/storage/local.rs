@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{body_channel, Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError, CHUNK_SIZE};
+use super::{
+    body_channel, Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError, CHUNK_SIZE,
+};
 use crate::durable::{self, TempGuard};
 
 /// A store rooted at a local directory (created on first write).
@@ -125,7 +127,9 @@ impl LocalStorage {
                             size: meta.len(),
                             modified: meta.modified().ok().map(DateTime::<Utc>::from),
                         }),
-                        Err(e) => tracing::debug!(error = %e, "skipping file that is not an object"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "skipping file that is not an object")
+                        }
                     }
                 }
             }
@@ -283,14 +287,22 @@ fn temp_tag() -> String {
 impl LocalStorage {
     fn sweep_blocking(&self, prefix: &str) -> u64 {
         let mut start = self.root.clone();
-        start.extend(prefix.split('/').filter(|c| !c.is_empty() && super::validate_component(c).is_ok()));
+        start.extend(
+            prefix
+                .split('/')
+                .filter(|c| !c.is_empty() && super::validate_component(c).is_ok()),
+        );
         let mut removed = 0;
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    continue;
+                };
                 if meta.is_dir() {
                     stack.push(path);
                     continue;
