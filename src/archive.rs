@@ -52,7 +52,10 @@ pub fn compress(
         for _ in 0..threads {
             let work_rx = Arc::clone(&work_rx);
             s.spawn(move || loop {
-                let job = work_rx.lock().expect("no worker panics holding the lock").recv();
+                let job = work_rx
+                    .lock()
+                    .expect("no worker panics holding the lock")
+                    .recv();
                 let Ok((raw, reply)) = job else { break };
                 let _ = reply.send(gzip_member(&raw, level));
             });
@@ -114,7 +117,10 @@ fn write_in_order(
 }
 
 fn gzip_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 2 + 64), Compression::new(level));
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(raw.len() / 2 + 64),
+        Compression::new(level),
+    );
     enc.write_all(raw)?;
     enc.finish()
 }
@@ -300,7 +306,15 @@ mod tests {
         let mut v = Vec::with_capacity(len);
         let mut i = 0u64;
         while v.len() < len {
-            v.extend_from_slice(format!("order {i} customer {} total {}.{:02}\n", i * 7 % 1000, i % 997, i % 100).as_bytes());
+            v.extend_from_slice(
+                format!(
+                    "order {i} customer {} total {}.{:02}\n",
+                    i * 7 % 1000,
+                    i % 997,
+                    i % 100
+                )
+                .as_bytes(),
+            );
             i += 1;
         }
         v.truncate(len);
@@ -318,7 +332,10 @@ mod tests {
         assert_eq!(d.raw_len, raw.len() as u64);
         assert_eq!(d.stored_len, stored.len() as u64);
         assert_eq!(d.raw_sha256, Sha256Hex::from_digest(&Sha256::digest(&raw)));
-        assert_eq!(d.stored_sha256, Sha256Hex::from_digest(&Sha256::digest(&stored)));
+        assert_eq!(
+            d.stored_sha256,
+            Sha256Hex::from_digest(&Sha256::digest(&stored))
+        );
         let mut back = Vec::new();
         let e = extract(&stored[..], &mut back, raw.len() as u64, &|_| {}).unwrap();
         assert_eq!(back, raw);
@@ -343,7 +360,9 @@ mod tests {
         })
         .unwrap();
         let mut back = Vec::new();
-        MultiGzDecoder::new(&stored[..]).read_to_end(&mut back).unwrap();
+        MultiGzDecoder::new(&stored[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, raw);
     }
 
@@ -365,7 +384,10 @@ mod tests {
         flipped[mid] ^= 0x40;
         match extract(&flipped[..], io::sink(), u64::MAX, &|_| {}) {
             Err(_) => {}
-            Ok(d) => assert_ne!(d.stored_sha256, Sha256Hex::from_digest(&Sha256::digest(&stored))),
+            Ok(d) => assert_ne!(
+                d.stored_sha256,
+                Sha256Hex::from_digest(&Sha256::digest(&stored))
+            ),
         }
         // Output larger than expected stops early.
         assert!(extract(&stored[..], io::sink(), 1000, &|_| {}).is_err());

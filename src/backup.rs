@@ -19,14 +19,20 @@ use tracing::{info, instrument};
 use crate::archive;
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::error::{Error, Result};
-use crate::manifest::{CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, FORMAT_VERSION};
+use crate::manifest::{
+    CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, FORMAT_VERSION,
+};
 use crate::progress::Progress;
 use crate::snapshot;
 use crate::storage::{body_channel, PutMode, Storage};
 
 /// Take one snapshot of `db` and publish it to `store`.
 #[instrument(skip_all, fields(db = %db.name))]
-pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &BackupConfig) -> Result<Manifest> {
+pub async fn run(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    opts: &BackupConfig,
+) -> Result<Manifest> {
     let started = Instant::now();
     let staging_root = opts.staging_dir();
     sweep_staging(&staging_root, &db.name);
@@ -42,7 +48,8 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &BackupCon
     info!(id = %key.id, source = %db.path.display(), "backup started");
 
     // 1. The consistent copy.
-    std::fs::create_dir_all(&staging_root).map_err(|e| Error::io("create staging folder", &staging_root, e))?;
+    std::fs::create_dir_all(&staging_root)
+        .map_err(|e| Error::io("create staging folder", &staging_root, e))?;
     let staging = tempfile::Builder::new()
         .prefix(&staging_prefix(&db.name))
         .tempdir_in(&staging_root)
@@ -90,13 +97,19 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &BackupCon
                 let digests = File::open(&copy_path)
                     .map_err(|e| Error::io("open copy", &copy_path, e))
                     .and_then(|f| {
-                        archive::compress(f, level, threads, &|n| progress.set(n), |chunk: Bytes| {
-                            if check_failed.load(Ordering::SeqCst) {
-                                return Err(std::io::Error::other("the copy failed its check"));
-                            }
-                            tx.blocking_send(Ok(chunk))
-                                .map_err(|_| std::io::Error::other("upload stopped"))
-                        })
+                        archive::compress(
+                            f,
+                            level,
+                            threads,
+                            &|n| progress.set(n),
+                            |chunk: Bytes| {
+                                if check_failed.load(Ordering::SeqCst) {
+                                    return Err(std::io::Error::other("the copy failed its check"));
+                                }
+                                tx.blocking_send(Ok(chunk))
+                                    .map_err(|_| std::io::Error::other("upload stopped"))
+                            },
+                        )
                         .map_err(|e| Error::io("compress copy", &copy_path, e))
                     });
                 match &digests {
@@ -138,7 +151,10 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &BackupCon
     if stored_len != digests.stored_len {
         return Err(Error::Damaged {
             id: key.id.to_string(),
-            detail: format!("store took {stored_len} bytes, compressor produced {}", digests.stored_len),
+            detail: format!(
+                "store took {stored_len} bytes, compressor produced {}",
+                digests.stored_len
+            ),
         });
     }
     let inspection = inspection?;
@@ -179,7 +195,11 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &BackupCon
         },
     };
     store
-        .put_bytes(&key.manifest(), Bytes::from(manifest.to_json()), PutMode::IfAbsent)
+        .put_bytes(
+            &key.manifest(),
+            Bytes::from(manifest.to_json()),
+            PutMode::IfAbsent,
+        )
         .await?;
     drop(staging);
     info!(
@@ -201,19 +221,29 @@ fn staging_prefix(db: &str) -> String {
 /// Remove staging folders left by runs of this database whose process is gone (SIGKILL,
 /// power loss). Folders of live processes are left alone. Failures are logged, never fatal.
 pub fn sweep_staging(root: &Path, db: &str) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     let prefix = format!("guardian-{db}-");
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
         if pid_alive(pid) {
             continue;
         }
         let path = entry.path();
         match std::fs::remove_dir_all(&path) {
-            Ok(()) => tracing::info!(path = %path.display(), "removed staging folder of an interrupted run"),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove stale staging folder"),
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed staging folder of an interrupted run")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove stale staging folder")
+            }
         }
     }
 }

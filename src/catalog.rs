@@ -84,7 +84,9 @@ pub struct Catalog {
 impl Catalog {
     /// Snapshots that may be restored, newest first: not failed.
     pub fn usable(&self) -> impl Iterator<Item = &SnapshotEntry> {
-        self.snapshots.iter().filter(|s| s.status != SnapshotStatus::Failed)
+        self.snapshots
+            .iter()
+            .filter(|s| s.status != SnapshotStatus::Failed)
     }
 
     /// Find a snapshot by full id or unique id prefix.
@@ -151,7 +153,8 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
             (i, parsed)
         });
     }
-    let mut parsed: Vec<Option<std::result::Result<Manifest, String>>> = vec![None; with_manifest.len()];
+    let mut parsed: Vec<Option<std::result::Result<Manifest, String>>> =
+        vec![None; with_manifest.len()];
     while let Some(done) = tasks.join_next().await {
         let (i, p) = done.expect("manifest fetch does not panic");
         parsed[i] = Some(p);
@@ -212,13 +215,18 @@ fn entry(
         (None, None) => SnapshotStatus::Unverified,
     };
     let problem = problem.or_else(|| {
-        last_drill
-            .as_ref()
-            .filter(|d| !d.ok)
-            .map(|d| format!("drill failed at {} (see {})", d.at.format("%Y-%m-%dT%H:%M:%SZ"), d.key))
+        last_drill.as_ref().filter(|d| !d.ok).map(|d| {
+            format!(
+                "drill failed at {} (see {})",
+                d.at.format("%Y-%m-%dT%H:%M:%SZ"),
+                d.key
+            )
+        })
     });
     SnapshotEntry {
-        created_at: manifest.as_ref().map_or_else(|| key.id.time(), |m| m.created_at),
+        created_at: manifest
+            .as_ref()
+            .map_or_else(|| key.id.time(), |m| m.created_at),
         key,
         manifest,
         data_size,
@@ -276,7 +284,12 @@ pub fn human_age(secs: i64) -> String {
     if secs < 0 {
         return "in the future".into();
     }
-    let (d, h, m, s) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
     if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {

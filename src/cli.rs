@@ -146,7 +146,11 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
             Err(e) => {
                 // With several databases, one failure must not stop the others: report it now
                 // and return the worst at the end.
-                eprintln!("guardian: backup of {} failed: {}", db.name, crate::error::chain(&e));
+                eprintln!(
+                    "guardian: backup of {} failed: {}",
+                    db.name,
+                    crate::error::chain(&e)
+                );
                 if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
                     worst = Some(e);
                 }
@@ -170,19 +174,25 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             .iter()
             .flat_map(|c| c.snapshots.iter().map(|s| s.view(now)))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&views).expect("views serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&views).expect("views serialize")
+        );
         return Ok(0);
     }
     let multi = catalogs.len() > 1;
     println!(
-        "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
-        if multi { format!("{:<12} ", "DB") } else { String::new() },
+        "{}{:<26} {:<20} {:>8} {:>10} {:>10}  STATUS",
+        if multi {
+            format!("{:<12} ", "DB")
+        } else {
+            String::new()
+        },
         "ID",
         "CREATED (UTC)",
         "AGE",
         "SIZE",
         "STORED",
-        "STATUS"
     );
     for c in &catalogs {
         for s in &c.snapshots {
@@ -193,7 +203,11 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             };
             println!(
                 "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
-                if multi { format!("{:<12} ", c.db) } else { String::new() },
+                if multi {
+                    format!("{:<12} ", c.db)
+                } else {
+                    String::new()
+                },
                 v.id,
                 v.created_at,
                 human_age(v.age_seconds),
@@ -203,7 +217,11 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             );
         }
         if c.snapshots.is_empty() {
-            eprintln!("guardian: no snapshots of {} in {}", c.db, app.store.location());
+            eprintln!(
+                "guardian: no snapshots of {} in {}",
+                c.db,
+                app.store.location()
+            );
         }
     }
     Ok(0)
@@ -215,7 +233,11 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         (true, None, None) => Selector::Latest,
         (false, Some(id), None) => Selector::Snapshot(id),
         (false, None, Some(t)) => Selector::Before(t),
-        _ => return Err(Error::Usage("give exactly one of --latest, --snapshot ID, --before TIME".into())),
+        _ => {
+            return Err(Error::Usage(
+                "give exactly one of --latest, --snapshot ID, --before TIME".into(),
+            ))
+        }
     };
     let opts = RestoreOptions {
         selector,
@@ -226,13 +248,27 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
     let r = restore::run(&app.store, db, &opts).await?;
     let now = Utc::now();
     let m = &r.manifest;
-    let when = format!("taken {}, {} ago", rfc3339(m.created_at), human_age((now - m.created_at).num_seconds()));
+    let when = format!(
+        "taken {}, {} ago",
+        rfc3339(m.created_at),
+        human_age((now - m.created_at).num_seconds())
+    );
     for (id, why) in &r.skipped {
         println!("skipped {id}: {why}");
     }
     if r.dry_run {
-        println!("dry run: would restore {} snapshot {} ({when}) to {}", r.db, m.id, r.target.display());
-        println!("  size {} (stored {}), sha256 {}", human_bytes(m.raw_len), human_bytes(m.stored_len), m.raw_sha256);
+        println!(
+            "dry run: would restore {} snapshot {} ({when}) to {}",
+            r.db,
+            m.id,
+            r.target.display()
+        );
+        println!(
+            "  size {} (stored {}), sha256 {}",
+            human_bytes(m.raw_len),
+            human_bytes(m.stored_len),
+            m.raw_sha256
+        );
         for p in &r.moved_aside {
             println!("  would move aside {}", p.display());
         }
@@ -242,7 +278,12 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         println!("  nothing was written");
         return Ok(0);
     }
-    println!("restored {} snapshot {} ({when}) to {}", r.db, m.id, r.target.display());
+    println!(
+        "restored {} snapshot {} ({when}) to {}",
+        r.db,
+        m.id,
+        r.target.display()
+    );
     println!(
         "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",
         m.raw_sha256,

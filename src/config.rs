@@ -258,7 +258,8 @@ impl Config {
 
     /// Check every value; errors name the dotted key.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |field: String, reason: String| Err(Error::Config(format!("{field}: {reason}")));
+        let invalid =
+            |field: String, reason: String| Err(Error::Config(format!("{field}: {reason}")));
         match self.storage.kind {
             StorageKind::Local => {
                 if self.storage.path.is_none() {
@@ -293,12 +294,18 @@ impl Config {
             if let Some(j) = self.databases[..i].iter().position(|d| d.name == db.name) {
                 return invalid(
                     format!("databases[{i}].name"),
-                    format!("{:?} is already used by databases[{j}]; names must be unique", db.name),
+                    format!(
+                        "{:?} is already used by databases[{j}]; names must be unique",
+                        db.name
+                    ),
                 );
             }
             if let Some(age) = &db.max_age {
                 if let Err(e) = humantime::parse_duration(age) {
-                    return invalid(format!("databases[{i}].max_age"), format!("{e} (e.g. \"26h\", \"90m\")"));
+                    return invalid(
+                        format!("databases[{i}].max_age"),
+                        format!("{e} (e.g. \"26h\", \"90m\")"),
+                    );
                 }
             }
             if db.path.as_os_str().is_empty() {
@@ -344,12 +351,28 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
 /// TOML errors span several lines (a caret diagram); keep the message on one.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     let s = e.to_string();
-    let lines: Vec<&str> = s
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
-        .collect();
-    lines.join("; ")
+    let mut position = None;
+    let mut parts = Vec::new();
+    for line in s.lines().map(str::trim) {
+        if let Some(pos) = line.strip_prefix("TOML parse error at ") {
+            position = Some(pos.to_string());
+        } else if line.is_empty()
+            || line.starts_with('|')
+            || line.chars().all(|c| c == '^' || c == ' ')
+            || line
+                .split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+        {
+            // the caret diagram: source excerpt and markers
+        } else {
+            parts.push(line);
+        }
+    }
+    let mut out = parts.join("; ");
+    if let Some(pos) = position {
+        out.push_str(&format!(" (at {pos})"));
+    }
+    out
 }
 
 fn strip_prefix(e: &Error) -> String {
@@ -367,7 +390,9 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults_and_absolute_paths() {
-        let c = parse("[storage]\npath = \"b\"\n[[databases]]\nname = \"market\"\npath = \"m.db\"\n").unwrap();
+        let c =
+            parse("[storage]\npath = \"b\"\n[[databases]]\nname = \"market\"\npath = \"m.db\"\n")
+                .unwrap();
         assert_eq!(c.storage.kind, StorageKind::Local);
         assert_eq!(c.storage.path.unwrap(), Path::new("/etc/guardian/b"));
         assert_eq!(c.databases[0].path, Path::new("/etc/guardian/m.db"));
@@ -380,7 +405,8 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("databases[0]"), "{msg}");
         assert!(msg.contains("pathh"), "{msg}");
-        let e = parse("[storage]\nbukkit = \"x\"\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n").unwrap_err();
+        let e = parse("[storage]\nbukkit = \"x\"\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n")
+            .unwrap_err();
         assert!(e.to_string().contains("storage"), "{e}");
         assert!(e.to_string().contains("bukkit"), "{e}");
     }
@@ -399,7 +425,10 @@ mod tests {
         let e = parse("[[databases]]\nname = \"m\"\npath = \"a.db\"\n[[databases]]\nname = \"m\"\npath = \"b.db\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("databases[1].name"), "{e}");
-        let e = parse("[backup]\ncompression_level = 12\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n").unwrap_err();
+        let e = parse(
+            "[backup]\ncompression_level = 12\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("backup.compression_level"), "{e}");
         assert!(parse("").unwrap_err().to_string().contains("databases"));
     }

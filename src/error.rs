@@ -117,7 +117,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn sqlite(op: &'static str, path: impl Into<PathBuf>, source: rusqlite::Error) -> Self {
+    pub(crate) fn sqlite(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: rusqlite::Error,
+    ) -> Self {
         Error::Sqlite {
             op,
             path: path.into(),

@@ -53,8 +53,10 @@ fn init_logging(cli: &Cli) {
         (false, 1) => "guardian=debug,info",
         (false, _) => "guardian=trace,debug",
     };
-    let filter = EnvFilter::try_from_env("GUARDIAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let interactive = std::io::stderr().is_terminal() && cli.log_format == LogFormat::Text && !cli.quiet;
+    let filter =
+        EnvFilter::try_from_env("GUARDIAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let interactive =
+        std::io::stderr().is_terminal() && cli.log_format == LogFormat::Text && !cli.quiet;
     guardian::progress::set_interactive(interactive);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

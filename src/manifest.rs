@@ -67,7 +67,10 @@ impl FromStr for SnapshotId {
         if ts.len() != 16 || rand.len() != 8 {
             return Err(bad());
         }
-        if !rand.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !rand
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad());
         }
         NaiveDateTime::parse_from_str(ts, ID_TIME_FORMAT).map_err(|_| bad())?;
@@ -112,7 +115,10 @@ impl Sha256Hex {
 impl TryFrom<String> for Sha256Hex {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Sha256Hex(s))
         } else {
             Err("not a lowercase hex SHA-256".into())
@@ -211,22 +217,39 @@ impl Manifest {
 
     fn check_fields(&self, key: &SnapshotKey) -> Result<(), String> {
         if self.db != key.db {
-            return Err(format!("manifest names database {:?}, but is stored under {:?}", self.db, key.db));
+            return Err(format!(
+                "manifest names database {:?}, but is stored under {:?}",
+                self.db, key.db
+            ));
         }
         if self.id != key.id {
-            return Err(format!("manifest names snapshot {}, but is stored under {}", self.id, key.id));
+            return Err(format!(
+                "manifest names snapshot {}, but is stored under {}",
+                self.id, key.id
+            ));
         }
-        if crate::storage::validate_component(&self.object).is_err() || self.object == MANIFEST_OBJECT {
-            return Err(format!("manifest names an invalid data object {:?}", self.object));
+        if crate::storage::validate_component(&self.object).is_err()
+            || self.object == MANIFEST_OBJECT
+        {
+            return Err(format!(
+                "manifest names an invalid data object {:?}",
+                self.object
+            ));
         }
         if self.compression != "gzip" {
             return Err(format!("unknown compression {:?}", self.compression));
         }
         if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
-            return Err(format!("page_size {} is not a SQLite page size", self.page_size));
+            return Err(format!(
+                "page_size {} is not a SQLite page size",
+                self.page_size
+            ));
         }
         if self.raw_len > MAX_DB_BYTES || self.stored_len > MAX_DB_BYTES * 2 {
-            return Err(format!("size fields are implausible (raw_len {}, stored_len {})", self.raw_len, self.stored_len));
+            return Err(format!(
+                "size fields are implausible (raw_len {}, stored_len {})",
+                self.raw_len, self.stored_len
+            ));
         }
         if self.page_size.checked_mul(self.page_count) != Some(self.raw_len) {
             return Err(format!(
@@ -235,7 +258,10 @@ impl Manifest {
             ));
         }
         if self.check.result != "ok" {
-            return Err(format!("manifest records a failed {} ({})", self.check.kind, self.check.result));
+            return Err(format!(
+                "manifest records a failed {} ({})",
+                self.check.kind, self.check.result
+            ));
         }
         Ok(())
     }
@@ -288,7 +314,10 @@ pub enum ObjectRole {
     /// A data object (normally `db.sqlite.gz`).
     Data(String),
     /// A drill record: when it ran and whether it passed.
-    Drill { at: DateTime<Utc>, ok: bool },
+    Drill {
+        at: DateTime<Utc>,
+        ok: bool,
+    },
 }
 
 /// Split a listed key into its snapshot folder and role. Keys that do not follow the layout
@@ -304,9 +333,14 @@ pub fn parse_key(key: &ObjectKey) -> Option<(SnapshotKey, ObjectRole)> {
     let id: SnapshotId = id.parse().ok()?;
     let role = if name == MANIFEST_OBJECT {
         ObjectRole::Manifest
-    } else if let Some(rest) = name.strip_prefix("drill-").and_then(|r| r.strip_suffix(".json")) {
+    } else if let Some(rest) = name
+        .strip_prefix("drill-")
+        .and_then(|r| r.strip_suffix(".json"))
+    {
         let (ts, verdict) = rest.split_once('-')?;
-        let at = NaiveDateTime::parse_from_str(ts, ID_TIME_FORMAT).ok()?.and_utc();
+        let at = NaiveDateTime::parse_from_str(ts, ID_TIME_FORMAT)
+            .ok()?
+            .and_utc();
         let ok = match verdict {
             "ok" => true,
             "failed" => false,
@@ -316,7 +350,13 @@ pub fn parse_key(key: &ObjectKey) -> Option<(SnapshotKey, ObjectRole)> {
     } else {
         ObjectRole::Data(name.to_string())
     };
-    Some((SnapshotKey { db: db.to_string(), id }, role))
+    Some((
+        SnapshotKey {
+            db: db.to_string(),
+            id,
+        },
+        role,
+    ))
 }
 
 #[cfg(test)]
@@ -372,16 +412,37 @@ mod tests {
         let json = String::from_utf8(m.to_json()).unwrap();
         let cases = [
             ("not json", "{".to_string()),
-            ("future version", json.replace("\"format_version\": 1", "\"format_version\": 99")),
-            ("huge size", json.replace("\"raw_len\": 12288", "\"raw_len\": 18446744073709551615")),
-            ("size not pages", json.replace("\"raw_len\": 12288", "\"raw_len\": 12289")),
+            (
+                "future version",
+                json.replace("\"format_version\": 1", "\"format_version\": 99"),
+            ),
+            (
+                "huge size",
+                json.replace("\"raw_len\": 12288", "\"raw_len\": 18446744073709551615"),
+            ),
+            (
+                "size not pages",
+                json.replace("\"raw_len\": 12288", "\"raw_len\": 12289"),
+            ),
             ("bad hash", json.replace(&m.raw_sha256.to_string(), "zz")),
-            ("other db", json.replace("\"db\": \"market\"", "\"db\": \"shop\"")),
-            ("escape object", json.replace("\"object\": \"db.sqlite.gz\"", "\"object\": \"../x\"")),
-            ("failed check", json.replace("\"result\": \"ok\"", "\"result\": \"bad\"")),
+            (
+                "other db",
+                json.replace("\"db\": \"market\"", "\"db\": \"shop\""),
+            ),
+            (
+                "escape object",
+                json.replace("\"object\": \"db.sqlite.gz\"", "\"object\": \"../x\""),
+            ),
+            (
+                "failed check",
+                json.replace("\"result\": \"ok\"", "\"result\": \"bad\""),
+            ),
         ];
         for (what, text) in cases {
-            assert!(Manifest::parse(text.as_bytes(), &key).is_err(), "{what} accepted");
+            assert!(
+                Manifest::parse(text.as_bytes(), &key).is_err(),
+                "{what} accepted"
+            );
         }
         let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
         assert!(Manifest::parse(&big, &key).is_err());
@@ -392,8 +453,18 @@ mod tests {
         let a = SnapshotId::new("2026-01-02T03:04:05Z".parse().unwrap());
         let b = SnapshotId::new("2026-01-02T03:04:06Z".parse().unwrap());
         assert!(a < b);
-        assert_eq!(a.time(), "2026-01-02T03:04:05Z".parse::<DateTime<Utc>>().unwrap());
-        for bad in ["", "x", "20261124T030000Z", "20261124T030000Z-ABCDEF12", "20261340T030000Z-a1b2c3d4", "../../etc"] {
+        assert_eq!(
+            a.time(),
+            "2026-01-02T03:04:05Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        for bad in [
+            "",
+            "x",
+            "20261124T030000Z",
+            "20261124T030000Z-ABCDEF12",
+            "20261340T030000Z-a1b2c3d4",
+            "../../etc",
+        ] {
             assert!(bad.parse::<SnapshotId>().is_err(), "{bad}");
         }
     }
@@ -404,10 +475,16 @@ mod tests {
         let (sk, role) = parse_key(&k("market/20261124T030000Z-a1b2c3d4/manifest.json")).unwrap();
         assert_eq!(sk.db, "market");
         assert_eq!(role, ObjectRole::Manifest);
-        let (_, role) = parse_key(&k("market/20261124T030000Z-a1b2c3d4/drill-20261125T000000Z-failed.json")).unwrap();
+        let (_, role) = parse_key(&k(
+            "market/20261124T030000Z-a1b2c3d4/drill-20261125T000000Z-failed.json",
+        ))
+        .unwrap();
         assert!(matches!(role, ObjectRole::Drill { ok: false, .. }));
-        assert_eq!(sk.drill("2026-11-25T00:00:00Z".parse().unwrap(), false).as_str(),
-            "market/20261124T030000Z-a1b2c3d4/drill-20261125T000000Z-failed.json");
+        assert_eq!(
+            sk.drill("2026-11-25T00:00:00Z".parse().unwrap(), false)
+                .as_str(),
+            "market/20261124T030000Z-a1b2c3d4/drill-20261125T000000Z-failed.json"
+        );
         assert!(parse_key(&k("market/notanid/manifest.json")).is_none());
         assert!(parse_key(&k("Market/20261124T030000Z-a1b2c3d4/manifest.json")).is_none());
         assert!(parse_key(&k("market/20261124T030000Z-a1b2c3d4/x/y")).is_none());

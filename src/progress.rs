@@ -41,7 +41,7 @@ impl Progress {
             bar
         });
         if bar.is_none() {
-            tracing::info!(db, step, total_bytes = total, "step started");
+            tracing::info!(db = %db, step, total_bytes = total, "step started");
         }
         Progress {
             bar,
@@ -64,7 +64,11 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let mib_per_s = if secs > 0.0 { bytes as f64 / secs / 1048576.0 } else { 0.0 };
+        let mib_per_s = if secs > 0.0 {
+            bytes as f64 / secs / 1048576.0
+        } else {
+            0.0
+        };
         tracing::info!(
             db = %self.db,
             step = self.step,

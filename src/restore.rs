@@ -75,7 +75,11 @@ struct Skip(String);
 
 /// Restore a snapshot of `db` from `store`.
 #[instrument(skip_all, fields(db = %db.name))]
-pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &RestoreOptions) -> Result<RestoreReport> {
+pub async fn run(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
     let target = opts.to.clone().unwrap_or_else(|| db.path.clone());
     let dir = durable::parent_dir(&target).to_path_buf();
     if !dir.is_dir() {
@@ -92,7 +96,7 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &RestoreOp
     }
     let holder = in_use(&target);
     if let Some(who) = &holder {
-        if !opts.force {
+        if !opts.force && !opts.dry_run {
             return Err(Error::InUse(format!(
                 "restore target {} is in use ({who}); stop the application first, or pass --force to replace it anyway",
                 target.display()
@@ -110,23 +114,43 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &RestoreOp
     };
     let mut skipped: Vec<(String, String)> = Vec::new();
     if let Selector::Latest | Selector::Before(_) = opts.selector {
-        for s in catalog.snapshots.iter().filter(|s| s.status == SnapshotStatus::Failed) {
-            if candidates.first().is_none_or(|c| s.created_at > c.created_at) {
-                skipped.push((s.key.id.to_string(), s.problem.clone().unwrap_or_else(|| "failed".into())));
+        for s in catalog
+            .snapshots
+            .iter()
+            .filter(|s| s.status == SnapshotStatus::Failed)
+        {
+            if candidates
+                .first()
+                .is_none_or(|c| s.created_at > c.created_at)
+            {
+                skipped.push((
+                    s.key.id.to_string(),
+                    s.problem.clone().unwrap_or_else(|| "failed".into()),
+                ));
             }
         }
     }
     if candidates.is_empty() {
-        return Err(Error::NoGoodSnapshot(no_snapshot_message(&db.name, &opts.selector, &skipped)));
+        return Err(Error::NoGoodSnapshot(no_snapshot_message(
+            &db.name,
+            &opts.selector,
+            &skipped,
+        )));
     }
 
     for cand in candidates {
         let manifest = match (&cand.manifest, cand.status) {
             (Some(m), st) if st != SnapshotStatus::Failed => m.clone(),
             _ => {
-                let why = cand.problem.clone().unwrap_or_else(|| "snapshot is failed".into());
+                let why = cand
+                    .problem
+                    .clone()
+                    .unwrap_or_else(|| "snapshot is failed".into());
                 if let Selector::Snapshot(_) = opts.selector {
-                    return Err(Error::Damaged { id: cand.key.id.to_string(), detail: why });
+                    return Err(Error::Damaged {
+                        id: cand.key.id.to_string(),
+                        detail: why,
+                    });
                 }
                 skipped.push((cand.key.id.to_string(), why));
                 continue;
@@ -154,7 +178,10 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &RestoreOp
             Err(Skip(why)) => {
                 warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
                 if let Selector::Snapshot(_) = opts.selector {
-                    return Err(Error::Damaged { id: manifest.id.to_string(), detail: why });
+                    return Err(Error::Damaged {
+                        id: manifest.id.to_string(),
+                        detail: why,
+                    });
                 }
                 skipped.push((manifest.id.to_string(), why));
             }
@@ -183,18 +210,28 @@ pub async fn run(store: &Arc<dyn Storage>, db: &DatabaseConfig, opts: &RestoreOp
             }
         }
     }
-    Err(Error::NoGoodSnapshot(no_snapshot_message(&db.name, &opts.selector, &skipped)))
+    Err(Error::NoGoodSnapshot(no_snapshot_message(
+        &db.name,
+        &opts.selector,
+        &skipped,
+    )))
 }
 
 fn no_snapshot_message(db: &str, sel: &Selector, skipped: &[(String, String)]) -> String {
     let what = match sel {
-        Selector::Before(t) => format!("no good snapshot of {db} taken before {}", catalog::rfc3339(*t)),
+        Selector::Before(t) => format!(
+            "no good snapshot of {db} taken before {}",
+            catalog::rfc3339(*t)
+        ),
         _ => format!("no good snapshot of {db}"),
     };
     if skipped.is_empty() {
         format!("{what} in the store")
     } else {
-        let list: Vec<String> = skipped.iter().map(|(id, why)| format!("{id}: {why}")).collect();
+        let list: Vec<String> = skipped
+            .iter()
+            .map(|(id, why)| format!("{id}: {why}"))
+            .collect();
         format!("{what}; skipped {}", list.join("; "))
     }
 }
@@ -213,8 +250,14 @@ async fn stage(
         Err(e) => return Err(e.into()),
     };
     let dir = durable::parent_dir(target).to_path_buf();
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("db").to_string();
-    let mode = fs::metadata(target).map(|md| md.permissions().mode() & 0o7777).unwrap_or(0o600);
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("db")
+        .to_string();
+    let mode = fs::metadata(target)
+        .map(|md| md.permissions().mode() & 0o7777)
+        .unwrap_or(0o600);
     let (file, path) = durable::create_temp(&dir, &name, &restore_tag(), 0o600)
         .map_err(|e| Error::io("create staging file in", &dir, e))?;
     let guard = TempGuard::new(path.clone());
@@ -288,7 +331,9 @@ fn swap_into_place(staged: TempGuard, target: &Path) -> Result<Vec<PathBuf>> {
         // still holds it: a crash here leaves the old database in place.
         match fs::hard_link(target, &aside) {
             Ok(()) => main_linked = true,
-            Err(e) => warn!(error = %e, "cannot hard-link the old database aside; renaming it instead"),
+            Err(e) => {
+                warn!(error = %e, "cannot hard-link the old database aside; renaming it instead")
+            }
         }
         if main_linked {
             moved.push(aside.clone());
@@ -306,7 +351,8 @@ fn swap_into_place(staged: TempGuard, target: &Path) -> Result<Vec<PathBuf>> {
         fs::rename(target, &aside).map_err(|e| Error::io("move aside", target, e))?;
         moved.insert(0, aside.clone());
     }
-    fs::rename(staged.path(), target).map_err(|e| Error::io("rename restored file onto", target, e))?;
+    fs::rename(staged.path(), target)
+        .map_err(|e| Error::io("rename restored file onto", target, e))?;
     staged.disarm();
     durable::sync_dir(&dir).map_err(|e| Error::io("fsync folder", &dir, e))?;
     Ok(moved)
@@ -319,7 +365,9 @@ fn aside_name(target: &Path) -> PathBuf {
     let mut candidate = PathBuf::from(&base);
     let mut n = 1;
     while fs::symlink_metadata(&candidate).is_ok()
-        || snapshot::sidecars(&candidate).iter().any(|p| fs::symlink_metadata(p).is_ok())
+        || snapshot::sidecars(&candidate)
+            .iter()
+            .any(|p| fs::symlink_metadata(p).is_ok())
     {
         candidate = PathBuf::from(format!("{base}.{n}"));
         n += 1;
@@ -342,13 +390,21 @@ fn restore_tag() -> String {
 /// Remove staging files of restores into this folder whose process is gone.
 fn sweep_restore_temps(target: &Path) {
     let dir = durable::parent_dir(target);
-    let Some(name) = target.file_name().and_then(|n| n.to_str()) else { return };
+    let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
     let prefix = format!(".{name}.guardian-restore-");
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let fname = entry.file_name();
-        let Some(rest) = fname.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(rest) = fname.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
         if !crate::backup::pid_alive(pid) {
             let _ = fs::remove_file(entry.path());
             info!(path = %entry.path().display(), "removed staging file of an interrupted restore");

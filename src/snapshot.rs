@@ -54,7 +54,8 @@ pub fn check_source(path: &Path) -> Result<()> {
         }
     })?;
     let mut header = [0u8; 16];
-    let n = crate::archive::read_full(&mut f, &mut header).map_err(|e| Error::io("read", path, e))?;
+    let n =
+        crate::archive::read_full(&mut f, &mut header).map_err(|e| Error::io("read", path, e))?;
     if n == 0 {
         return Err(Error::Usage(format!(
             "database file {} is empty (0 bytes); nothing to back up",
@@ -91,14 +92,16 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
     dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(|e| sqlite_error("configure copy", dst, e))?;
     {
-        let backup = Backup::new(&source, &mut dest).map_err(|e| sqlite_error("start backup of", src, e))?;
+        let backup =
+            Backup::new(&source, &mut dest).map_err(|e| sqlite_error("start backup of", src, e))?;
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         loop {
             match backup.step(-1) {
                 Ok(StepResult::Done) => break,
                 Ok(StepResult::More) => continue, // not expected with -1, but harmless
-                Ok(StepResult::Busy | StepResult::Locked) | Err(rusqlite::Error::SqliteFailure(
+                Ok(StepResult::Busy | StepResult::Locked)
+                | Err(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error {
                         code: ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked,
                         ..
@@ -117,14 +120,19 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Ok(other) => {
-                    return Err(Error::Usage(format!("unexpected backup step result {other:?}")));
+                    return Err(Error::Usage(format!(
+                        "unexpected backup step result {other:?}"
+                    )));
                 }
                 Err(e) => return Err(sqlite_error("copy database", src, e)),
             }
         }
     }
-    dest.close().map_err(|(_, e)| sqlite_error("close copy", dst, e))?;
-    source.close().map_err(|(_, e)| sqlite_error("close database", src, e))?;
+    dest.close()
+        .map_err(|(_, e)| sqlite_error("close copy", dst, e))?;
+    source
+        .close()
+        .map_err(|(_, e)| sqlite_error("close database", src, e))?;
     Ok(journal_mode)
 }
 
@@ -132,16 +140,26 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
 pub fn run_check(path: &Path, check: CheckKind) -> Result<CheckOutcome> {
     let conn = open_read_only(path)?;
     let sql = format!("PRAGMA {}({MAX_PROBLEMS})", check.pragma());
-    let mut stmt = conn.prepare(&sql).map_err(|e| sqlite_error("check", path, e))?;
+    let mut stmt = conn
+        .prepare(&sql)
+        .map_err(|e| sqlite_error("check", path, e))?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .and_then(|rows| rows.collect())
         .map_err(|e| sqlite_error("check", path, e))?;
     if rows.len() == 1 && rows[0] == "ok" {
-        Ok(Ok(()))
-    } else {
-        Ok(Err(rows))
+        return Ok(Ok(()));
     }
+    // One problem per item, without SQLite's "*** in database main ***" banner lines.
+    let problems = rows
+        .iter()
+        .flat_map(|r| r.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("***"))
+        .take(MAX_PROBLEMS)
+        .map(String::from)
+        .collect();
+    Ok(Err(problems))
 }
 
 /// `PRAGMA foreign_key_check`: the first violations, as `table rowid -> parent` lines.
@@ -155,11 +173,15 @@ pub fn foreign_key_check(path: &Path) -> Result<Vec<String>> {
             Ok(format!(
                 "{} row {} -> {}",
                 r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?.map_or("?".into(), |v| v.to_string()),
+                r.get::<_, Option<i64>>(1)?
+                    .map_or("?".into(), |v| v.to_string()),
                 r.get::<_, String>(2)?
             ))
         })
-        .and_then(|rows| rows.take(MAX_PROBLEMS).collect::<rusqlite::Result<Vec<_>>>())
+        .and_then(|rows| {
+            rows.take(MAX_PROBLEMS)
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
         .map_err(|e| sqlite_error("check foreign keys of", path, e))?;
     Ok(rows)
 }
@@ -168,9 +190,15 @@ pub fn foreign_key_check(path: &Path) -> Result<Vec<String>> {
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let conn = open_read_only(path)?;
     let err = |e| sqlite_error("inspect", path, e);
-    let sqlite_version: String = conn.query_row("SELECT sqlite_version()", [], |r| r.get(0)).map_err(err)?;
-    let page_size = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0)).map_err(err)? as u64;
-    let page_count = conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)).map_err(err)? as u64;
+    let sqlite_version: String = conn
+        .query_row("SELECT sqlite_version()", [], |r| r.get(0))
+        .map_err(err)?;
+    let page_size = conn
+        .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+        .map_err(err)? as u64;
+    let page_count = conn
+        .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+        .map_err(err)? as u64;
 
     let mut schema = Sha256::new();
     let mut tables = Vec::new();
@@ -180,13 +208,19 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
             .map_err(err)?;
         let mut rows = stmt.query([]).map_err(err)?;
         while let Some(row) = rows.next().map_err(err)? {
-            let fields: [String; 4] = [row.get(0).map_err(err)?, row.get(1).map_err(err)?, row.get(2).map_err(err)?, row.get(3).map_err(err)?];
+            let fields: [String; 4] = [
+                row.get(0).map_err(err)?,
+                row.get(1).map_err(err)?,
+                row.get(2).map_err(err)?,
+                row.get(3).map_err(err)?,
+            ];
             for f in &fields {
                 // Length-prefixed, so field boundaries cannot be forged by their contents.
                 schema.update((f.len() as u64).to_le_bytes());
                 schema.update(f.as_bytes());
             }
-            if fields[0] == "table" && !fields[3].to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
+            if fields[0] == "table" && !fields[3].to_ascii_uppercase().starts_with("CREATE VIRTUAL")
+            {
                 tables.push(fields[1].clone());
             }
         }
@@ -194,7 +228,9 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let mut counts = BTreeMap::new();
     for t in tables {
         let sql = format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\""));
-        let n = conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).map_err(err)? as u64;
+        let n = conn
+            .query_row(&sql, [], |r| r.get::<_, i64>(0))
+            .map_err(err)? as u64;
         counts.insert(t, n);
     }
     Ok(Inspection {
@@ -207,8 +243,11 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 }
 
 fn open_read_only(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| sqlite_error("open", path, e))?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sqlite_error("open", path, e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| sqlite_error("configure", path, e))?;
     Ok(conn)

@@ -79,7 +79,10 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
         Some(_) => {}
     }
     if let Some(d) = last_drill.as_ref().filter(|d| !d.ok) {
-        problems.push(format!("last drill failed ({} on snapshot {})", d.at, d.snapshot));
+        problems.push(format!(
+            "last drill failed ({} on snapshot {})",
+            d.at, d.snapshot
+        ));
     }
     DbStatus {
         db: db.name.clone(),
@@ -108,10 +111,17 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
         all.push(summarize(db, &catalog, app.store.location()));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&all).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("status serializes")
+        );
     } else {
         for s in &all {
-            println!("{}: {}", s.db, if s.healthy { "healthy" } else { "UNHEALTHY" });
+            println!(
+                "{}: {}",
+                s.db,
+                if s.healthy { "healthy" } else { "UNHEALTHY" }
+            );
             println!("  database   {}", s.path);
             println!("  storage    {}", s.location);
             match &s.last_snapshot {
@@ -126,9 +136,18 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
                 ),
                 None => println!("  last       none"),
             }
-            println!("  snapshots  {} ({} stored)", s.snapshot_count, human_bytes(s.stored_bytes));
+            println!(
+                "  snapshots  {} ({} stored)",
+                s.snapshot_count,
+                human_bytes(s.stored_bytes)
+            );
             match &s.last_drill {
-                Some(d) => println!("  drill      {} on {}: {}", d.at, d.snapshot, if d.ok { "ok" } else { "FAILED" }),
+                Some(d) => println!(
+                    "  drill      {} on {}: {}",
+                    d.at,
+                    d.snapshot,
+                    if d.ok { "ok" } else { "FAILED" }
+                ),
                 None => println!("  drill      never"),
             }
             for p in &s.problems {

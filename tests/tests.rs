@@ -2,3 +2,9 @@
 
 // Harness: TestEnv (temp dir, fixture copy, config, guardian runner), db helpers.
 mod util;
+// Round trips, live writers, damaged snapshots, restores over live databases.
+mod backup_restore;
+// Bad input: one clear line, the documented exit code, no panic; CLI contract fields.
+mod cli;
+// Every config/*.toml parses and validates.
+mod config;

@@ -10,7 +10,9 @@ use tempfile::TempDir;
 
 /// Path of a file in `fixtures/` (never write there: copy first).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// The outcome of one `guardian` run.
@@ -25,7 +27,11 @@ impl Run {
     /// Panic with the full output unless the exit code is `code`.
     #[track_caller]
     pub fn expect_code(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -36,7 +42,10 @@ impl Run {
 
     /// The stderr lines that are not log lines (the error report).
     pub fn error_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| l.starts_with("guardian:")).collect()
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("guardian:"))
+            .collect()
     }
 }
 
@@ -130,18 +139,22 @@ pub fn run(cmd: &mut Command) -> Run {
 /// Open a database and return `SELECT count(*)` of a table.
 pub fn count(db: &Path, table: &str) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
 }
 
 /// `PRAGMA integrity_check` of a database file.
 pub fn integrity(db: &Path) -> String {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// Every row of every table, as text, in a stable order: equal dumps mean equal content.
 pub fn dump(db: &Path) -> Vec<String> {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
     let tables: Vec<String> = c
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -151,7 +164,9 @@ pub fn dump(db: &Path) -> Vec<String> {
         .unwrap();
     let mut out = Vec::new();
     for t in tables {
-        let mut stmt = c.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid")).unwrap();
+        let mut stmt = c
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+            .unwrap();
         let n = stmt.column_count();
         let rows = stmt
             .query_map([], |r| {

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{body_channel, Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError, CHUNK_SIZE};
+use super::{
+    body_channel, Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError, CHUNK_SIZE,
+};
 use crate::durable::{self, TempGuard};
 
 /// A store rooted at a local directory (created on first write).
@@ -61,7 +63,14 @@ impl LocalStorage {
         let (mut file, tmp) = durable::create_temp(&dir, key.file_name(), &temp_tag(), 0o600)
             .map_err(|e| self.io_err("create temp file for", key, e))?;
         let guard = TempGuard::new(tmp);
-        let n = fill(&mut file)?;
+        let n = match fill(&mut file) {
+            Ok(n) => n,
+            Err(e) => {
+                drop(guard);
+                self.remove_empty_dirs(&dir);
+                return Err(e);
+            }
+        };
         file.sync_all().map_err(|e| self.io_err("fsync", key, e))?;
         drop(file);
         match mode {
@@ -125,7 +134,9 @@ impl LocalStorage {
                             size: meta.len(),
                             modified: meta.modified().ok().map(DateTime::<Utc>::from),
                         }),
-                        Err(e) => tracing::debug!(error = %e, "skipping file that is not an object"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "skipping file that is not an object")
+                        }
                     }
                 }
             }
@@ -255,14 +266,7 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.io_err("delete", key, e)),
         }
-        // Remove folders left empty (a deleted snapshot leaves no trace), never the root.
-        let mut dir = durable::parent_dir(&path).to_path_buf();
-        while dir != self.root && dir.starts_with(&self.root) {
-            if fs::remove_dir(&dir).is_err() {
-                break;
-            }
-            dir = durable::parent_dir(&dir).to_path_buf();
-        }
+        let dir = self.remove_empty_dirs(durable::parent_dir(&path));
         durable::sync_dir(&dir).map_err(|e| self.io_err("fsync folder of", key, e))?;
         Ok(())
     }
@@ -281,16 +285,37 @@ fn temp_tag() -> String {
 }
 
 impl LocalStorage {
+    /// Remove `dir` and its parents while they are empty (a deleted or aborted snapshot leaves
+    /// no trace), never the root. Returns the first folder that remains.
+    fn remove_empty_dirs(&self, dir: &Path) -> PathBuf {
+        let mut dir = dir.to_path_buf();
+        while dir != self.root && dir.starts_with(&self.root) {
+            if fs::remove_dir(&dir).is_err() {
+                break;
+            }
+            dir = durable::parent_dir(&dir).to_path_buf();
+        }
+        dir
+    }
+
     fn sweep_blocking(&self, prefix: &str) -> u64 {
         let mut start = self.root.clone();
-        start.extend(prefix.split('/').filter(|c| !c.is_empty() && super::validate_component(c).is_ok()));
+        start.extend(
+            prefix
+                .split('/')
+                .filter(|c| !c.is_empty() && super::validate_component(c).is_ok()),
+        );
         let mut removed = 0;
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    continue;
+                };
                 if meta.is_dir() {
                     stack.push(path);
                     continue;

@@ -117,7 +117,9 @@ pub enum StorageError {
     #[error("{key} already exists in {location}; refusing to overwrite it")]
     AlreadyExists { key: String, location: String },
 
-    #[error("{key} in {location} is {size} bytes, over the {limit}-byte limit for this kind of object")]
+    #[error(
+        "{key} in {location} is {size} bytes, over the {limit}-byte limit for this kind of object"
+    )]
     TooLarge {
         key: String,
         location: String,
