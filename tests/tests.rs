@@ -8,3 +8,5 @@ mod backup_restore;
 mod cli;
 // Every config/*.toml parses and validates.
 mod config;
+// SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
+mod crash;
