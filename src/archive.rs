@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use sha2::{Digest, Sha256};
 
 use crate::manifest::Sha256Hex;
@@ -116,13 +114,33 @@ fn write_in_order(
     Ok((len, Sha256Hex::from_digest(&hash.finalize())))
 }
 
+/// One complete gzip member. libdeflate compresses a whole buffer at once, which is exactly the
+/// shape of an independent member, and is faster than zlib for a better ratio at low levels
+/// (see docs/PERFORMANCE.md); decompression stays a streaming flate2 reader.
 fn gzip_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(raw.len() / 2 + 64),
-        Compression::new(level),
-    );
-    enc.write_all(raw)?;
-    enc.finish()
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(u32, libdeflater::Compressor)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let lvl = libdeflater::CompressionLvl::new(level as i32).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("gzip level {level} is not 1 to 12"),
+                )
+            })?;
+            *slot = Some((level, libdeflater::Compressor::new(lvl)));
+        }
+        let (_, compressor) = slot.as_mut().expect("set above");
+        let mut out = vec![0u8; compressor.gzip_compress_bound(raw.len())];
+        let n = compressor
+            .gzip_compress(raw, &mut out)
+            .map_err(|e| io::Error::other(format!("gzip compression failed: {e:?}")))?;
+        out.truncate(n);
+        Ok(out)
+    })
 }
 
 /// Decompress the stored bytes `src` yields into `dst`, hashing both sides. Stops with an error

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 pub const SEARCH_PATHS: [&str; 2] = ["./guardian.toml", "/etc/guardian/guardian.toml"];
 
 /// gzip level used when `backup.compression_level` is not set (see `docs/PERFORMANCE.md`).
-pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
