@@ -10,3 +10,5 @@ mod cli;
 mod config;
 // SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
 mod crash;
+// Property tests of the parsers that read untrusted store contents (keys, manifests).
+mod fuzz;
