@@ -12,3 +12,5 @@ mod config;
 mod crash;
 // Property tests of the parsers that read untrusted store contents (keys, manifests).
 mod fuzz;
+// Hard sources: another process committing hundreds of times a second, open write transactions.
+mod sources;
