@@ -18,6 +18,7 @@ use tracing::{info, instrument};
 
 use crate::archive;
 use crate::config::{BackupConfig, DatabaseConfig};
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::manifest::{
     CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, FORMAT_VERSION,
@@ -221,22 +222,7 @@ fn staging_prefix(db: &str) -> String {
 /// Remove staging folders left by runs of this database whose process is gone (SIGKILL,
 /// power loss). Folders of live processes are left alone. Failures are logged, never fatal.
 pub fn sweep_staging(root: &Path, db: &str) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    let prefix = format!("guardian-{db}-");
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid_alive(pid) {
-            continue;
-        }
-        let path = entry.path();
+    for path in durable::dead_leftovers(root, &format!("guardian-{db}-")) {
         match std::fs::remove_dir_all(&path) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "removed staging folder of an interrupted run")
@@ -245,15 +231,6 @@ pub fn sweep_staging(root: &Path, db: &str) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove stale staging folder")
             }
         }
-    }
-}
-
-/// True if a process with this pid exists (EPERM means it exists but is not ours).
-pub fn pid_alive(pid: i32) -> bool {
-    use nix::errno::Errno;
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) => true,
-        Err(_) => false,
     }
 }
 

@@ -389,25 +389,13 @@ fn restore_tag() -> String {
 
 /// Remove staging files of restores into this folder whose process is gone.
 fn sweep_restore_temps(target: &Path) {
-    let dir = durable::parent_dir(target);
     let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
         return;
     };
-    let prefix = format!(".{name}.guardian-restore-");
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let fname = entry.file_name();
-        let Some(rest) = fname.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !crate::backup::pid_alive(pid) {
-            let _ = fs::remove_file(entry.path());
-            info!(path = %entry.path().display(), "removed staging file of an interrupted restore");
+    let dir = durable::parent_dir(target);
+    for path in durable::dead_leftovers(dir, &format!(".{name}.guardian-restore-")) {
+        if fs::remove_file(&path).is_ok() {
+            info!(path = %path.display(), "removed staging file of an interrupted restore");
         }
     }
 }

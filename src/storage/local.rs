@@ -217,7 +217,7 @@ impl Storage for LocalStorage {
         let (tx, rx) = body_channel();
         tokio::task::spawn_blocking(move || loop {
             let mut buf = vec![0u8; CHUNK_SIZE];
-            match read_full(&mut file, &mut buf) {
+            match crate::archive::read_full(&mut file, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     buf.truncate(n);
@@ -330,7 +330,7 @@ impl LocalStorage {
                 else {
                     continue;
                 };
-                if !crate::backup::pid_alive(pid) && fs::remove_file(&path).is_ok() {
+                if !crate::durable::pid_alive(pid) && fs::remove_file(&path).is_ok() {
                     tracing::info!(path = %path.display(), "removed temp file of an interrupted upload");
                     removed += 1;
                 }
@@ -338,20 +338,6 @@ impl LocalStorage {
         }
         removed
     }
-}
-
-/// Read until `buf` is full or the file ends.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 async fn spawn_blocking<T: Send + 'static>(
