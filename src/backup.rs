@@ -18,10 +18,11 @@ use tracing::{info, instrument};
 
 use crate::archive;
 use crate::config::{BackupConfig, DatabaseConfig};
+use crate::crypto::Keys;
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::manifest::{
-    CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, FORMAT_VERSION,
+    CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, DATA_OBJECT_AGE, FORMAT_VERSION,
 };
 use crate::progress::Progress;
 use crate::snapshot;
@@ -33,6 +34,7 @@ pub async fn run(
     store: &Arc<dyn Storage>,
     db: &DatabaseConfig,
     opts: &BackupConfig,
+    keys: &Keys,
 ) -> Result<Manifest> {
     let started = Instant::now();
     let staging_root = opts.staging_dir();
@@ -79,6 +81,12 @@ pub async fn run(
     let level = opts.compression_level();
     let threads = opts.threads();
     let (tx, rx) = body_channel();
+    let encryptor = keys.encryptor();
+    let object = if encryptor.is_some() {
+        DATA_OBJECT_AGE
+    } else {
+        DATA_OBJECT
+    };
     let check_failed = Arc::new(AtomicBool::new(false));
     let pipeline = {
         let copy_path = copy_path.clone();
@@ -103,6 +111,7 @@ pub async fn run(
                             level,
                             threads,
                             &|n| progress.set(n),
+                            encryptor,
                             |chunk: Bytes| {
                                 if check_failed.load(Ordering::SeqCst) {
                                     return Err(std::io::Error::other("the copy failed its check"));
@@ -126,7 +135,7 @@ pub async fn run(
             })
         })
     };
-    let data_key = key.data();
+    let data_key = key.object(object);
     let (upload, joined) = tokio::join!(store.put_stream(&data_key, rx, Some(raw_len)), pipeline);
     let (digests, outcome, inspection) = joined.expect("backup pipeline does not panic");
 
@@ -185,8 +194,9 @@ pub async fn run(
         raw_sha256: digests.raw_sha256,
         stored_len: digests.stored_len,
         stored_sha256: digests.stored_sha256,
-        object: DATA_OBJECT.to_string(),
+        object: object.to_string(),
         compression: "gzip".into(),
+        encryption: keys.encrypts().then(|| "age".to_string()),
         compression_level: level,
         tables: inspection.tables,
         schema_sha256: inspection.schema_sha256,

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::catalog::{self, human_age, human_bytes, rfc3339};
 use crate::config::Config;
+use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
@@ -117,12 +118,19 @@ fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Storage>,
+    /// Encryption keys from `[encryption]` (empty when snapshots are not encrypted).
+    pub keys: Keys,
 }
 
 impl App {
     pub async fn open(config: Config) -> Result<App> {
+        let keys = Keys::load(config.encryption.as_ref())?;
         let store = storage::open(&config.storage).await?;
-        Ok(App { config, store })
+        Ok(App {
+            config,
+            store,
+            keys,
+        })
     }
 }
 
@@ -141,7 +149,7 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let dbs = app.config.select(args.db.as_deref())?;
     let mut worst: Option<Error> = None;
     for db in dbs {
-        match crate::backup::run(&app.store, db, &app.config.backup).await {
+        match crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await {
             Ok(m) => println!("{}", m.id),
             Err(e) => {
                 // With several databases, one failure must not stop the others: report it now
@@ -244,6 +252,7 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         to: args.to,
         force: args.force,
         dry_run: args.dry_run,
+        keys: app.keys.clone(),
     };
     let r = restore::run(&app.store, db, &opts).await?;
     let now = Utc::now();

@@ -29,6 +29,8 @@ pub struct Config {
     /// The databases to guard; names are unique.
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
+    /// Client-side encryption of snapshots (optional).
+    pub encryption: Option<EncryptionConfig>,
     /// The file this config was read from, if any (not a TOML key).
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -123,6 +125,18 @@ impl BackupConfig {
                 .unwrap_or(1)
         })
     }
+}
+
+/// `[encryption]`: encrypt every snapshot with age before it leaves the machine.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// age recipients (public keys, `age1...`) every new snapshot is encrypted to.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// File with the age identity (`AGE-SECRET-KEY-1...`) that decrypts snapshots, for restores
+    /// and drills; relative to the config file's folder. A secret: keep it mode 0600.
+    pub identity_file: Option<PathBuf>,
 }
 
 /// `[[databases]]`: one database to guard.
@@ -251,6 +265,13 @@ impl Config {
         if let Some(p) = self.backup.staging_dir.as_mut() {
             abs(p);
         }
+        if let Some(p) = self
+            .encryption
+            .as_mut()
+            .and_then(|e| e.identity_file.as_mut())
+        {
+            abs(p);
+        }
         for db in &mut self.databases {
             abs(&mut db.path);
         }
@@ -280,6 +301,14 @@ impl Config {
         }
         if self.backup.threads == Some(0) {
             return invalid("backup.threads".into(), "must be at least 1".into());
+        }
+        if let Some(enc) = &self.encryption {
+            if enc.recipients.is_empty() && enc.identity_file.is_none() {
+                return invalid(
+                    "encryption".into(),
+                    "give recipients (age1...) and/or identity_file, or remove [encryption]".into(),
+                );
+            }
         }
         if self.databases.is_empty() {
             return invalid(

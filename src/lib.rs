@@ -13,6 +13,7 @@
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
 //! - [`status`]: health per database.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
+//! - [`crypto`]: optional age encryption keys.
 //! - [`durable`]: exclusive temp files, fsync, atomic rename.
 
 pub mod archive;
@@ -20,6 +21,7 @@ pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod durable;
 pub mod error;
 pub mod manifest;

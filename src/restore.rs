@@ -20,9 +20,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, instrument, warn};
 
-use crate::archive::{self, BodyReader};
+use crate::archive::{self, BodyReader, ExtractError};
 use crate::catalog::{self, SnapshotEntry, SnapshotStatus};
 use crate::config::{CheckKind, DatabaseConfig};
+use crate::crypto::Keys;
 use crate::durable::{self, TempGuard};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -51,6 +52,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Say what would happen; write nothing.
     pub dry_run: bool,
+    /// Keys to decrypt encrypted snapshots with.
+    pub keys: Keys,
 }
 
 /// What a restore did (or, with `dry_run`, would do).
@@ -174,7 +177,7 @@ pub async fn run(
                 dry_run: true,
             });
         }
-        match stage(store, &manifest, &target, check).await? {
+        match stage(store, &manifest, &target, check, &opts.keys).await? {
             Err(Skip(why)) => {
                 warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
                 if let Selector::Snapshot(_) = opts.selector {
@@ -243,7 +246,9 @@ async fn stage(
     m: &Manifest,
     target: &Path,
     check: CheckKind,
+    keys: &Keys,
 ) -> Result<std::result::Result<TempGuard, Skip>> {
+    let keys = keys.clone();
     let body = match store.get_stream(&m.data_key()).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(Err(Skip("data object is missing".into()))),
@@ -267,14 +272,31 @@ async fn stage(
     let verdict = tokio::task::spawn_blocking(move || -> Result<std::result::Result<(), Skip>> {
         let progress = Progress::start("download+restore", &db, Some(m2.stored_len));
         let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let digests = archive::extract(BodyReader::new(body), &mut out, m2.raw_len, &|n| progress.set(n));
+        let identities = match m2.encryption.as_deref() {
+            Some(_) => Some(keys.decryption_identities(&format!("snapshot {}", m2.id))?),
+            None => None,
+        };
+        let digests = archive::extract(
+            BodyReader::new(body),
+            &mut out,
+            m2.raw_len,
+            identities.as_ref().map(|ids| ids.as_slice()),
+            &|n| progress.set(n),
+        );
         let digests = match digests {
             Ok(d) => d,
-            // A broken gzip stream is bad data; anything else (disk full, network) is not.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().starts_with("gzip stream") => {
-                return Ok(Err(Skip(format!("stored object is not valid gzip: {e}"))));
+            Err(ExtractError::Data(e)) => return Ok(Err(Skip(format!("stored object is damaged: {e}")))),
+            Err(ExtractError::Key(e)) => {
+                return Err(Error::Config(format!("snapshot {}: {e}; check encryption.identity_file", m2.id)))
             }
-            Err(e) => return Err(Error::io("restore into", &path, e)),
+            Err(ExtractError::Source(e)) => {
+                return Err(Error::Io {
+                    op: "download",
+                    path: m2.data_key().as_str().into(),
+                    source: e,
+                })
+            }
+            Err(ExtractError::Sink(e)) => return Err(Error::io("restore into", &path, e)),
         };
         out.flush().map_err(|e| Error::io("write", &path, e))?;
         drop(out);

@@ -14,3 +14,5 @@ mod crash;
 mod fuzz;
 // Hard sources: another process committing hundreds of times a second, open write transactions.
 mod sources;
+// age encryption: ciphertext only in the store, fail closed without the right key.
+mod encryption;
