@@ -204,11 +204,35 @@ def bench_size(size_mib, runs, work, s3):
     sys.stdout.flush()
 
 
+def bench_scale(count, size_mib, work):
+    """One guardian process backing up `count` databases of `size_mib` MiB: time and peak RSS."""
+    print(f"\n## {count} databases of {size_mib} MiB in one config", flush=True)
+    src = work / f"bench-{size_mib}.sqlite"
+    if not src.exists():
+        sh(f"{ROOT}/scripts/gen-db.sh {src} {size_mib} > /dev/null")
+    store = work / "scale-store"
+    shutil.rmtree(store, ignore_errors=True)
+    dbs = ""
+    for i in range(count):
+        db = work / f"scale-{i}.sqlite"
+        if not db.exists():
+            shutil.copy(src, db)
+        dbs += f'[[databases]]\nname = "db{i}"\npath = "{db}"\n'
+    print("| databases | total s | s per database | peak RSS MiB |")
+    print("|---:|---:|---:|---:|")
+    for n in sorted({1, count // 2, count}):
+        cfg = work / "scale.toml"
+        cfg.write_text(f'[storage]\npath = "{store}"\n[backup]\nstaging_dir = "{work}"\n' + "".join(dbs.split("[[databases]]")[0:1]) + "[[databases]]".join([""] + dbs.split("[[databases]]")[1:n + 1]))
+        t, rss, _ = timed(f"{GUARDIAN} -q --config {cfg} backup")
+        print(f"| {n} | {t:.2f} | {t / n:.2f} | {rss / 1024:.0f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100,1024", help="database sizes in MiB, comma-separated")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", default="/var/tmp/guardian-bench")
+    ap.add_argument("--scale", type=int, default=10, help="also back up this many 100 MiB databases in one run (0: skip)")
     ap.add_argument("--s3", help="endpoint of a local S3 server with a bucket named 'bench' (credentials from the env)")
     a = ap.parse_args()
     for tool in ("sqlite3", "gzip", "pigz", "sha256sum", "/usr/bin/time"):
@@ -222,6 +246,8 @@ def main():
     sh("uname -srm; grep -m1 'model name' /proc/cpuinfo || true")
     for size in a.sizes.split(","):
         bench_size(int(size), a.runs, work, a.s3)
+    if a.scale:
+        bench_scale(a.scale, 100, work)
 
 
 if __name__ == "__main__":
