@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use sha2::{Digest, Sha256};
 
 use crate::manifest::Sha256Hex;
@@ -42,6 +40,7 @@ pub fn compress(
     level: u32,
     threads: usize,
     progress: &(dyn Fn(u64) + Sync),
+    encryptor: Option<age::Encryptor>,
     out: impl FnMut(Bytes) -> io::Result<()> + Send,
 ) -> io::Result<Digests> {
     let threads = threads.max(1);
@@ -63,7 +62,7 @@ pub fn compress(
         // One result slot per block, queued in input order: the writer takes them in that order,
         // and the queue's capacity bounds how many blocks are in flight.
         let (order_tx, order_rx) = mpsc::sync_channel::<Receiver<io::Result<Vec<u8>>>>(threads * 2);
-        let writer = s.spawn(move || write_in_order(order_rx, out));
+        let writer = s.spawn(move || write_in_order(order_rx, encryptor, out));
 
         let mut raw_hash = Sha256::new();
         let mut raw_len = 0u64;
@@ -101,28 +100,144 @@ pub fn compress(
 
 fn write_in_order(
     order_rx: Receiver<Receiver<io::Result<Vec<u8>>>>,
-    mut out: impl FnMut(Bytes) -> io::Result<()>,
+    encryptor: Option<age::Encryptor>,
+    out: impl FnMut(Bytes) -> io::Result<()>,
 ) -> io::Result<(u64, Sha256Hex)> {
-    let mut hash = Sha256::new();
-    let mut len = 0u64;
+    let sink = ChunkWriter::new(out);
+    let mut layer = match encryptor {
+        None => Layer::Plain(sink),
+        Some(e) => Layer::Age(e.wrap_output(sink)?),
+    };
     for slot in order_rx {
         let member = slot
             .recv()
             .map_err(|_| io::Error::other("compression worker stopped"))??;
-        hash.update(&member);
-        len += member.len() as u64;
-        out(Bytes::from(member))?;
+        layer.write_all(&member)?;
     }
-    Ok((len, Sha256Hex::from_digest(&hash.finalize())))
+    let sink = match layer {
+        Layer::Plain(sink) => sink,
+        // finish() writes the last, specially marked STREAM chunk: without it the object
+        // would be truncated ciphertext that fails to decrypt.
+        Layer::Age(w) => w.finish()?,
+    };
+    sink.finish()
 }
 
+/// The stored stream: plain gzip, or gzip inside age.
+enum Layer<W: Write> {
+    Plain(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Write for Layer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Layer::Plain(w) => w.write(buf),
+            Layer::Age(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Layer::Plain(w) => w.flush(),
+            Layer::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// Hashes and counts the stored bytes and hands them on in [`CHUNK_SIZE`] pieces.
+struct ChunkWriter<F> {
+    out: F,
+    hash: Sha256,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl<F: FnMut(Bytes) -> io::Result<()>> ChunkWriter<F> {
+    fn new(out: F) -> Self {
+        ChunkWriter {
+            out,
+            hash: Sha256::new(),
+            len: 0,
+            buf: Vec::with_capacity(CHUNK_SIZE),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
+            (self.out)(Bytes::from(chunk))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(u64, Sha256Hex)> {
+        self.send()?;
+        Ok((self.len, Sha256Hex::from_digest(&self.hash.finalize())))
+    }
+}
+
+impl<F: FnMut(Bytes) -> io::Result<()>> Write for ChunkWriter<F> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hash.update(data);
+        self.len += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_SIZE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One complete gzip member. libdeflate compresses a whole buffer at once, which is exactly the
+/// shape of an independent member, and is faster than zlib for a better ratio at low levels
+/// (see docs/PERFORMANCE.md); decompression stays a streaming flate2 reader.
 fn gzip_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(raw.len() / 2 + 64),
-        Compression::new(level),
-    );
-    enc.write_all(raw)?;
-    enc.finish()
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(u32, libdeflater::Compressor)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let lvl = libdeflater::CompressionLvl::new(level as i32).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("gzip level {level} is not 1 to 12"),
+                )
+            })?;
+            *slot = Some((level, libdeflater::Compressor::new(lvl)));
+        }
+        let (_, compressor) = slot.as_mut().expect("set above");
+        let mut out = vec![0u8; compressor.gzip_compress_bound(raw.len())];
+        let n = compressor
+            .gzip_compress(raw, &mut out)
+            .map_err(|e| io::Error::other(format!("gzip compression failed: {e:?}")))?;
+        out.truncate(n);
+        Ok(out)
+    })
+}
+
+/// Why an extraction failed: the caller treats bad data (try an older snapshot) differently
+/// from a failing source or destination, or a key that does not fit (stop and say so).
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The stored bytes are not a valid (gzip or age) stream, or decompress to too much.
+    #[error("stored object is damaged: {0}")]
+    Data(#[source] io::Error),
+    /// Reading the stored object failed (network, store).
+    #[error("reading the stored object failed")]
+    Source(#[source] io::Error),
+    /// Writing the output failed (disk full, permissions).
+    #[error("writing the restored data failed")]
+    Sink(#[source] io::Error),
+    /// No configured identity can decrypt the object.
+    #[error("cannot decrypt the stored object")]
+    Key(#[source] io::Error),
 }
 
 /// Decompress the stored bytes `src` yields into `dst`, hashing both sides. Stops with an error
@@ -134,31 +249,26 @@ pub fn extract(
     src: impl Read + Send,
     mut dst: impl Write,
     max_raw_len: u64,
+    identities: Option<&[age::x25519::Identity]>,
     progress: &(dyn Fn(u64) + Sync),
-) -> io::Result<Digests> {
+) -> Result<Digests, ExtractError> {
+    let source_failed = std::sync::atomic::AtomicBool::new(false);
+    let classify = |e: io::Error| {
+        if source_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            ExtractError::Source(e)
+        } else if e.kind() == io::ErrorKind::PermissionDenied {
+            ExtractError::Key(e)
+        } else {
+            ExtractError::Data(e)
+        }
+    };
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+        let failed = &source_failed;
         let decoder = s.spawn(move || {
-            let mut counted = HashingReader::new(src, progress);
-            {
-                let mut gz = MultiGzDecoder::new(&mut counted);
-                loop {
-                    let mut buf = vec![0u8; CHUNK_SIZE];
-                    match read_full(&mut gz, &mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            buf.truncate(n);
-                            if tx.send(Ok(buf)).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            break;
-                        }
-                    }
-                }
-            }
+            let mut counted = HashingReader::new(src, progress, failed);
+            decode_into(&mut counted, identities, &tx);
+            drop(tx);
             // Drain what follows the last member, so the stored hash covers every byte.
             let _ = io::copy(&mut counted, &mut io::sink());
             counted.finish()
@@ -170,28 +280,28 @@ pub fn extract(
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    result = Err(io::Error::new(e.kind(), format!("gzip stream: {e}")));
+                    result = Err(classify(e));
                     break;
                 }
             };
             raw_len += chunk.len() as u64;
             if raw_len > max_raw_len {
-                result = Err(io::Error::new(
+                result = Err(ExtractError::Data(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("decompressed data is larger than the expected {max_raw_len} bytes"),
-                ));
+                )));
                 break;
             }
             raw_hash.update(&chunk);
             if let Err(e) = dst.write_all(&chunk) {
-                result = Err(e);
+                result = Err(ExtractError::Sink(e));
                 break;
             }
         }
         drop(rx);
         let stored = decoder.join().expect("decoder does not panic");
         result?;
-        let (stored_len, stored_sha256) = stored?;
+        let (stored_len, stored_sha256) = stored;
         Ok(Digests {
             raw_len,
             raw_sha256: Sha256Hex::from_digest(&raw_hash.finalize()),
@@ -201,32 +311,100 @@ pub fn extract(
     })
 }
 
+/// Decrypt (when `identities` is given) and gunzip `src`, sending raw chunks (or the first
+/// error) to `tx`.
+fn decode_into(
+    src: &mut dyn Read,
+    identities: Option<&[age::x25519::Identity]>,
+    tx: &SyncSender<io::Result<Vec<u8>>>,
+) {
+    let plain: Box<dyn Read + '_> = match identities {
+        None => Box::new(src),
+        Some(ids) => match decryptor(src, ids) {
+            Ok(r) => Box::new(r),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        },
+    };
+    let mut gz = MultiGzDecoder::new(plain);
+    loop {
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        match read_full(&mut gz, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(Ok(buf)).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                break;
+            }
+        }
+    }
+}
+
+/// Open an age stream with `ids`. A key that does not match is `PermissionDenied` (an
+/// operational error: every snapshot encrypted to that key will fail the same way); a damaged
+/// header is `InvalidData` (bad data).
+fn decryptor<'a, R: Read + 'a>(
+    src: R,
+    ids: &'a [age::x25519::Identity],
+) -> io::Result<impl Read + 'a> {
+    let dec = age::Decryptor::new(src).map_err(age_error)?;
+    dec.decrypt(ids.iter().map(|i| i as &dyn age::Identity))
+        .map_err(age_error)
+}
+
+fn age_error(e: age::DecryptError) -> io::Error {
+    match e {
+        age::DecryptError::NoMatchingKeys => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "age: no identity in encryption.identity_file matches this snapshot's recipients",
+        ),
+        age::DecryptError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, format!("age: {other}")),
+    }
+}
+
 /// Hash (SHA-256) and count everything read through it.
+/// It also records whether the *source* failed, so that a network error is not taken for damage.
 struct HashingReader<'a, R> {
     inner: R,
     hash: Sha256,
     len: u64,
     progress: &'a (dyn Fn(u64) + Sync),
+    failed: &'a std::sync::atomic::AtomicBool,
 }
 
 impl<'a, R: Read> HashingReader<'a, R> {
-    fn new(inner: R, progress: &'a (dyn Fn(u64) + Sync)) -> Self {
+    fn new(
+        inner: R,
+        progress: &'a (dyn Fn(u64) + Sync),
+        failed: &'a std::sync::atomic::AtomicBool,
+    ) -> Self {
         HashingReader {
             inner,
             hash: Sha256::new(),
             len: 0,
             progress,
+            failed,
         }
     }
 
-    fn finish(self) -> io::Result<(u64, Sha256Hex)> {
-        Ok((self.len, Sha256Hex::from_digest(&self.hash.finalize())))
+    fn finish(self) -> (u64, Sha256Hex) {
+        (self.len, Sha256Hex::from_digest(&self.hash.finalize()))
     }
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| {
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        })?;
         self.hash.update(&buf[..n]);
         self.len += n as u64;
         (self.progress)(self.len);
@@ -324,7 +502,7 @@ mod tests {
     fn round_trip(len: usize, threads: usize) {
         let raw = sample(len);
         let mut stored = Vec::new();
-        let d = compress(&raw[..], 6, threads, &|_| {}, |b| {
+        let d = compress(&raw[..], 6, threads, &|_| {}, None, |b| {
             stored.extend_from_slice(&b);
             Ok(())
         })
@@ -337,7 +515,7 @@ mod tests {
             Sha256Hex::from_digest(&Sha256::digest(&stored))
         );
         let mut back = Vec::new();
-        let e = extract(&stored[..], &mut back, raw.len() as u64, &|_| {}).unwrap();
+        let e = extract(&stored[..], &mut back, raw.len() as u64, None, &|_| {}).unwrap();
         assert_eq!(back, raw);
         assert_eq!(e, d);
     }
@@ -354,7 +532,7 @@ mod tests {
     fn output_is_readable_by_a_plain_gzip_reader() {
         let raw = sample(2 * BLOCK_SIZE + 7);
         let mut stored = Vec::new();
-        compress(&raw[..], 1, 2, &|_| {}, |b| {
+        compress(&raw[..], 1, 2, &|_| {}, None, |b| {
             stored.extend_from_slice(&b);
             Ok(())
         })
@@ -370,19 +548,20 @@ mod tests {
     fn extract_detects_damage() {
         let raw = sample(BLOCK_SIZE + 100);
         let mut stored = Vec::new();
-        compress(&raw[..], 6, 2, &|_| {}, |b| {
+        compress(&raw[..], 6, 2, &|_| {}, None, |b| {
             stored.extend_from_slice(&b);
             Ok(())
         })
         .unwrap();
-        // Truncation is an error.
+        // Truncation is bad data.
         let cut = &stored[..stored.len() - 10];
-        assert!(extract(cut, io::sink(), u64::MAX, &|_| {}).is_err());
+        let err = extract(cut, io::sink(), u64::MAX, None, &|_| {}).unwrap_err();
+        assert!(matches!(err, ExtractError::Data(_)), "{err:?}");
         // A flipped byte is an error or a different digest, never silent.
         let mut flipped = stored.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x40;
-        match extract(&flipped[..], io::sink(), u64::MAX, &|_| {}) {
+        match extract(&flipped[..], io::sink(), u64::MAX, None, &|_| {}) {
             Err(_) => {}
             Ok(d) => assert_ne!(
                 d.stored_sha256,
@@ -390,18 +569,71 @@ mod tests {
             ),
         }
         // Output larger than expected stops early.
-        assert!(extract(&stored[..], io::sink(), 1000, &|_| {}).is_err());
+        assert!(extract(&stored[..], io::sink(), 1000, None, &|_| {}).is_err());
         // Trailing garbage is an error.
         let mut tail = stored.clone();
         tail.extend_from_slice(b"garbage");
-        assert!(extract(&tail[..], io::sink(), u64::MAX, &|_| {}).is_err());
+        assert!(extract(&tail[..], io::sink(), u64::MAX, None, &|_| {}).is_err());
+    }
+
+    #[test]
+    fn encrypted_round_trip_and_tamper_detection() {
+        let id = age::x25519::Identity::generate();
+        let raw = sample(2 * BLOCK_SIZE + 5);
+        let mut stored = Vec::new();
+        let enc = age::Encryptor::with_recipients(std::iter::once(
+            &id.to_public() as &dyn age::Recipient
+        ))
+        .unwrap();
+        let d = compress(&raw[..], 1, 2, &|_| {}, Some(enc), |b| {
+            stored.extend_from_slice(&b);
+            Ok(())
+        })
+        .unwrap();
+        assert!(stored.starts_with(b"age-encryption.org/v1"));
+        assert_eq!(
+            d.stored_sha256,
+            Sha256Hex::from_digest(&Sha256::digest(&stored))
+        );
+        let ids = [id];
+        let mut back = Vec::new();
+        let e = extract(&stored[..], &mut back, u64::MAX, Some(&ids), &|_| {}).unwrap();
+        assert_eq!(back, raw);
+        assert_eq!(e, d);
+        // Wrong key: PermissionDenied, distinct from bad data.
+        let other = [age::x25519::Identity::generate()];
+        let err = extract(&stored[..], io::sink(), u64::MAX, Some(&other), &|_| {}).unwrap_err();
+        assert!(matches!(err, ExtractError::Key(_)), "{err:?}");
+        // A flipped ciphertext byte fails authentication.
+        let mut bad = stored.clone();
+        let at = bad.len() - 100;
+        bad[at] ^= 1;
+        assert!(extract(&bad[..], io::sink(), u64::MAX, Some(&ids), &|_| {}).is_err());
+        // A truncated final chunk is detected.
+        assert!(extract(
+            &stored[..stored.len() - 20],
+            io::sink(),
+            u64::MAX,
+            Some(&ids),
+            &|_| {}
+        )
+        .is_err());
     }
 
     #[test]
     fn compress_stops_on_output_error() {
-        let raw = sample(4 * BLOCK_SIZE);
+        // Incompressible input, so the output spans several chunks.
+        let mut x = 1u64;
+        let raw: Vec<u8> = (0..4 * BLOCK_SIZE)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
         let mut calls = 0;
-        let err = compress(&raw[..], 1, 2, &|_| {}, |_| {
+        let err = compress(&raw[..], 1, 2, &|_| {}, None, |_| {
             calls += 1;
             if calls == 2 {
                 Err(io::Error::other("store went away"))
@@ -411,5 +643,6 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("store went away"));
+        assert_eq!(calls, 2, "no output after the failure");
     }
 }

@@ -18,9 +18,11 @@ use tracing::{info, instrument};
 
 use crate::archive;
 use crate::config::{BackupConfig, DatabaseConfig};
+use crate::crypto::Keys;
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::manifest::{
-    CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, FORMAT_VERSION,
+    CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, DATA_OBJECT_AGE, FORMAT_VERSION,
 };
 use crate::progress::Progress;
 use crate::snapshot;
@@ -32,6 +34,7 @@ pub async fn run(
     store: &Arc<dyn Storage>,
     db: &DatabaseConfig,
     opts: &BackupConfig,
+    keys: &Keys,
 ) -> Result<Manifest> {
     let started = Instant::now();
     let staging_root = opts.staging_dir();
@@ -78,6 +81,12 @@ pub async fn run(
     let level = opts.compression_level();
     let threads = opts.threads();
     let (tx, rx) = body_channel();
+    let encryptor = keys.encryptor();
+    let object = if encryptor.is_some() {
+        DATA_OBJECT_AGE
+    } else {
+        DATA_OBJECT
+    };
     let check_failed = Arc::new(AtomicBool::new(false));
     let pipeline = {
         let copy_path = copy_path.clone();
@@ -102,6 +111,7 @@ pub async fn run(
                             level,
                             threads,
                             &|n| progress.set(n),
+                            encryptor,
                             |chunk: Bytes| {
                                 if check_failed.load(Ordering::SeqCst) {
                                     return Err(std::io::Error::other("the copy failed its check"));
@@ -125,7 +135,7 @@ pub async fn run(
             })
         })
     };
-    let data_key = key.data();
+    let data_key = key.object(object);
     let (upload, joined) = tokio::join!(store.put_stream(&data_key, rx, Some(raw_len)), pipeline);
     let (digests, outcome, inspection) = joined.expect("backup pipeline does not panic");
 
@@ -184,8 +194,9 @@ pub async fn run(
         raw_sha256: digests.raw_sha256,
         stored_len: digests.stored_len,
         stored_sha256: digests.stored_sha256,
-        object: DATA_OBJECT.to_string(),
+        object: object.to_string(),
         compression: "gzip".into(),
+        encryption: keys.encrypts().then(|| "age".to_string()),
         compression_level: level,
         tables: inspection.tables,
         schema_sha256: inspection.schema_sha256,
@@ -221,22 +232,7 @@ pub(crate) fn staging_prefix(db: &str) -> String {
 /// Remove staging folders left by runs of this database whose process is gone (SIGKILL,
 /// power loss). Folders of live processes are left alone. Failures are logged, never fatal.
 pub fn sweep_staging(root: &Path, db: &str) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    let prefix = format!("guardian-{db}-");
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid_alive(pid) {
-            continue;
-        }
-        let path = entry.path();
+    for path in durable::dead_leftovers(root, &format!("guardian-{db}-")) {
         match std::fs::remove_dir_all(&path) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "removed staging folder of an interrupted run")
@@ -245,15 +241,6 @@ pub fn sweep_staging(root: &Path, db: &str) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove stale staging folder")
             }
         }
-    }
-}
-
-/// True if a process with this pid exists (EPERM means it exists but is not ours).
-pub fn pid_alive(pid: i32) -> bool {
-    use nix::errno::Errno;
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) => true,
-        Err(_) => false,
     }
 }
 

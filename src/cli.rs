@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::catalog::{self, human_age, human_bytes, rfc3339};
 use crate::config::Config;
+use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
@@ -168,12 +169,19 @@ fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Storage>,
+    /// Encryption keys from `[encryption]` (empty when snapshots are not encrypted).
+    pub keys: Keys,
 }
 
 impl App {
     pub async fn open(config: Config) -> Result<App> {
+        let keys = Keys::load(config.encryption.as_ref())?;
         let store = storage::open(&config.storage).await?;
-        Ok(App { config, store })
+        Ok(App {
+            config,
+            store,
+            keys,
+        })
     }
 }
 
@@ -203,7 +211,7 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let mut worst: Option<Error> = None;
     for db in dbs {
         let started = std::time::Instant::now();
-        let result = crate::backup::run(&app.store, db, &app.config.backup).await;
+        let result = crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await;
         let event = match &result {
             Ok(m) => crate::notify::Event::BackupOk {
                 db: db.name.clone(),
@@ -320,6 +328,7 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         to: args.to,
         force: args.force,
         dry_run: args.dry_run,
+        keys: app.keys.clone(),
     };
     let r = restore::run(&app.store, db, &opts).await?;
     let now = Utc::now();

@@ -49,7 +49,15 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     let mut worst = Worst::default();
     let mut json = Vec::new();
     for db in dbs {
-        match drill::run(&app.store, db, &staging, args.snapshot.as_deref()).await {
+        match drill::run(
+            &app.store,
+            db,
+            &staging,
+            args.snapshot.as_deref(),
+            &app.keys,
+        )
+        .await
+        {
             Ok(r) => {
                 let event = if r.ok {
                     Event::DrillOk {

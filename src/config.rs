@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 pub const SEARCH_PATHS: [&str; 2] = ["./guardian.toml", "/etc/guardian/guardian.toml"];
 
 /// gzip level used when `backup.compression_level` is not set (see `docs/PERFORMANCE.md`).
-pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +35,8 @@ pub struct Config {
     /// Alerts: webhook and heartbeat.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// Client-side encryption of snapshots (optional).
+    pub encryption: Option<EncryptionConfig>,
     /// The file this config was read from, if any (not a TOML key).
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -129,6 +131,18 @@ impl BackupConfig {
                 .unwrap_or(1)
         })
     }
+}
+
+/// `[encryption]`: encrypt every snapshot with age before it leaves the machine.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// age recipients (public keys, `age1...`) every new snapshot is encrypted to.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// File with the age identity (`AGE-SECRET-KEY-1...`) that decrypts snapshots, for restores
+    /// and drills; relative to the config file's folder. A secret: keep it mode 0600.
+    pub identity_file: Option<PathBuf>,
 }
 
 /// `[[databases]]`: one database to guard.
@@ -380,6 +394,13 @@ impl Config {
         if let Some(p) = self.backup.staging_dir.as_mut() {
             abs(p);
         }
+        if let Some(p) = self
+            .encryption
+            .as_mut()
+            .and_then(|e| e.identity_file.as_mut())
+        {
+            abs(p);
+        }
         for db in &mut self.databases {
             abs(&mut db.path);
         }
@@ -418,6 +439,14 @@ impl Config {
         }
         if self.backup.threads == Some(0) {
             return invalid("backup.threads".into(), "must be at least 1".into());
+        }
+        if let Some(enc) = &self.encryption {
+            if enc.recipients.is_empty() && enc.identity_file.is_none() {
+                return invalid(
+                    "encryption".into(),
+                    "give recipients (age1...) and/or identity_file, or remove [encryption]".into(),
+                );
+            }
         }
         if self.databases.is_empty() {
             return invalid(
@@ -572,14 +601,28 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
 /// TOML errors span several lines (a caret diagram); keep the message on one.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     let s = e.to_string();
-    let lines: Vec<&str> = s
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
-        })
-        .collect();
-    lines.join("; ")
+    let mut position = None;
+    let mut parts = Vec::new();
+    for line in s.lines().map(str::trim) {
+        if let Some(pos) = line.strip_prefix("TOML parse error at ") {
+            position = Some(pos.to_string());
+        } else if line.is_empty()
+            || line.starts_with('|')
+            || line.chars().all(|c| c == '^' || c == ' ')
+            || line
+                .split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+        {
+            // the caret diagram: source excerpt and markers
+        } else {
+            parts.push(line);
+        }
+    }
+    let mut out = parts.join("; ");
+    if let Some(pos) = position {
+        out.push_str(&format!(" (at {pos})"));
+    }
+    out
 }
 
 fn strip_prefix(e: &Error) -> String {

@@ -27,6 +27,7 @@ use tracing::{info, instrument};
 
 use crate::catalog;
 use crate::config::{CheckKind, DatabaseConfig};
+use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, SnapshotKey};
 use crate::snapshot;
@@ -83,7 +84,8 @@ pub struct DrillReport {
 }
 
 /// Drill `db`'s newest usable snapshot, or `snapshot` (an id or unique prefix), and record the
-/// result in `store`. The scratch copy lives under `staging_dir`.
+/// result in `store`. The scratch copy lives under `staging_dir`; `keys` decrypt encrypted
+/// snapshots (a missing identity is an operational error, not a failed drill).
 ///
 /// # Errors
 /// Operational failures (store unreachable, disk full) and "nothing to drill". A snapshot that
@@ -94,6 +96,7 @@ pub async fn run(
     db: &DatabaseConfig,
     staging_dir: &Path,
     snapshot: Option<&str>,
+    keys: &Keys,
 ) -> Result<DrillReport> {
     let catalog = catalog::load(store, &db.name).await?;
     let entry = match snapshot {
@@ -131,7 +134,7 @@ pub async fn run(
         record: Err("not recorded".into()),
     };
     match &entry.manifest {
-        Some(m) => run_steps(store, m, staging_dir, &mut r).await?,
+        Some(m) => run_steps(store, m, staging_dir, keys, &mut r).await?,
         None => r.problems.push(
             entry
                 .problem
@@ -186,6 +189,7 @@ async fn run_steps(
     store: &Arc<dyn Storage>,
     m: &Manifest,
     staging_dir: &Path,
+    keys: &Keys,
     r: &mut DrillReport,
 ) -> Result<()> {
     std::fs::create_dir_all(staging_dir)
@@ -205,7 +209,7 @@ async fn run_steps(
 
     // 1. Download, decompress, both SHA-256s.
     let t = Instant::now();
-    let (file, fetched) = crate::restore::download_verified(store, m, file, &path).await?;
+    let (file, fetched) = crate::restore::download_verified(store, m, file, &path, keys).await?;
     drop(file);
     let secs = t.elapsed().as_secs_f64();
     match fetched {

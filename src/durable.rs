@@ -83,3 +83,33 @@ impl Drop for TempGuard {
         }
     }
 }
+
+/// Entries of `dir` named `{prefix}{pid}-…` whose process is gone: the leftovers of runs that
+/// were killed (SIGKILL, power loss). Entries of live processes are never returned.
+pub fn dead_leftovers(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_some_and(|pid| !pid_alive(pid))
+        })
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// True if a process with this pid exists (EPERM means it exists but is not ours).
+pub fn pid_alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}

@@ -21,6 +21,7 @@
 //! - [`metrics`]: the service's Prometheus metrics and `/healthz`.
 //! - [`notify`]: webhook and heartbeat alerts.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
+//! - [`crypto`]: optional age encryption keys.
 //! - [`durable`]: exclusive temp files, fsync, atomic rename.
 
 pub mod archive;
@@ -29,6 +30,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod crypto;
 pub mod drill;
 pub mod durable;
 pub mod error;

@@ -24,6 +24,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// The data object's file name.
 pub const DATA_OBJECT: &str = "db.sqlite.gz";
+/// The data object's file name when it is encrypted with age.
+pub const DATA_OBJECT_AGE: &str = "db.sqlite.gz.age";
 /// The manifest's file name.
 pub const MANIFEST_OBJECT: &str = "manifest.json";
 /// SQLite databases cannot be larger than 2^32 pages of 64 KiB.
@@ -174,6 +176,9 @@ pub struct Manifest {
     pub object: String,
     /// `gzip`.
     pub compression: String,
+    /// `"age"` when the stored object is gzip inside age encryption; absent when plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
     pub compression_level: u32,
     /// Rows per table, from `SELECT count(*)` on the copy.
     pub tables: BTreeMap<String, u64>,
@@ -239,6 +244,9 @@ impl Manifest {
         if self.compression != "gzip" {
             return Err(format!("unknown compression {:?}", self.compression));
         }
+        if let Some(enc) = self.encryption.as_deref().filter(|e| *e != "age") {
+            return Err(format!("unknown encryption {enc:?} (upgrade guardian)"));
+        }
         if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
             return Err(format!(
                 "page_size {} is not a SQLite page size",
@@ -297,7 +305,8 @@ impl SnapshotKey {
         ))
     }
 
-    fn object(&self, name: &str) -> ObjectKey {
+    /// The key of the object `name` in this snapshot's folder.
+    pub fn object(&self, name: &str) -> ObjectKey {
         ObjectKey::new(format!("{}/{}/{}", self.db, self.id, name)).expect("validated parts")
     }
 }
@@ -382,6 +391,7 @@ mod tests {
             stored_sha256: Sha256Hex::from_digest(&[2; 32]),
             object: DATA_OBJECT.into(),
             compression: "gzip".into(),
+            encryption: None,
             compression_level: 6,
             tables: BTreeMap::from([("orders".into(), 10)]),
             schema_sha256: Sha256Hex::from_digest(&[3; 32]),

@@ -41,7 +41,7 @@ impl Progress {
             bar
         });
         if bar.is_none() {
-            tracing::info!(db, step, total_bytes = total, "step started");
+            tracing::info!(db = %db, step, total_bytes = total, "step started");
         }
         Progress {
             bar,

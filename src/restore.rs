@@ -20,9 +20,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, instrument, warn};
 
-use crate::archive::{self, BodyReader};
+use crate::archive::{self, BodyReader, ExtractError};
 use crate::catalog::{self, SnapshotEntry, SnapshotStatus};
 use crate::config::{CheckKind, DatabaseConfig};
+use crate::crypto::Keys;
 use crate::durable::{self, TempGuard};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -51,6 +52,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Say what would happen; write nothing.
     pub dry_run: bool,
+    /// Keys to decrypt encrypted snapshots with.
+    pub keys: Keys,
 }
 
 /// What a restore did (or, with `dry_run`, would do).
@@ -96,7 +99,7 @@ pub async fn run(
     }
     let holder = in_use(&target);
     if let Some(who) = &holder {
-        if !opts.force {
+        if !opts.force && !opts.dry_run {
             return Err(Error::InUse(format!(
                 "restore target {} is in use ({who}); stop the application first, or pass --force to replace it anyway",
                 target.display()
@@ -174,7 +177,7 @@ pub async fn run(
                 dry_run: true,
             });
         }
-        match stage(store, &manifest, &target, check).await? {
+        match stage(store, &manifest, &target, check, &opts.keys).await? {
             Err(Skip(why)) => {
                 warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
                 if let Selector::Snapshot(_) = opts.selector {
@@ -243,6 +246,7 @@ async fn stage(
     m: &Manifest,
     target: &Path,
     check: CheckKind,
+    keys: &Keys,
 ) -> Result<std::result::Result<TempGuard, Skip>> {
     let dir = durable::parent_dir(target).to_path_buf();
     let name = target
@@ -256,7 +260,7 @@ async fn stage(
     let (file, path) = durable::create_temp(&dir, &name, &restore_tag(), 0o600)
         .map_err(|e| Error::io("create staging file in", &dir, e))?;
     let guard = TempGuard::new(path.clone());
-    let file = match download_verified(store, m, file, &path).await? {
+    let file = match download_verified(store, m, file, &path, keys).await? {
         (file, Ok(_)) => file,
         (_, Err(why)) => return Ok(Err(Skip(why))),
     };
@@ -296,18 +300,21 @@ async fn stage(
     Ok(verdict.map(|()| guard))
 }
 
-/// Stream `m`'s data object into `file` (at `path`), decompressing it and checking the stored
-/// and raw SHA-256 and sizes against the manifest. Returns the file and, when the stored data
-/// is bad (missing, not gzip, checksum mismatch), `Err(why)`. Shared by restore and the drill.
+/// Stream `m`'s data object into `file` (at `path`): decrypt (with `keys`, when the snapshot is
+/// encrypted), decompress, and check the stored and raw SHA-256 and sizes against the
+/// manifest. Returns the file and, when the stored data is bad (missing, damaged, checksum
+/// mismatch), `Err(why)`. Shared by restore and the drill.
 ///
 /// # Errors
-/// Operational failures only: the store is unreachable, the disk is full.
+/// Operational failures only: the store is unreachable, the disk is full, the key is missing.
 pub(crate) async fn download_verified(
     store: &Arc<dyn Storage>,
     m: &Manifest,
     file: File,
     path: &Path,
+    keys: &Keys,
 ) -> Result<(File, std::result::Result<archive::Digests, String>)> {
+    let keys = keys.clone();
     let body = match store.get_stream(&m.data_key()).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok((file, Err("data object is missing".into()))),
@@ -317,16 +324,38 @@ pub(crate) async fn download_verified(
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let progress = Progress::start("download+restore", &m2.db, Some(m2.stored_len));
+        let identities = match m2.encryption.as_deref() {
+            Some(_) => Some(keys.decryption_identities(&format!("snapshot {}", m2.id))?),
+            None => None,
+        };
         let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let digests = archive::extract(BodyReader::new(body), &mut out, m2.raw_len, &|n| progress.set(n));
+        let digests = archive::extract(
+            BodyReader::new(body),
+            &mut out,
+            m2.raw_len,
+            identities.as_ref().map(|ids| ids.as_slice()),
+            &|n| progress.set(n),
+        );
         let digests = match digests {
             Ok(d) => d,
-            // A broken gzip stream is bad data; anything else (disk full, network) is not.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().starts_with("gzip stream") => {
+            Err(ExtractError::Data(e)) => {
                 drop(out);
-                return Ok((file, Err(format!("stored object is not valid gzip: {e}"))));
+                return Ok((file, Err(format!("stored object is damaged: {e}"))));
             }
-            Err(e) => return Err(Error::io("restore into", &path, e)),
+            Err(ExtractError::Key(e)) => {
+                return Err(Error::Config(format!(
+                    "snapshot {}: {e}; check encryption.identity_file",
+                    m2.id
+                )))
+            }
+            Err(ExtractError::Source(e)) => {
+                return Err(Error::Io {
+                    op: "download",
+                    path: m2.data_key().as_str().into(),
+                    source: e,
+                })
+            }
+            Err(ExtractError::Sink(e)) => return Err(Error::io("restore into", &path, e)),
         };
         out.flush().map_err(|e| Error::io("write", &path, e))?;
         drop(out);
@@ -421,25 +450,13 @@ fn restore_tag() -> String {
 
 /// Remove staging files of restores into this folder whose process is gone.
 fn sweep_restore_temps(target: &Path) {
-    let dir = durable::parent_dir(target);
     let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
         return;
     };
-    let prefix = format!(".{name}.guardian-restore-");
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let fname = entry.file_name();
-        let Some(rest) = fname.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !crate::backup::pid_alive(pid) {
-            let _ = fs::remove_file(entry.path());
-            info!(path = %entry.path().display(), "removed staging file of an interrupted restore");
+    let dir = durable::parent_dir(target);
+    for path in durable::dead_leftovers(dir, &format!(".{name}.guardian-restore-")) {
+        if fs::remove_file(&path).is_ok() {
+            info!(path = %path.display(), "removed staging file of an interrupted restore");
         }
     }
 }

@@ -77,9 +77,11 @@ pub fn parse_cron(expr: &str) -> std::result::Result<String, String> {
         "@weekly" => "0 0 0 * * sun".to_string(),
         "@monthly" => "0 0 0 1 * *".to_string(),
         "@yearly" | "@annually" => "0 0 0 1 1 *".to_string(),
-        s if s.starts_with('@') => return Err(format!(
+        s if s.starts_with('@') => {
+            return Err(format!(
             "unknown cron shortcut {trimmed:?} (use @hourly, @daily, @weekly, @monthly or @yearly)"
-        )),
+        ))
+        }
         _ => {
             let fields: Vec<&str> = trimmed.split_whitespace().collect();
             match fields.len() {

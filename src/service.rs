@@ -225,7 +225,7 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
 #[instrument(skip_all, fields(db = %db.name, job = "backup"))]
 async fn backup_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
     let started = Instant::now();
-    let result = backup::run(&s.app.store, db, &s.app.config.backup).await;
+    let result = backup::run(&s.app.store, db, &s.app.config.backup, &s.app.keys).await;
     let seconds = started.elapsed().as_secs_f64();
     let mut events = Vec::new();
     match result {
@@ -276,7 +276,7 @@ async fn backup_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
 async fn drill_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
     let started = Instant::now();
     let staging = s.app.config.backup.staging_dir();
-    let result = drill::run(&s.app.store, db, &staging, None).await;
+    let result = drill::run(&s.app.store, db, &staging, None, &s.app.keys).await;
     let seconds = started.elapsed().as_secs_f64();
     let mut events = Vec::new();
     match result {

@@ -148,10 +148,18 @@ pub fn run_check(path: &Path, check: CheckKind) -> Result<CheckOutcome> {
         .and_then(|rows| rows.collect())
         .map_err(|e| sqlite_error("check", path, e))?;
     if rows.len() == 1 && rows[0] == "ok" {
-        Ok(Ok(()))
-    } else {
-        Ok(Err(rows))
+        return Ok(Ok(()));
     }
+    // One problem per item, without SQLite's "*** in database main ***" banner lines.
+    let problems = rows
+        .iter()
+        .flat_map(|r| r.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("***"))
+        .take(MAX_PROBLEMS)
+        .map(String::from)
+        .collect();
+    Ok(Err(problems))
 }
 
 /// `PRAGMA foreign_key_check`: the first violations, as `table rowid -> parent` lines.

@@ -3,10 +3,20 @@
 // Harness: TestEnv (temp dir, fixture copy, config, guardian runner), db helpers, service runner.
 mod util;
 
-// Every config/*.toml parses; the example documents every key.
+// Round trips, live writers, damaged snapshots, restores over live databases.
+mod backup_restore;
+// Bad input: one clear line, the documented exit code, no panic; CLI contract fields.
+mod cli;
+// Every config/*.toml parses and validates; the example documents every key.
 mod config;
+// SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
+mod crash;
 // The restore drill: verified on success; bit rot, corruption and count mismatches fail it.
 mod drill;
+// age encryption: ciphertext only in the store, fail closed without the right key.
+mod encryption;
+// Property tests of the parsers that read untrusted store contents (keys, manifests).
+mod fuzz;
 // Webhook and heartbeat against a local listener: payload, retries, time limits, secrets.
 mod notify;
 // `prune` through the binary: dry run vs real, orphans, holds.
@@ -15,5 +25,7 @@ mod prune;
 mod retention;
 // `guardian run`: schedules, metrics, SIGTERM, grace period, second signal, config errors.
 mod service;
+// Hard sources: another process committing hundreds of times a second, open write transactions.
+mod sources;
 // `verify`: bit rot found without SQLite, per snapshot.
 mod verify;

@@ -391,3 +391,14 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// A SHA-256 over [`dump`]: equal hashes mean equal content (for large databases).
+pub fn dump_hash(db: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for row in dump(db) {
+        h.update(row.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}

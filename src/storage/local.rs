@@ -63,7 +63,14 @@ impl LocalStorage {
         let (mut file, tmp) = durable::create_temp(&dir, key.file_name(), &temp_tag(), 0o600)
             .map_err(|e| self.io_err("create temp file for", key, e))?;
         let guard = TempGuard::new(tmp);
-        let n = fill(&mut file)?;
+        let n = match fill(&mut file) {
+            Ok(n) => n,
+            Err(e) => {
+                drop(guard);
+                self.remove_empty_dirs(&dir);
+                return Err(e);
+            }
+        };
         file.sync_all().map_err(|e| self.io_err("fsync", key, e))?;
         drop(file);
         match mode {
@@ -210,7 +217,7 @@ impl Storage for LocalStorage {
         let (tx, rx) = body_channel();
         tokio::task::spawn_blocking(move || loop {
             let mut buf = vec![0u8; CHUNK_SIZE];
-            match read_full(&mut file, &mut buf) {
+            match crate::archive::read_full(&mut file, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     buf.truncate(n);
@@ -259,14 +266,7 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.io_err("delete", key, e)),
         }
-        // Remove folders left empty (a deleted snapshot leaves no trace), never the root.
-        let mut dir = durable::parent_dir(&path).to_path_buf();
-        while dir != self.root && dir.starts_with(&self.root) {
-            if fs::remove_dir(&dir).is_err() {
-                break;
-            }
-            dir = durable::parent_dir(&dir).to_path_buf();
-        }
+        let dir = self.remove_empty_dirs(durable::parent_dir(&path));
         durable::sync_dir(&dir).map_err(|e| self.io_err("fsync folder of", key, e))?;
         Ok(())
     }
@@ -285,6 +285,19 @@ fn temp_tag() -> String {
 }
 
 impl LocalStorage {
+    /// Remove `dir` and its parents while they are empty (a deleted or aborted snapshot leaves
+    /// no trace), never the root. Returns the first folder that remains.
+    fn remove_empty_dirs(&self, dir: &Path) -> PathBuf {
+        let mut dir = dir.to_path_buf();
+        while dir != self.root && dir.starts_with(&self.root) {
+            if fs::remove_dir(&dir).is_err() {
+                break;
+            }
+            dir = durable::parent_dir(&dir).to_path_buf();
+        }
+        dir
+    }
+
     fn sweep_blocking(&self, prefix: &str) -> u64 {
         let mut start = self.root.clone();
         start.extend(
@@ -317,7 +330,7 @@ impl LocalStorage {
                 else {
                     continue;
                 };
-                if !crate::backup::pid_alive(pid) && fs::remove_file(&path).is_ok() {
+                if !crate::durable::pid_alive(pid) && fs::remove_file(&path).is_ok() {
                     tracing::info!(path = %path.display(), "removed temp file of an interrupted upload");
                     removed += 1;
                 }
@@ -325,20 +338,6 @@ impl LocalStorage {
         }
         removed
     }
-}
-
-/// Read until `buf` is full or the file ends.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 async fn spawn_blocking<T: Send + 'static>(

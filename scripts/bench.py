@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""guardian's performance benchmark: guardian vs the shell baseline vs the hardware lower bound.
+
+Generates a realistic e-commerce database (scripts/gen-db.sh) and measures, in one run and on the
+same file:
+  1. `guardian backup` to the local store (and to a local S3 server when --s3 ENDPOINT is given);
+  2. the shell baseline: sqlite3 .backup + gzip -6 + sha256sum (+ aws s3 cp for S3);
+  3. the lower bound: the same copy + pigz on every core at the level giving guardian's size,
+     and a plain read of the file;
+  4. `guardian restore --latest` vs gunzip + sha256sum + PRAGMA integrity_check;
+  5. peak RSS of guardian (from /usr/bin/time -v) for each command;
+  6. writer impact: p50/p99 commit latency of a steady writer before and during a backup.
+Prints medians and ratios. Machines are noisy: run on an idle machine and quote medians.
+
+Usage: scripts/bench.py [--sizes 100,1024] [--runs 3] [--work DIR] [--s3 http://127.0.0.1:PORT]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARDIAN = ROOT / "target" / "release" / "guardian"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, **kw)
+
+
+def timed(cmd, env=None):
+    """Run a shell command under /usr/bin/time -v; return (seconds, peak RSS KiB, stdout)."""
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        ["/usr/bin/time", "-v", "bash", "-c", cmd],
+        capture_output=True, text=True, env=env,
+    )
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): {cmd}\n{p.stderr[-2000:]}")
+    rss = 0
+    for line in p.stderr.splitlines():
+        if "Maximum resident set size" in line:
+            rss = int(line.split(":")[1])
+    return dt, rss, p.stdout
+
+
+def median_run(cmd, runs, setup=None, env=None):
+    times, rss, out = [], [], ""
+    for _ in range(runs):
+        if setup:
+            setup()
+        dt, r, out = timed(cmd, env)
+        times.append(dt)
+        rss.append(r)
+    return statistics.median(times), max(rss), out
+
+
+def write_config(work, db, level=None, s3=None):
+    cfg = work / "guardian.toml"
+    storage = (
+        f'[storage]\nkind = "s3"\nbucket = "bench"\nendpoint = "{s3}"\nforce_path_style = true\nregion = "us-east-1"\n'
+        if s3 else f'[storage]\npath = "{work / "store"}"\n'
+    )
+    backup = f'[backup]\nstaging_dir = "{work}"\n' + (f"compression_level = {level}\n" if level else "")
+    cfg.write_text(f'{storage}\n{backup}\n[[databases]]\nname = "bench"\npath = "{db}"\n')
+    return cfg
+
+
+def writer_latencies(db, seconds, stop_event=None):
+    """Commit small transactions as fast as a real app would (no sleep) and record latencies."""
+    c = sqlite3.connect(db, timeout=30, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=NORMAL")
+    c.execute("CREATE TABLE IF NOT EXISTS bench_writes (id INTEGER PRIMARY KEY, at REAL, pad TEXT)")
+    lat, errors = [], 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end and not (stop_event and stop_event.is_set()):
+        t0 = time.perf_counter()
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("INSERT INTO bench_writes (at, pad) VALUES (?, hex(randomblob(100)))", (t0,))
+            c.execute("UPDATE customers SET phone = phone WHERE id = ?", (int(t0 * 1000) % 1000 + 1,))
+            c.execute("COMMIT")
+        except sqlite3.Error:
+            errors += 1
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.002)  # a few hundred commits per second
+    c.close()
+    return lat, errors
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] * 1000 if xs else float("nan")
+
+
+def bench_size(size_mib, runs, work, s3):
+    print(f"\n## {size_mib} MiB database", flush=True)
+    db = work / f"bench-{size_mib}.sqlite"
+    if not db.exists():
+        sh(f"{ROOT}/scripts/gen-db.sh {db} {size_mib} > /dev/null")
+    raw = db.stat().st_size
+    copy = work / "copy.db"
+    rows = []
+
+    def row(name, secs, rss=None, size=None):
+        rows.append((name, secs, rss, size))
+
+    # Plain read: the floor for anything that reads the database once.
+    t, _, _ = median_run(f"cat {db} > /dev/null", runs)
+    row("read the database (cat > /dev/null)", t)
+    # Baseline pieces.
+    t_copy, _, _ = median_run(f"rm -f {copy}; sqlite3 {db} '.backup {copy}'", runs)
+    row("baseline: sqlite3 .backup", t_copy)
+    t_gz, _, _ = median_run(f"gzip -6 -c {copy} > {copy}.gz", runs)
+    gz6 = (work / "copy.db.gz").stat().st_size
+    row("baseline: gzip -6", t_gz, size=gz6)
+    t_sha, _, _ = median_run(f"sha256sum {copy}.gz > /dev/null", runs)
+    row("baseline: sha256sum of the .gz", t_sha)
+    baseline = t_copy + t_gz + t_sha
+    row("baseline total (.backup + gzip -6 + sha256sum)", baseline, size=gz6)
+
+    # guardian backup, local store.
+    store = work / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    cfg = write_config(work, db)
+    t_g, rss_g, _ = median_run(f"{GUARDIAN} -q --config {cfg} backup", runs)
+    objs = sorted(store.glob("bench/*/db.sqlite.gz"))
+    g_size = objs[-1].stat().st_size
+    level = json.loads((objs[-1].parent / "manifest.json").read_text())["compression_level"]
+    row(f"guardian backup (local, level {level})", t_g, rss_g, g_size)
+
+    # Lower bound: copy + pigz on every core at the level whose output is closest to guardian's.
+    cores = os.cpu_count()
+    best = None
+    for lv in (1, 2, 3, 4, 5, 6):
+        t, _, _ = timed(f"pigz -{lv} -p{cores} -c {copy} > {copy}.pz")
+        size = (work / "copy.db.pz").stat().st_size
+        if best is None or abs(size - g_size) < abs(best[2] - g_size):
+            best = (lv, t, size)
+        if size <= g_size:
+            break
+    lv = best[0]
+    t_pigz, _, _ = median_run(f"pigz -{lv} -p{cores} -c {copy} > {copy}.pz", runs)
+    lower = t_copy + t_pigz
+    row(f"lower bound: .backup + pigz -{lv} -p{cores}", lower, size=(work / "copy.db.pz").stat().st_size)
+
+    # Restore.
+    out = work / "restored.db"
+
+    def clean_out():
+        for p in work.glob("restored.db*"):
+            p.unlink()
+
+    t_r, rss_r, _ = median_run(f"{GUARDIAN} -q --config {cfg} restore --latest --to {out}", runs, setup=clean_out)
+    row("guardian restore --latest (integrity_check)", t_r, rss_r)
+    t_bl_r, _, _ = median_run(
+        f"gunzip -c {copy}.gz > {out} && sha256sum {out} > /dev/null && sqlite3 {out} 'PRAGMA integrity_check' > /dev/null",
+        runs, setup=clean_out)
+    row("baseline restore: gunzip + sha256sum + integrity_check", t_bl_r)
+
+    # S3.
+    if s3:
+        env = dict(os.environ)
+        cfg_s3 = write_config(work, db, s3=s3)
+        t_s3, rss_s3, _ = median_run(f"{GUARDIAN} -q --config {cfg_s3} backup", runs, env=env)
+        row("guardian backup (S3)", t_s3, rss_s3)
+        t_up, _, _ = median_run(f"aws --endpoint-url {s3} s3 cp --quiet {copy}.gz s3://bench/baseline/copy.db.gz", runs, env=env)
+        row("baseline: aws s3 cp of the .gz", t_up)
+        row("baseline total S3 (.backup + gzip + sha256sum + aws s3 cp)", baseline + t_up)
+        t_s3r, rss_s3r, _ = median_run(f"{GUARDIAN} -q --config {cfg_s3} restore --latest --to {out}", runs, setup=clean_out, env=env)
+        row("guardian restore --latest from S3", t_s3r, rss_s3r)
+
+    # Writer impact.
+    lat0, err0 = writer_latencies(str(db), 5)
+    stop = threading.Event()
+    result = {}
+    th = threading.Thread(target=lambda: result.update(zip(("lat", "err"), writer_latencies(str(db), 600, stop))))
+    th.start()
+    time.sleep(0.5)
+    timed(f"{GUARDIAN} -q --config {cfg} backup")
+    stop.set()
+    th.join()
+    lat1, err1 = result["lat"], result["err"]
+
+    print(f"\n| step | median s | peak RSS MiB | output MiB |")
+    print("|---|---:|---:|---:|")
+    for name, secs, rss, size in rows:
+        print(f"| {name} | {secs:.2f} | {'' if rss is None else f'{rss / 1024:.0f}'} | {'' if size is None else f'{size / 2**20:.0f}'} |")
+    print()
+    print(f"- database: {raw / 2**20:.0f} MiB; guardian object / gzip -6 size: {g_size / gz6:.3f}")
+    print(f"- backup: baseline / guardian = {baseline / t_g:.2f}x faster; guardian / lower bound = {t_g / lower:.2f}")
+    print(f"- restore: guardian / baseline = {t_r / t_bl_r:.2f}")
+    print(f"- writer commit latency without backup: p50 {pct(lat0, .5):.2f} ms, p99 {pct(lat0, .99):.2f} ms ({len(lat0)} commits, {err0} errors)")
+    print(f"- writer commit latency during backup:  p50 {pct(lat1, .5):.2f} ms, p99 {pct(lat1, .99):.2f} ms ({len(lat1)} commits, {err1} errors); p99 ratio {pct(lat1, .99) / pct(lat0, .99):.2f}")
+    sys.stdout.flush()
+
+
+def bench_scale(count, size_mib, work):
+    """One guardian process backing up `count` databases of `size_mib` MiB: time and peak RSS."""
+    print(f"\n## {count} databases of {size_mib} MiB in one config", flush=True)
+    src = work / f"bench-{size_mib}.sqlite"
+    if not src.exists():
+        sh(f"{ROOT}/scripts/gen-db.sh {src} {size_mib} > /dev/null")
+    store = work / "scale-store"
+    shutil.rmtree(store, ignore_errors=True)
+    dbs = ""
+    for i in range(count):
+        db = work / f"scale-{i}.sqlite"
+        if not db.exists():
+            shutil.copy(src, db)
+        dbs += f'[[databases]]\nname = "db{i}"\npath = "{db}"\n'
+    print("| databases | total s | s per database | peak RSS MiB |")
+    print("|---:|---:|---:|---:|")
+    for n in sorted({1, count // 2, count}):
+        cfg = work / "scale.toml"
+        cfg.write_text(f'[storage]\npath = "{store}"\n[backup]\nstaging_dir = "{work}"\n' + "".join(dbs.split("[[databases]]")[0:1]) + "[[databases]]".join([""] + dbs.split("[[databases]]")[1:n + 1]))
+        t, rss, _ = timed(f"{GUARDIAN} -q --config {cfg} backup")
+        print(f"| {n} | {t:.2f} | {t / n:.2f} | {rss / 1024:.0f} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100,1024", help="database sizes in MiB, comma-separated")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--work", default="/var/tmp/guardian-bench")
+    ap.add_argument("--scale", type=int, default=10, help="also back up this many 100 MiB databases in one run (0: skip)")
+    ap.add_argument("--s3", help="endpoint of a local S3 server with a bucket named 'bench' (credentials from the env)")
+    a = ap.parse_args()
+    for tool in ("sqlite3", "gzip", "pigz", "sha256sum", "/usr/bin/time"):
+        if not shutil.which(tool):
+            sys.exit(f"missing {tool}: apt-get install sqlite3 pigz time")
+    if not GUARDIAN.exists():
+        sh(f"cd {ROOT} && cargo build --release --locked")
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"guardian benchmark on {os.cpu_count()} cores, {a.runs} runs per figure (medians)")
+    sh("uname -srm; grep -m1 'model name' /proc/cpuinfo || true")
+    for size in a.sizes.split(","):
+        bench_size(int(size), a.runs, work, a.s3)
+    if a.scale:
+        bench_scale(a.scale, 100, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+//! Bad input gets one clear line and the documented exit code, never a panic.
+
+use std::fs;
+
+use crate::util::{self, TestEnv};
+
+/// Exit 2, exactly one `guardian:` error line containing every `needle`, no panic.
+#[track_caller]
+fn fails_cleanly(r: util::Run, code: i32, needles: &[&str]) {
+    let r = r.expect_code(code);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "one error line expected:\n{}", r.stderr);
+    for n in needles {
+        assert!(lines[0].contains(n), "{n:?} missing from {:?}", lines[0]);
+    }
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let env = TestEnv::new();
+    let r = util::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_guardian")).args([
+            "--config",
+            "/nonexistent/g.toml",
+            "list",
+        ]),
+    );
+    fails_cleanly(r, 2, &["/nonexistent/g.toml", "--config"]);
+    // No flag, no env, no ./guardian.toml: the search is explained.
+    let r = util::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+            .arg("list")
+            .env_remove("GUARDIAN_CONFIG")
+            .current_dir(env.dir.path().join("..")),
+    );
+    if !std::path::Path::new("/etc/guardian/guardian.toml").exists()
+        && !std::path::Path::new("../guardian.toml").exists()
+    {
+        fails_cleanly(r, 2, &["no config file found", "GUARDIAN_CONFIG"]);
+    }
+}
+
+#[test]
+fn config_from_environment_variable_is_used() {
+    let env = TestEnv::new();
+    let r = util::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+            .arg("backup")
+            .env("GUARDIAN_CONFIG", &env.config)
+            .current_dir("/"),
+    )
+    .ok();
+    assert_eq!(r.stdout.trim().len(), 25, "{}", r.stdout);
+}
+
+#[test]
+fn unknown_config_key_names_its_dotted_path() {
+    let env = TestEnv::new();
+    env.write_config("max_agee = \"1h\"\n");
+    fails_cleanly(env.run(&["list"]), 2, &["databases[0]", "max_agee"]);
+}
+
+#[test]
+fn missing_database_file_is_named() {
+    let env = TestEnv::empty();
+    fails_cleanly(env.run(&["backup"]), 2, &["market.db", "does not exist"]);
+    assert!(env.list().is_empty());
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused() {
+    let env = TestEnv::empty();
+    fs::copy(util::fixture("not-a-database.txt"), &env.db).unwrap();
+    fails_cleanly(env.run(&["backup"]), 2, &["not a SQLite database"]);
+    fs::write(&env.db, b"").unwrap();
+    fails_cleanly(env.run(&["backup"]), 2, &["empty"]);
+    // Random bytes, as an encrypted database looks.
+    fs::write(
+        &env.db,
+        (0..8192u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fails_cleanly(env.run(&["backup"]), 2, &["not a SQLite database"]);
+}
+
+#[test]
+fn unknown_snapshot_id_is_a_usage_error() {
+    let env = TestEnv::new();
+    env.backup();
+    fails_cleanly(
+        env.run(&[
+            "restore",
+            "--snapshot",
+            "20200101T000000Z-deadbeef",
+            "--to",
+            "x.db",
+        ]),
+        2,
+        &["no snapshot"],
+    );
+    assert!(!env.path("x.db").exists());
+}
+
+#[test]
+fn unknown_database_name_lists_the_configured_ones() {
+    let env = TestEnv::new();
+    fails_cleanly(env.run(&["list", "--db", "shop"]), 2, &["shop", "market"]);
+}
+
+#[test]
+fn restore_needs_db_when_several_are_configured() {
+    let env = TestEnv::new();
+    env.write_config("\n[[databases]]\nname = \"shop\"\npath = \"shop.db\"\n");
+    fails_cleanly(env.run(&["restore", "--latest"]), 2, &["--db"]);
+}
+
+#[test]
+fn restore_needs_exactly_one_selector() {
+    let env = TestEnv::new();
+    let r = env.run(&["restore"]).expect_code(2);
+    assert!(r.stderr.contains("--latest"), "{}", r.stderr);
+    env.run(&["restore", "--latest", "--snapshot", "x"])
+        .expect_code(2);
+    let r = env
+        .run(&["restore", "--before", "yesterday"])
+        .expect_code(2);
+    assert!(r.stderr.contains("RFC 3339"), "{}", r.stderr);
+}
+
+#[test]
+fn one_failing_database_does_not_stop_the_others() {
+    let env = TestEnv::new();
+    env.write_config("\n[[databases]]\nname = \"shop\"\npath = \"missing.db\"\n");
+    let r = env.run(&["backup"]).expect_code(2);
+    assert_eq!(
+        r.stdout.lines().count(),
+        1,
+        "market's id is printed: {}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("backup of shop failed"), "{}", r.stderr);
+    assert_eq!(env.list().len(), 1);
+}
+
+#[test]
+fn status_reports_health_and_exits_1_when_stale_or_empty() {
+    let env = TestEnv::new();
+    let r = env.run(&["status", "--json"]).expect_code(1);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["healthy"], false);
+    let id = env.backup();
+    let r = env.run(&["status", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["healthy"], true);
+    assert_eq!(v[0]["last_snapshot"]["id"], id.as_str());
+    assert_eq!(v[0]["snapshot_count"], 1);
+    // max_age of one second: after two seconds the database is stale.
+    env.write_config("max_age = \"1s\"\n");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = env.run(&["status"]).expect_code(1);
+    assert!(
+        r.stdout.contains("UNHEALTHY") && r.stdout.contains("max_age"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn list_json_has_the_contract_fields() {
+    let env = TestEnv::new();
+    env.backup();
+    let v = &env.list()[0];
+    for field in [
+        "id",
+        "db",
+        "created_at",
+        "size_bytes",
+        "stored_bytes",
+        "sha256",
+        "status",
+    ] {
+        assert!(!v[field].is_null(), "{field} missing in {v}");
+    }
+    assert!(chrono::DateTime::parse_from_rfc3339(v["created_at"].as_str().unwrap()).is_ok());
+}
+
+#[test]
+fn json_logs_are_json_lines() {
+    let env = TestEnv::new();
+    let r = env.run(&["--log-format", "json", "backup"]).ok();
+    let mut n = 0;
+    for line in r.stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string());
+        n += 1;
+    }
+    assert!(n >= 2, "start and end lines expected: {}", r.stderr);
+}
