@@ -10,6 +10,12 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod service;
+pub use service::{
+    NotifyConfig, RetentionConfig, ServiceConfig, DEFAULT_LISTEN, DEFAULT_SHUTDOWN_TIMEOUT,
+    HEARTBEAT_ENV, WEBHOOK_ENV,
+};
+
 /// Where `guardian` looks for its config when `--config`/`GUARDIAN_CONFIG` are not given.
 pub const SEARCH_PATHS: [&str; 2] = ["./guardian.toml", "/etc/guardian/guardian.toml"];
 
@@ -168,102 +174,6 @@ pub struct DatabaseConfig {
     /// Which snapshots to keep; without this table nothing is ever deleted.
     pub retention: Option<RetentionConfig>,
 }
-
-/// `[databases.retention]`: restic-style `--keep-*` rules; a snapshot is kept if any rule keeps it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// Keep the newest N snapshots.
-    #[serde(default)]
-    pub keep_last: u32,
-    /// Keep the newest snapshot of each of the last N days that have one.
-    #[serde(default)]
-    pub daily: u32,
-    /// Keep the newest snapshot of each of the last N ISO weeks (Monday start) that have one.
-    #[serde(default)]
-    pub weekly: u32,
-    /// Keep the newest snapshot of each of the last N months that have one.
-    #[serde(default)]
-    pub monthly: u32,
-    /// Keep the newest snapshot of each of the last N years that have one.
-    #[serde(default)]
-    pub yearly: u32,
-}
-
-impl RetentionConfig {
-    /// True when no rule keeps anything (such a policy deletes nothing, see `retention`).
-    pub fn is_empty(&self) -> bool {
-        self.keep_last == 0
-            && self.daily == 0
-            && self.weekly == 0
-            && self.monthly == 0
-            && self.yearly == 0
-    }
-}
-
-/// `[service]`: how `guardian run` serves health and metrics and how it stops.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    /// Address of the `/healthz` and `/metrics` listener. Default: `127.0.0.1:9187`.
-    pub listen: Option<String>,
-    /// How long a stop signal waits for the job in flight before cancelling it. Default: "8s"
-    /// (under Docker's 10 s stop timeout).
-    pub shutdown_timeout: Option<String>,
-}
-
-/// Default `service.listen`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
-/// Default `service.shutdown_timeout`.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
-
-impl ServiceConfig {
-    /// The listener address (validated at load).
-    pub fn listen(&self) -> std::net::SocketAddr {
-        self.listen
-            .as_deref()
-            .unwrap_or(DEFAULT_LISTEN)
-            .parse()
-            .expect("validated config: service.listen is an address")
-    }
-
-    /// The shutdown grace period (validated at load).
-    pub fn shutdown_timeout(&self) -> std::time::Duration {
-        self.shutdown_timeout
-            .as_deref()
-            .and_then(|s| humantime::parse_duration(s).ok())
-            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT)
-    }
-}
-
-/// `[notify]`: where failures (and optionally successes) are reported.
-///
-/// Both URLs usually carry a token, so they are secrets: give each inline, in a file
-/// (`*_file`, e.g. a Docker/Kubernetes secret) or in the environment (`GUARDIAN_WEBHOOK_URL`,
-/// `GUARDIAN_HEARTBEAT_URL`), exactly one of the three. They are never logged in full.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyConfig {
-    /// Webhook that gets a JSON POST (Slack-compatible `text` field) on every failure.
-    pub webhook_url: Option<String>,
-    /// File holding the webhook URL (first line).
-    pub webhook_url_file: Option<PathBuf>,
-    /// Also POST to the webhook when a backup or drill succeeds. Default: false.
-    #[serde(default)]
-    pub notify_on_success: bool,
-    /// Heartbeat pinged (GET) after each successful backup, `<url>/fail` after a failed one
-    /// (healthchecks.io style), so that silence itself raises an alarm.
-    pub heartbeat_url: Option<String>,
-    /// File holding the heartbeat URL (first line).
-    pub heartbeat_url_file: Option<PathBuf>,
-    /// Time limit of one notification attempt (3 attempts are made). Default: "10s".
-    pub timeout: Option<String>,
-}
-
-/// Environment variable that may hold `notify.webhook_url`.
-pub const WEBHOOK_ENV: &str = "GUARDIAN_WEBHOOK_URL";
-/// Environment variable that may hold `notify.heartbeat_url`.
-pub const HEARTBEAT_ENV: &str = "GUARDIAN_HEARTBEAT_URL";
 
 /// `max_age` when none is configured: a daily backup plus two hours of slack.
 pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(26 * 3600);
@@ -478,89 +388,12 @@ impl Config {
             if db.path.as_os_str().is_empty() {
                 return invalid(format!("databases[{i}].path"), "must not be empty".into());
             }
-            for (key, cron) in [("backup", &db.backup), ("drill", &db.drill)] {
-                if let Some(expr) = cron {
-                    if let Err(reason) = crate::schedule::parse_cron(expr) {
-                        return invalid(format!("databases[{i}].{key}"), reason);
-                    }
-                }
-            }
-            if let Some(tz) = &db.timezone {
-                if tz.parse::<chrono_tz::Tz>().is_err() {
-                    return invalid(
-                        format!("databases[{i}].timezone"),
-                        format!("unknown time zone {tz:?} (use an IANA name such as \"Europe/Paris\" or \"UTC\")"),
-                    );
-                }
-            }
-            if let Some(j) = &db.jitter {
-                match humantime::parse_duration(j) {
-                    Err(e) => {
-                        return invalid(
-                            format!("databases[{i}].jitter"),
-                            format!("{e} (e.g. \"5m\")"),
-                        )
-                    }
-                    Ok(d) if d > std::time::Duration::from_secs(6 * 3600) => {
-                        return invalid(
-                            format!("databases[{i}].jitter"),
-                            "must be at most 6h".into(),
-                        )
-                    }
-                    Ok(_) => {}
-                }
-            }
-            if db.retention.is_some_and(|r| r.is_empty()) {
-                return invalid(
-                    format!("databases[{i}].retention"),
-                    "every rule is 0, which would keep nothing; set keep_last (or daily, weekly, monthly, yearly) \
-                     to at least 1, or remove the table to keep every snapshot"
-                        .into(),
-                );
+            if let Err((field, reason)) = service::validate_database(i, db) {
+                return invalid(field, reason);
             }
         }
-        if let Some(l) = &self.service.listen {
-            if l.parse::<std::net::SocketAddr>().is_err() {
-                return invalid(
-                    "service.listen".into(),
-                    format!("{l:?} is not an address with a port (e.g. \"127.0.0.1:9187\" or \"0.0.0.0:9187\")"),
-                );
-            }
-        }
-        for (key, value) in [
-            ("service.shutdown_timeout", &self.service.shutdown_timeout),
-            ("notify.timeout", &self.notify.timeout),
-        ] {
-            if let Some(v) = value {
-                if let Err(e) = humantime::parse_duration(v) {
-                    return invalid(key.into(), format!("{e} (e.g. \"8s\")"));
-                }
-            }
-        }
-        for (key, inline, file) in [
-            (
-                "notify.webhook_url",
-                &self.notify.webhook_url,
-                &self.notify.webhook_url_file,
-            ),
-            (
-                "notify.heartbeat_url",
-                &self.notify.heartbeat_url,
-                &self.notify.heartbeat_url_file,
-            ),
-        ] {
-            if inline.is_some() && file.is_some() {
-                return invalid(
-                    key.into(),
-                    format!("give either {key} or {key}_file, not both"),
-                );
-            }
-            if let Some(url) = inline {
-                // Never echo the URL: it may carry a token.
-                if let Err(reason) = crate::notify::check_url(url) {
-                    return invalid(key.into(), reason);
-                }
-            }
+        if let Err((field, reason)) = service::validate(self) {
+            return invalid(field, reason);
         }
         Ok(())
     }
