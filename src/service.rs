@@ -193,19 +193,44 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             () = s.stop.cancelled() => return,
         };
         s.metrics.running(&db.name, job, true);
-        let work = async {
-            match tick.kind {
-                JobKind::Backup => backup_job(&s, db).await,
-                JobKind::Drill => drill_job(&s, db).await,
-            }
+        // Its own task, so that a panic in a job is reported like any failure and never takes
+        // the service (or this database's locks) down with it.
+        let mut work = {
+            let (s, db, kind) = (Arc::clone(&s), db.clone(), tick.kind);
+            tokio::spawn(async move {
+                match kind {
+                    JobKind::Backup => backup_job(&s, &db).await,
+                    JobKind::Drill => drill_job(&s, &db).await,
+                }
+            })
         };
         let done = tokio::select! {
-            events = work => Some(events),
-            () = s.cancel.cancelled() => None,
+            joined = &mut work => Some(joined),
+            () = s.cancel.cancelled() => {
+                work.abort();
+                None
+            }
         };
         s.metrics.running(&db.name, job, false);
         match done {
-            Some(events) => events,
+            Some(Ok(events)) => events,
+            Some(Err(e)) => {
+                let why = panic_message(e);
+                error!(db = %db.name, job, error = %why, "job crashed (a bug in guardian); the service goes on");
+                s.metrics.outcome(&db.name, job, "failed");
+                let detail = format!("internal error: {why}");
+                vec![match tick.kind {
+                    JobKind::Backup => Event::BackupFailed {
+                        db: db.name.clone(),
+                        error: detail,
+                    },
+                    JobKind::Drill => Event::DrillFailed {
+                        db: db.name.clone(),
+                        snapshot: None,
+                        detail,
+                    },
+                }]
+            }
             None => {
                 warn!(db = %db.name, job, "cancelled by shutdown; an interrupted backup leaves no snapshot");
                 s.metrics.outcome(&db.name, job, "cancelled");
@@ -322,6 +347,19 @@ async fn drill_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
     }
     refresh(s, db).await;
     events
+}
+
+/// What a crashed job task said.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 async fn refresh(s: &Shared, db: &DatabaseConfig) {

@@ -205,3 +205,35 @@ fn drill_of_a_named_snapshot_and_its_errors() {
         std::fs::read(fixture("market.sqlite")).unwrap()
     );
 }
+
+#[test]
+fn drill_decrypts_encrypted_snapshots_and_fails_closed_without_the_identity() {
+    use age::secrecy::ExposeSecret;
+    let env = TestEnv::new();
+    let key = age::x25519::Identity::generate();
+    let (secret, public) = (
+        key.to_string().expose_secret().to_string(),
+        key.to_public().to_string(),
+    );
+    std::fs::write(env.path("age.key"), format!("{secret}\n")).unwrap();
+    env.write_config(&format!(
+        "\n[encryption]\nrecipients = [\"{public}\"]\nidentity_file = \"age.key\"\n"
+    ));
+    let id = env.backup();
+    let r = env.run(&["drill"]).ok();
+    assert!(r.stdout.contains("PASSED"), "{}", r.stdout);
+    assert_eq!(util::status_of(&env, &id), "verified");
+    assert!(env.run(&["verify"]).ok().stdout.contains(" ok "));
+
+    // A host with only the public key cannot drill: an operational error (exit 2), and the
+    // snapshot is NOT marked failed, because nothing is known to be wrong with it.
+    env.write_config(&format!("\n[encryption]\nrecipients = [\"{public}\"]\n"));
+    let second = env.backup();
+    let r = env.run(&["drill"]).expect_code(2);
+    assert!(
+        r.stderr.contains("encryption.identity_file"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(util::status_of(&env, &second), "unverified");
+}
