@@ -1,0 +1,477 @@
+//! S3Storage: the [`Storage`] trait over an S3-compatible bucket (AWS S3, MinIO, Garage, R2, B2)
+//! with aws-sdk-s3.
+//!
+//! What it owns: the client set-up (endpoint, path style, region, retries, timeouts, and the
+//! `WhenRequired` checksum settings that keep S3-compatible services working, see
+//! awslabs/aws-sdk-rust#1240), the mapping of keys under `storage.prefix`, and the S3 side of
+//! every trait operation. Streaming uploads live in `s3/upload.rs`, error mapping in
+//! `s3/error.rs`. What it does not own: naming, manifests, retention (those are `catalog` and
+//! `manifest`), and credentials, which come only from the AWS default chain.
+//!
+//! Integrity: every PUT and UploadPart carries `Content-MD5`, the one checksum every S3-compatible
+//! service verifies (the SDK's default CRC32 headers are what broke them). Guardian's own SHA-256
+//! lives in the manifest and is checked after every download. Only single `DeleteObject`s are
+//! sent, never `DeleteObjects` (which requires a checksum header some services reject).
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::{body_channel, Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError};
+use crate::config::StorageConfig;
+
+mod error;
+mod upload;
+
+pub(crate) use error::{Failure, HintContext};
+
+/// Region used when neither the config, `AWS_REGION` nor a profile names one. S3-compatible
+/// services accept any region; AWS answers with a redirect whose hint names `storage.region`.
+const FALLBACK_REGION: &str = "us-east-1";
+/// Attempts per request (the first plus retries), with the SDK's standard jittered backoff.
+const MAX_ATTEMPTS: u32 = 4;
+/// Time allowed to open a TCP (and TLS) connection: a dead endpoint fails this fast.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time from sending a small request to the first byte of its answer.
+const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A download whose body yields nothing for this long is abandoned (an error chunk, not a hang).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Incomplete multipart uploads younger than this are left alone by `sweep`: another guardian
+/// may still be uploading (a large snapshot over a slow link takes hours).
+pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// How to build an [`S3Storage`] beyond what the config says (tests, `doctor`).
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// Use these credentials instead of the AWS default chain (tests only: guardian itself
+    /// always uses the chain).
+    pub credentials: Option<Credentials>,
+    /// See [`DEFAULT_SWEEP_GRACE`].
+    pub sweep_grace: Duration,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options {
+            credentials: None,
+            sweep_grace: DEFAULT_SWEEP_GRACE,
+        }
+    }
+}
+
+/// A store in an S3 bucket, under an optional prefix.
+#[derive(Clone)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    /// `""` or `"some/prefix/"`: prepended to every key, stripped from every listed key.
+    prefix: String,
+    /// `s3://bucket/prefix`, plus the endpoint when it is not AWS.
+    location: String,
+    hints: HintContext,
+    sweep_grace: Duration,
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Storage {
+    /// Build a client for the `[storage]` table (kind = "s3"). Makes no request: problems
+    /// surface, with hints, on the first operation (or in `guardian doctor`).
+    pub async fn connect(cfg: &StorageConfig, opts: S3Options) -> Result<S3Storage, StorageError> {
+        let bucket = cfg
+            .bucket
+            .clone()
+            .expect("validated config: s3 storage has a bucket");
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(creds) = opts.credentials {
+            loader = loader.credentials_provider(creds);
+        }
+        let region_chain = aws_config::meta::region::RegionProviderChain::first_try(
+            cfg.region.clone().map(Region::new),
+        )
+        .or_default_provider()
+        .or_else(Region::new(FALLBACK_REGION));
+        let sdk = loader.region(region_chain).load().await;
+
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(cfg.force_path_style.unwrap_or(false))
+            // aws-sdk-rust#1240: the default (WhenSupported) adds CRC32 checksums that many
+            // S3-compatible services reject; we send Content-MD5 ourselves instead.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(CONTROL_READ_TIMEOUT)
+                    .build(),
+            );
+        if let Some(endpoint) = &cfg.endpoint {
+            conf = conf.endpoint_url(endpoint);
+        }
+        let prefix = match cfg.s3_prefix() {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let mut location = format!("s3://{bucket}/{}", prefix.trim_end_matches('/'));
+        if let Some(endpoint) = &cfg.endpoint {
+            location.push_str(&format!(" at {endpoint}"));
+        }
+        Ok(S3Storage {
+            client: Client::from_conf(conf.build()),
+            bucket,
+            prefix,
+            location,
+            hints: HintContext {
+                custom_endpoint: cfg.endpoint.is_some(),
+                path_style: cfg.force_path_style.unwrap_or(false),
+            },
+            sweep_grace: opts.sweep_grace,
+        })
+    }
+
+    /// The SDK client (for `doctor`'s probes that the trait does not cover).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The full S3 key of `key`.
+    pub fn s3_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Map an SDK error from `op` on `target` (a key relative to the prefix).
+    pub(crate) fn error<E>(
+        &self,
+        op: &'static str,
+        target: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Failure::from_sdk(&err).into_error(op, target, &self.location, &self.hints)
+    }
+
+    /// The `Remote` error for a failure we detected ourselves (not an SDK error).
+    pub(crate) fn inconsistency(
+        &self,
+        op: &'static str,
+        target: &str,
+        message: String,
+    ) -> StorageError {
+        StorageError::Remote {
+            op,
+            target: target.to_string(),
+            location: self.location.clone(),
+            message,
+            hint: None,
+        }
+    }
+
+    /// Abort incomplete multipart uploads under `prefix` begun before `cutoff`.
+    async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        let full_prefix = self.s3_key(prefix);
+        let mut removed = 0;
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let f = Failure::from_sdk(&e);
+                    if f.is_not_implemented() {
+                        // s3s-fs and some S3-compatibles: nothing to list, so nothing we can
+                        // clean; a lifecycle rule (docs/S3.md) covers it there.
+                        tracing::debug!(location = %self.location, "server does not list multipart uploads; skipping sweep");
+                        return Ok(removed);
+                    }
+                    return Err(f.into_error(
+                        "list incomplete uploads under",
+                        prefix,
+                        &self.location,
+                        &self.hints,
+                    ));
+                }
+            };
+            for up in page.uploads() {
+                let (Some(key), Some(id)) = (up.key(), up.upload_id()) else {
+                    continue;
+                };
+                let started = up
+                    .initiated()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()));
+                if started.is_none_or(|t| t > cutoff) {
+                    continue;
+                }
+                match self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(key = %key, started = ?started, "aborted an incomplete multipart upload of an interrupted run");
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        let f = Failure::from_sdk(&e);
+                        // Gone already (another sweeper, or it completed): nothing to do.
+                        if f.status != Some(404) {
+                            return Err(f.into_error(
+                                "abort incomplete upload of",
+                                key,
+                                &self.location,
+                                &self.hints,
+                            ));
+                        }
+                    }
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(removed);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(removed);
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for S3Storage {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        body: Body,
+        size_hint: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        upload::put_stream(self, key, body, size_hint).await
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &ObjectKey,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let md5 = upload::content_md5(&bytes);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key.as_str()))
+            .content_length(bytes.len() as i64)
+            .content_md5(md5)
+            .body(ByteStream::from(bytes.clone()));
+        if mode == PutMode::IfAbsent {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let f = Failure::from_sdk(&e);
+                if mode == PutMode::IfAbsent && f.is_precondition_failed() {
+                    // A retried PUT whose first attempt landed (the answer was lost) also gets
+                    // 412: if the stored bytes are exactly ours, the write did happen.
+                    let limit = bytes.len() as u64;
+                    if let Ok(stored) = self.get_bytes(key, limit).await {
+                        if stored == bytes {
+                            tracing::debug!(key = %key, "conditional write found its own earlier attempt");
+                            return Ok(());
+                        }
+                    }
+                    return Err(StorageError::AlreadyExists {
+                        key: key.to_string(),
+                        location: self.location.clone(),
+                    });
+                }
+                Err(f.into_error("upload", key.as_str(), &self.location, &self.hints))
+            }
+        }
+    }
+
+    async fn get_stream(&self, key: &ObjectKey) -> Result<Body, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key.as_str()))
+            .send()
+            .await
+            .map_err(|e| self.error("download", key.as_str(), e))?;
+        let (tx, rx) = body_channel();
+        let mut stream = out.body;
+        let key = key.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.try_next()).await {
+                    Ok(Ok(next)) => next,
+                    Ok(Err(e)) => {
+                        let msg =
+                            format!("download of {key} broke off: {}", crate::error::chain(&e));
+                        let _ = tx.send(Err(std::io::Error::other(msg))).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let msg = format!(
+                            "download of {key} stalled: no data for {}s",
+                            BODY_IDLE_TIMEOUT.as_secs()
+                        );
+                        let _ = tx
+                            .send(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, msg)))
+                            .await;
+                        return;
+                    }
+                };
+                match next {
+                    Some(chunk) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return; // the reader went away
+                        }
+                    }
+                    None => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key.as_str()))
+            .send()
+            .await
+            .map_err(|e| self.error("download", key.as_str(), e))?;
+        let too_large = |size| StorageError::TooLarge {
+            key: key.to_string(),
+            location: self.location.clone(),
+            size,
+            limit,
+        };
+        if let Some(len) = out.content_length().and_then(|l| u64::try_from(l).ok()) {
+            if len > limit {
+                return Err(too_large(len));
+            }
+        }
+        let mut body = out.body;
+        let mut buf = Vec::new();
+        while let Some(chunk) = body.try_next().await.map_err(|e| {
+            self.inconsistency(
+                "download",
+                key.as_str(),
+                format!("body broke off: {}", crate::error::chain(&e)),
+            )
+        })? {
+            buf.extend_from_slice(&chunk);
+            if buf.len() as u64 > limit {
+                return Err(too_large(buf.len() as u64));
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.s3_key(prefix))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list", prefix, e))?;
+            for obj in page.contents() {
+                let Some(full) = obj.key() else { continue };
+                let Some(rel) = full.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                // Keys read back are untrusted: only valid keys are ever returned.
+                match ObjectKey::new(rel) {
+                    Ok(key) => out.push(ObjectMeta {
+                        key,
+                        size: obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                        modified: obj.last_modified().and_then(|t| {
+                            DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
+                        }),
+                    }),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "skipping object that is not a guardian key")
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        // One DeleteObject per key, never DeleteObjects: the batch call needs a checksum header
+        // (Content-MD5 or CRC32) that several S3-compatible services reject or require.
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key.as_str()))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.error("delete", key.as_str(), e) {
+                StorageError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn sweep(&self, prefix: &str) -> Result<u64, StorageError> {
+        let grace = chrono::Duration::from_std(self.sweep_grace).unwrap_or(chrono::Duration::MAX);
+        self.abort_stale_uploads(prefix, Utc::now() - grace).await
+    }
+}
