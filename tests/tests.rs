@@ -16,3 +16,7 @@ mod fuzz;
 mod sources;
 // age encryption: ciphertext only in the store, fail closed without the right key.
 mod encryption;
+// In-process S3 server (s3s + s3s-fs, request log, faults) and the external one from GUARDIAN_TEST_S3_*.
+mod s3_server;
+// Storage contract suite: the same behaviours against local, in-process S3 and external S3.
+mod storage;
