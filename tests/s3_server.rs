@@ -81,7 +81,9 @@ impl S3Target {
             credentials: Some(creds),
             ..S3Options::default()
         };
-        S3Storage::connect(&self.storage_config(prefix), opts).await.unwrap()
+        S3Storage::connect(&self.storage_config(prefix), opts)
+            .await
+            .unwrap()
     }
 
     /// A plain SDK client for the test's own reads and writes behind guardian's back.
@@ -91,9 +93,19 @@ impl S3Target {
             .region(Region::new(self.region.clone()))
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
-            .credentials_provider(Credentials::new(&self.access_key, &self.secret_key, None, None, "raw"))
-            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "raw",
+            ))
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }
@@ -101,13 +113,22 @@ impl S3Target {
     /// Give a `guardian` command this target's credentials through the standard AWS
     /// variables, and nothing from the machine's own AWS set-up.
     pub fn credentials_env(&self, cmd: &mut Command) {
-        for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"] {
+        for var in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("AWS_ACCESS_KEY_ID", &self.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
             .env("AWS_CONFIG_FILE", "/nonexistent/guardian-test-aws-config")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/guardian-test-aws-credentials")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/guardian-test-aws-credentials",
+            )
             .env("AWS_EC2_METADATA_DISABLED", "true");
     }
 }
@@ -121,15 +142,20 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// The external server from `GUARDIAN_TEST_S3_*`, if configured.
 pub fn external() -> Option<S3Target> {
-    let endpoint = std::env::var("GUARDIAN_TEST_S3_ENDPOINT").ok().filter(|e| !e.is_empty())?;
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    let endpoint = std::env::var("GUARDIAN_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())?;
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
     Some(S3Target {
         name: var("GUARDIAN_TEST_S3_NAME", "external"),
         endpoint,
         bucket: var("GUARDIAN_TEST_S3_BUCKET", "guardian-test"),
         region: var("GUARDIAN_TEST_S3_REGION", "us-east-1"),
-        access_key: std::env::var("GUARDIAN_TEST_S3_ACCESS_KEY").expect("GUARDIAN_TEST_S3_ACCESS_KEY is set"),
-        secret_key: std::env::var("GUARDIAN_TEST_S3_SECRET_KEY").expect("GUARDIAN_TEST_S3_SECRET_KEY is set"),
+        access_key: std::env::var("GUARDIAN_TEST_S3_ACCESS_KEY")
+            .expect("GUARDIAN_TEST_S3_ACCESS_KEY is set"),
+        secret_key: std::env::var("GUARDIAN_TEST_S3_SECRET_KEY")
+            .expect("GUARDIAN_TEST_S3_SECRET_KEY is set"),
         if_none_match: var("GUARDIAN_TEST_S3_IF_NONE_MATCH", "honoured") != "ignored",
         lists_uploads: var("GUARDIAN_TEST_S3_LISTS_UPLOADS", "yes") != "no",
     })
@@ -168,7 +194,9 @@ impl Logged {
 
     /// PUT of a whole object (not a part, not a bucket).
     pub fn is_put_object(&self) -> bool {
-        self.method == "PUT" && !self.query.contains("partNumber=") && self.path.matches('/').count() >= 2
+        self.method == "PUT"
+            && !self.query.contains("partNumber=")
+            && self.path.matches('/').count() >= 2
     }
 }
 
@@ -226,14 +254,16 @@ impl S3Server {
                                 Err(_) => continue,
                             },
                         };
-                        let (service, log, faults) = (service.clone(), Arc::clone(&log), Arc::clone(&faults));
+                        let (service, log, faults) =
+                            (service.clone(), Arc::clone(&log), Arc::clone(&faults));
                         let svc = hyper::service::service_fn(move |req| {
                             handle(service.clone(), Arc::clone(&log), Arc::clone(&faults), req)
                         });
                         tokio::spawn(async move {
-                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                .serve_connection(TokioIo::new(sock), svc)
-                                .await;
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(sock), svc)
+                                    .await;
                         });
                     }
                 });
@@ -317,12 +347,18 @@ async fn handle(
     }
     if corrupt {
         let (parts, body) = req.into_parts();
-        let mut bytes = body.collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+        let mut bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes().to_vec())
+            .unwrap_or_default();
         let mid = bytes.len() / 2;
         if let Some(b) = bytes.get_mut(mid) {
             *b ^= 0x01;
         }
-        return service.call(Request::from_parts(parts, s3s::Body::from(bytes))).await;
+        return service
+            .call(Request::from_parts(parts, s3s::Body::from(bytes)))
+            .await;
     }
     service.call(req.map(s3s::Body::from)).await
 }

@@ -426,7 +426,17 @@ impl Storage for S3Storage {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("list", prefix, e))?;
+            let page = page.map_err(|e| {
+                self.error(
+                    "list",
+                    if prefix.is_empty() {
+                        "all keys"
+                    } else {
+                        prefix
+                    },
+                    e,
+                )
+            })?;
             for obj in page.contents() {
                 let Some(full) = obj.key() else { continue };
                 let Some(rel) = full.strip_prefix(&self.prefix) else {
