@@ -53,6 +53,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Last snapshot, its age and health, per database; exit 1 when unhealthy
     Status(StatusArgs),
+    /// Check config, databases, credentials and the store (probe object, conditional writes,
+    /// multipart, clock skew); one pass/warn/fail line each, exit 1 on any failure
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +145,7 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
         Command::List(args) => list(app, args).await,
         Command::Restore(args) => restore(app, args).await,
         Command::Status(args) => status::print(app, args.db.as_deref(), args.json).await,
+        Command::Doctor => Ok(crate::doctor::check(&app.config).await.print()),
     }
 }
 

@@ -7,11 +7,12 @@
 //! - [`snapshot`]: SQLite access: the online copy, checks, inspection.
 //! - [`archive`]: streaming parallel gzip + SHA-256, and the verified reverse.
 //! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker).
-//! - [`storage`]: the narrow storage trait and its backends (local directory).
+//! - [`storage`]: the narrow storage trait and its backends (local directory, S3).
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
 //! - [`status`]: health per database.
+//! - [`doctor`]: checks of config, databases, credentials and the store, one line each.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
 //! - [`crypto`]: optional age encryption keys.
 //! - [`durable`]: exclusive temp files, fsync, atomic rename.
@@ -22,6 +23,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod doctor;
 pub mod durable;
 pub mod error;
 pub mod manifest;

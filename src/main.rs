@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use guardian::cli::{self, App, Cli, LogFormat};
+use guardian::cli::{self, App, Cli, Command, LogFormat};
 use guardian::config::Config;
 use guardian::error::{chain, Error};
 
@@ -32,12 +32,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> guardian::Result<u8> {
-    let path = Config::locate(cli.config.as_deref())?;
-    let config = Config::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("start async runtime", "-", e))?;
+    if let Command::Doctor = cli.command {
+        // doctor reports a broken config as a failed check line, so it loads the config itself.
+        return Ok(runtime
+            .block_on(guardian::doctor::run(cli.config.as_deref()))
+            .print());
+    }
+    let path = Config::locate(cli.config.as_deref())?;
+    let config = Config::load(&path)?;
     runtime.block_on(async {
         let app = App::open(config).await?;
         cli::dispatch(&app, cli.command).await

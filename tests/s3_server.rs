@@ -207,6 +207,9 @@ pub struct Faults {
     pub corrupt_puts: usize,
     /// Answer this many upcoming requests with `503 SlowDown`.
     pub slow_down: usize,
+    /// Overwrite despite `If-None-Match: *`, as Garage does. (The header is signed, so it
+    /// cannot be dropped: the existing object is removed before the request is served.)
+    pub ignore_if_none_match: bool,
 }
 
 /// An in-process S3 server; stops when dropped.
@@ -236,6 +239,7 @@ impl S3Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let faults = Arc::new(Mutex::new(Faults::default()));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let root_path = root.path().to_path_buf();
         let thread = {
             let (log, faults) = (Arc::clone(&log), Arc::clone(&faults));
             std::thread::spawn(move || {
@@ -256,8 +260,10 @@ impl S3Server {
                         };
                         let (service, log, faults) =
                             (service.clone(), Arc::clone(&log), Arc::clone(&faults));
+                        let root = root_path.clone();
                         let svc = hyper::service::service_fn(move |req| {
-                            handle(service.clone(), Arc::clone(&log), Arc::clone(&faults), req)
+                            let (log, faults) = (Arc::clone(&log), Arc::clone(&faults));
+                            handle(root.clone(), service.clone(), log, faults, req)
                         });
                         tokio::spawn(async move {
                             let _ =
@@ -312,6 +318,7 @@ impl Drop for S3Server {
 }
 
 async fn handle(
+    root: PathBuf,
     service: S3Service,
     log: Arc<Mutex<Vec<Logged>>>,
     faults: Arc<Mutex<Faults>>,
@@ -327,6 +334,9 @@ async fn handle(
     log.lock().unwrap().push(entry);
     let (slow_down, corrupt) = {
         let mut f = faults.lock().unwrap();
+        if f.ignore_if_none_match && is_put && req.headers().contains_key("if-none-match") {
+            let _ = std::fs::remove_file(root.join(req.uri().path().trim_start_matches('/')));
+        }
         let slow = f.slow_down > 0;
         if slow {
             f.slow_down -= 1;

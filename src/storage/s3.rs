@@ -20,6 +20,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
@@ -80,6 +81,8 @@ pub struct S3Storage {
     location: String,
     hints: HintContext,
     sweep_grace: Duration,
+    /// The chain the client signs with (kept for `doctor`, which asks it directly).
+    credentials: Option<SharedCredentialsProvider>,
 }
 
 impl fmt::Debug for S3Storage {
@@ -102,12 +105,20 @@ impl S3Storage {
         if let Some(creds) = opts.credentials {
             loader = loader.credentials_provider(creds);
         }
-        let region_chain = aws_config::meta::region::RegionProviderChain::first_try(
-            cfg.region.clone().map(Region::new),
-        )
-        .or_default_provider()
-        .or_else(Region::new(FALLBACK_REGION));
-        let sdk = loader.region(region_chain).load().await;
+        use aws_config::meta::region::RegionProviderChain;
+        let configured = RegionProviderChain::first_try(cfg.region.clone().map(Region::new));
+        let region = if cfg.endpoint.is_some() {
+            // An S3-compatible service: only AWS_REGION may say otherwise; asking the profile
+            // and EC2 instance metadata would only add delays (and log warnings) off AWS.
+            configured
+                .or_else(aws_config::environment::region::EnvironmentVariableRegionProvider::new())
+                .or_else(Region::new(FALLBACK_REGION))
+        } else {
+            configured
+                .or_default_provider()
+                .or_else(Region::new(FALLBACK_REGION))
+        };
+        let sdk = loader.region(region).load().await;
 
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(cfg.force_path_style.unwrap_or(false))
@@ -143,12 +154,18 @@ impl S3Storage {
                 path_style: cfg.force_path_style.unwrap_or(false),
             },
             sweep_grace: opts.sweep_grace,
+            credentials: sdk.credentials_provider(),
         })
     }
 
     /// The SDK client (for `doctor`'s probes that the trait does not cover).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The credential provider requests are signed with (`None`: no credentials at all).
+    pub fn credentials_provider(&self) -> Option<SharedCredentialsProvider> {
+        self.credentials.clone()
     }
 
     /// The bucket name.
