@@ -578,14 +578,20 @@ mod s3 {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_read_back_are_validated() {
-        for (target, prefix, _server) in targets("bad-keys").await {
+        for (target, prefix, server) in targets("bad-keys").await {
             let raw = target.raw_client();
-            for k in [
+            let mut hostile = vec![
                 "market/.hidden",
                 "market/a b",
                 "market/x/../../y",
                 "market/ok",
-            ] {
+            ];
+            if server.is_none() {
+                // Only for servers that really honour encoding-type=url: s3s-fs echoes it but
+                // sends raw keys, so a control character breaks its XML and `e%41` reads as `eA`.
+                hostile.extend(["market/c\u{1}d", "market/e%41"]);
+            }
+            for k in hostile {
                 raw.put_object()
                     .bucket(&target.bucket)
                     .key(format!("{prefix}/{k}"))

@@ -439,6 +439,9 @@ impl Storage for S3Storage {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(self.s3_key(prefix))
+            // Keys come back percent-encoded, so a hostile key (control characters are not
+            // representable in XML 1.0) cannot break the parsing of a whole page.
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
             .into_paginator()
             .send();
         let mut out = Vec::new();
@@ -455,7 +458,14 @@ impl Storage for S3Storage {
                 )
             })?;
             for obj in page.contents() {
-                let Some(full) = obj.key() else { continue };
+                // Decode only if the server says it encoded (s3s, for one, ignores the request).
+                let encoded = page.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
+                let full = match obj.key() {
+                    Some(k) if encoded => percent_decode(k),
+                    Some(k) => Some(k.to_string()),
+                    None => None,
+                };
+                let Some(full) = full else { continue };
                 let Some(rel) = full.strip_prefix(&self.prefix) else {
                     continue;
                 };
@@ -500,5 +510,44 @@ impl Storage for S3Storage {
     async fn sweep(&self, prefix: &str) -> Result<u64, StorageError> {
         let grace = chrono::Duration::from_std(self.sweep_grace).unwrap_or(chrono::Duration::MAX);
         self.abort_stale_uploads(prefix, Utc::now() - grace).await
+    }
+}
+
+/// Decode `%XX` escapes (ListObjectsV2 with `encoding-type=url`). `None` for malformed escapes
+/// or non-UTF-8 results.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_of_listed_keys() {
+        assert_eq!(
+            percent_decode("prod/market/a%2Fb").as_deref(),
+            Some("prod/market/a/b")
+        );
+        assert_eq!(
+            percent_decode("plain/key.json").as_deref(),
+            Some("plain/key.json")
+        );
+        assert_eq!(percent_decode("bad%0").as_deref(), None);
+        assert_eq!(percent_decode("bad%zz").as_deref(), None);
+        assert_eq!(percent_decode("x%01y").as_deref(), Some("x\u{1}y"));
     }
 }

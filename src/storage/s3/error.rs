@@ -35,6 +35,12 @@ impl Failure {
         };
         let code = err.code().map(str::to_string);
         let (message, transport) = match err {
+            // A success status we could not parse (or an error without a code): say what the
+            // SDK saw rather than "no error code".
+            SdkError::ServiceError(_) if code.is_none() && status.is_some_and(|s| s < 300) => (
+                format!("unreadable answer: {}", DisplayErrorContext(err)),
+                false,
+            ),
             SdkError::ServiceError(_) => {
                 let msg = err.message().unwrap_or("").trim();
                 let code = code.as_deref().unwrap_or("no error code");
