@@ -589,4 +589,97 @@ mod tests {
         let e = parse("[[databases]\nname = ").unwrap_err();
         assert!(!e.to_string().contains('\n'), "{e}");
     }
+
+    const DB: &str = "[[databases]]\nname = \"m\"\npath = \"m.db\"\n";
+
+    #[test]
+    fn s3_storage_parses_with_every_key() {
+        let c = parse(&format!(
+            "[storage]\nkind = \"s3\"\nbucket = \"market-backups\"\nprefix = \"/prod/guardian/\"\nregion = \"auto\"\nendpoint = \"https://acc.r2.cloudflarestorage.com\"\nforce_path_style = true\n{DB}"
+        ))
+        .unwrap();
+        assert_eq!(c.storage.kind, StorageKind::S3);
+        assert_eq!(c.storage.bucket.as_deref(), Some("market-backups"));
+        assert_eq!(c.storage.s3_prefix(), "prod/guardian");
+        assert_eq!(c.storage.force_path_style, Some(true));
+        assert!(c.storage.path.is_none());
+        let bare = parse(&format!("[storage]\nkind = \"s3\"\nbucket = \"b-1\"\n{DB}")).unwrap();
+        assert_eq!(bare.storage.s3_prefix(), "");
+    }
+
+    #[test]
+    fn s3_and_local_keys_are_refused_on_the_other_kind_by_name() {
+        for (storage, field) in [
+            ("kind = \"s3\"\n", "storage.bucket"),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\npath = \"x\"\n",
+                "storage.path",
+            ),
+            ("path = \"x\"\nbucket = \"bkt\"\n", "storage.bucket"),
+            ("path = \"x\"\nprefix = \"p\"\n", "storage.prefix"),
+            ("path = \"x\"\nregion = \"us-east-1\"\n", "storage.region"),
+            (
+                "path = \"x\"\nendpoint = \"http://h\"\n",
+                "storage.endpoint",
+            ),
+            (
+                "path = \"x\"\nforce_path_style = true\n",
+                "storage.force_path_style",
+            ),
+            ("kind = \"s3\"\nbucket = \"x\"\n", "storage.bucket"),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nprefix = \"a//b\"\n",
+                "storage.prefix",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nprefix = \"a b\"\n",
+                "storage.prefix",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nregion = \"US East\"\n",
+                "storage.region",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nendpoint = \"ftp://h\"\n",
+                "storage.endpoint",
+            ),
+        ] {
+            let e = parse(&format!("[storage]\n{storage}{DB}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{storage:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_credentials_are_refused_without_echoing_them() {
+        let e = parse(&format!(
+            "[storage]\nkind = \"s3\"\nbucket = \"bkt\"\nendpoint = \"https://AKIAX:s3cr3t@h\"\n{DB}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("storage.endpoint") && e.contains("credential"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t") && !e.contains("AKIAX"), "{e}");
+    }
+
+    #[test]
+    fn credentials_are_not_config_keys() {
+        for key in [
+            "access_key_id",
+            "secret_access_key",
+            "access_key",
+            "secret_key",
+        ] {
+            let e = parse(&format!(
+                "[storage]\nkind = \"s3\"\nbucket = \"bkt\"\n{key} = \"x\"\n{DB}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
 }
