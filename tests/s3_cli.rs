@@ -448,8 +448,18 @@ fn run_measuring_peak(mut cmd: std::process::Command) -> (util::Run, u64) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let (mut stdout, mut stderr) = (String::new(), String::new());
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let run = util::Run {
         code: status.code().unwrap_or(-1),
         stdout,
@@ -467,10 +477,14 @@ fn backup_to_s3_streams_in_bounded_memory() {
     std::fs::remove_file(&env.db).unwrap();
     {
         let c = rusqlite::Connection::open(&env.db).unwrap();
-        c.execute_batch("CREATE TABLE blobs (b BLOB); BEGIN").unwrap();
+        c.execute_batch("CREATE TABLE blobs (b BLOB); BEGIN")
+            .unwrap();
         for i in 0..160u64 {
-            c.execute("INSERT INTO blobs VALUES (?1)", [crate::storage::noise(MIB, i + 1)])
-                .unwrap();
+            c.execute(
+                "INSERT INTO blobs VALUES (?1)",
+                [crate::storage::noise(MIB, i + 1)],
+            )
+            .unwrap();
         }
         c.execute_batch("COMMIT").unwrap();
     }
@@ -487,16 +501,31 @@ fn backup_to_s3_streams_in_bounded_memory() {
         .map(|q| q.content_length().unwrap())
         .collect();
     assert!(parts.len() >= 20, "{} parts", parts.len());
-    assert!(parts.iter().filter(|&&n| n == 8 * MIB as u64).count() >= parts.len() - 1, "{parts:?}");
+    assert!(
+        parts.iter().filter(|&&n| n == 8 * MIB as u64).count() >= parts.len() - 1,
+        "{parts:?}"
+    );
     // Far below the object's size: parts in flight + the compressor's buffers + the runtime.
-    assert!(peak < 96 * MIB as u64, "peak RSS {} MiB for a 160 MiB object", peak / MIB as u64);
-    eprintln!("backup {id}: peak RSS {} MiB, {} parts", peak / MIB as u64, parts.len());
+    assert!(
+        peak < 96 * MIB as u64,
+        "peak RSS {} MiB for a 160 MiB object",
+        peak / MIB as u64
+    );
+    eprintln!(
+        "backup {id}: peak RSS {} MiB, {} parts",
+        peak / MIB as u64,
+        parts.len()
+    );
     let mut cmd = env.command();
     server.target.credentials_env(&mut cmd);
     cmd.args(["restore", "--latest", "--to", "back.db"]);
     let (r, peak) = run_measuring_peak(cmd);
     let r = r.ok();
     assert!(r.stdout.contains(id), "{}", r.stdout);
-    assert!(peak < 96 * MIB as u64, "restore peak RSS {} MiB", peak / MIB as u64);
+    assert!(
+        peak < 96 * MIB as u64,
+        "restore peak RSS {} MiB",
+        peak / MIB as u64
+    );
     assert_eq!(util::integrity(&env.path("back.db")), "ok");
 }

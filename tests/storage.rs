@@ -707,4 +707,41 @@ mod s3 {
         );
         assert!(!loc.contains(ACCESS_KEY), "{loc}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_upload_is_aborted_in_the_background() {
+        let server = S3Server::start();
+        let store: Arc<dyn Storage> = Arc::new(server.target.store("p", None).await);
+        let (tx, rx) = body_channel();
+        let upload = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.put_stream(&key("db/big"), rx, Some(100 << 20)).await })
+        };
+        // Ten chunks: the first part (8 MiB) goes up; then the producer stalls, never ending.
+        for i in 0..10u64 {
+            tx.send(Ok(Bytes::from(noise(CHUNK_SIZE, i + 1))))
+                .await
+                .unwrap();
+        }
+        let parts_sent = || server.requests().iter().any(|r| r.is_upload_part());
+        let t = Instant::now();
+        while !parts_sent() && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(parts_sent(), "no part was uploaded");
+        upload.abort(); // what a shutdown that drops the backup future does
+        let aborted = || {
+            server
+                .requests()
+                .iter()
+                .any(|r| r.method == "DELETE" && r.query.contains("uploadId="))
+        };
+        let t = Instant::now();
+        while !aborted() && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(aborted(), "the dropped multipart upload was not aborted");
+        drop(tx);
+        assert!(keys(&store, "").await.is_empty());
+    }
 }
