@@ -20,5 +20,7 @@ mod encryption;
 mod s3_server;
 // Storage contract suite: the same behaviours against local, in-process S3 and external S3.
 mod storage;
+// S3-only: wire format, faults in transit, throttling, cancellation, error hints, sweep.
+mod s3_storage;
 // The CLI against S3: backup, list, restore, damage fallback, doctor, secrets never printed.
 mod s3_cli;
