@@ -4,9 +4,13 @@
 # least-privilege policy (docs/S3.md). `start` prints the GUARDIAN_TEST_S3_* variables that make
 # the storage contract suite and the end-to-end scenario run against it as well:
 #
-#   eval "$(scripts/s3-server.sh start)"   # first run installs moto (~40 s), then ~3 s
-#   cargo test --locked                      # suites named external_s3* now use the server
+#   scripts/s3-server.sh start              # first run installs moto (~40 s), then ~2 s
+#   source target/s3-server/env             # the same lines `start` prints
+#   cargo test --locked                      # the external_s3_* tests now use the server
 #   scripts/s3-server.sh stop
+#
+# (`eval "$(scripts/s3-server.sh start)"` also works interactively, but under `set -e` a failed
+# start would go unnoticed inside the command substitution; the two steps above cannot.)
 #
 # moto is installed with pip into a venv under ${XDG_CACHE_HOME:-~/.cache}/guardian/ (kept
 # across clones on the same machine). Server state and log: target/s3-server/.
@@ -26,6 +30,10 @@ stop() {
         local pid
         pid=$(cat "$state/pid")
         if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 1 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
             log "stopped moto (pid $pid)"
         fi
         rm -f "$state/pid"

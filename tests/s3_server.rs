@@ -193,6 +193,15 @@ impl Logged {
     }
 
     /// PUT of a whole object (not a part, not a bucket).
+    /// GET of an object (not a listing).
+    pub fn is_get_object(&self) -> bool {
+        self.method == "GET"
+            && !self.query.contains("list-type")
+            && !self.query.contains("uploads")
+            && self.path.matches('/').count() >= 2
+            && !self.path.ends_with('/')
+    }
+
     pub fn is_put_object(&self) -> bool {
         self.method == "PUT"
             && !self.query.contains("partNumber=")
@@ -207,6 +216,8 @@ pub struct Faults {
     pub corrupt_puts: usize,
     /// Answer this many upcoming requests with `503 SlowDown`.
     pub slow_down: usize,
+    /// Break the connection half-way through the body of this many upcoming object GETs.
+    pub cut_gets: usize,
     /// Overwrite despite `If-None-Match: *`, as Garage does. (The header is signed, so it
     /// cannot be dropped: the existing object is removed before the request is served.)
     pub ignore_if_none_match: bool,
@@ -323,7 +334,7 @@ async fn handle(
     log: Arc<Mutex<Vec<Logged>>>,
     faults: Arc<Mutex<Faults>>,
     req: Request<Incoming>,
-) -> Result<Response<s3s::Body>, s3s::HttpError> {
+) -> Result<Response<BoxBody>, s3s::HttpError> {
     let entry = Logged {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
@@ -331,8 +342,9 @@ async fn handle(
         headers: req.headers().clone(),
     };
     let is_put = entry.method == "PUT" && (entry.is_upload_part() || entry.is_put_object());
+    let is_get = entry.is_get_object();
     log.lock().unwrap().push(entry);
-    let (slow_down, corrupt) = {
+    let (slow_down, corrupt, cut) = {
         let mut f = faults.lock().unwrap();
         if f.ignore_if_none_match && is_put && req.headers().contains_key("if-none-match") {
             let _ = std::fs::remove_file(root.join(req.uri().path().trim_start_matches('/')));
@@ -345,14 +357,18 @@ async fn handle(
         if corrupt {
             f.corrupt_puts -= 1;
         }
-        (slow, corrupt)
+        let cut = !slow && is_get && f.cut_gets > 0;
+        if cut {
+            f.cut_gets -= 1;
+        }
+        (slow, corrupt, cut)
     };
     if slow_down {
         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
         return Ok(Response::builder()
             .status(503)
             .header("content-type", "application/xml")
-            .body(s3s::Body::from(xml.to_string()))
+            .body(boxed(s3s::Body::from(xml.to_string())))
             .unwrap());
     }
     if corrupt {
@@ -366,9 +382,49 @@ async fn handle(
         if let Some(b) = bytes.get_mut(mid) {
             *b ^= 0x01;
         }
-        return service
+        let resp = service
             .call(Request::from_parts(parts, s3s::Body::from(bytes)))
-            .await;
+            .await?;
+        return Ok(resp.map(boxed));
     }
-    service.call(req.map(s3s::Body::from)).await
+    let resp = service.call(req.map(s3s::Body::from)).await?;
+    if cut {
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let half = bytes.slice(..bytes.len() / 2);
+        return Ok(Response::from_parts(
+            parts,
+            http_body_util::BodyExt::boxed(CutBody(Some(half))),
+        ));
+    }
+    Ok(resp.map(boxed))
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
+fn boxed(body: s3s::Body) -> BoxBody {
+    http_body_util::BodyExt::boxed(body)
+}
+
+/// A response body that sends its bytes and then fails: the connection breaks mid-transfer.
+struct CutBody(Option<bytes::Bytes>);
+
+impl hyper::body::Body for CutBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(data) => Ok(hyper::body::Frame::data(data)),
+            None => Err("connection cut by the test server".into()),
+        }))
+    }
 }

@@ -401,3 +401,67 @@ async fn a_cancelled_upload_is_aborted_in_the_background() {
     drop(tx);
     assert!(keys(&store, "").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_off_mid_way_resumes_where_it_stopped() {
+    let server = S3Server::start();
+    let store: Arc<dyn Storage> = Arc::new(server.target.store("p", None).await);
+    let data = noise(3 * CHUNK_SIZE + 17, 9);
+    let k = key("db/x/db.sqlite.gz");
+    put_chunks(&store, &k, data.clone(), None).await.unwrap();
+    server.faults.lock().unwrap().cut_gets = 2;
+    let mut body = store.get_stream(&k).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.recv().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(
+        got == data,
+        "resumed download differs ({} of {} bytes)",
+        got.len(),
+        data.len()
+    );
+    let gets: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_get_object())
+        .collect();
+    assert_eq!(gets.len(), 3, "{gets:#?}");
+    assert!(gets[0].header("range").is_none());
+    for g in &gets[1..] {
+        let range = g.header("range").unwrap();
+        assert!(
+            range.starts_with("bytes=") && range.ends_with('-') && range != "bytes=0-",
+            "{range}"
+        );
+        assert!(
+            g.header("if-match").is_some(),
+            "a resume must pin the object version"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_keeps_breaking_ends_with_an_error_not_short_data() {
+    let server = S3Server::start();
+    let store: Arc<dyn Storage> = Arc::new(server.target.store("p", None).await);
+    let k = key("db/x/db.sqlite.gz");
+    put_chunks(&store, &k, noise(2 * CHUNK_SIZE, 10), None)
+        .await
+        .unwrap();
+    server.faults.lock().unwrap().cut_gets = 1_000;
+    let mut body = store.get_stream(&k).await.unwrap();
+    let mut err = None;
+    while let Some(chunk) = body.recv().await {
+        if let Err(e) = chunk {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("the body must end with an error, never just stop");
+    assert_eq!(e.kind(), std::io::ErrorKind::Other, "{e}");
+    assert!(
+        e.to_string().contains("broke off") && e.to_string().contains("db/x/db.sqlite.gz"),
+        "{e}"
+    );
+}

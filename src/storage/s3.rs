@@ -28,9 +28,10 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{body_channel, Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError};
+use super::{Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError};
 use crate::config::StorageConfig;
 
+mod download;
 mod error;
 mod upload;
 
@@ -45,8 +46,6 @@ const MAX_ATTEMPTS: u32 = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time from sending a small request to the first byte of its answer.
 const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// A download whose body yields nothing for this long is abandoned (an error chunk, not a hang).
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Incomplete multipart uploads younger than this are left alone by `sweep`: another guardian
 /// may still be uploading (a large snapshot over a slow link takes hours).
 pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -351,49 +350,7 @@ impl Storage for S3Storage {
     }
 
     async fn get_stream(&self, key: &ObjectKey) -> Result<Body, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.s3_key(key.as_str()))
-            .send()
-            .await
-            .map_err(|e| self.error("download", key.as_str(), e))?;
-        let (tx, rx) = body_channel();
-        let mut stream = out.body;
-        let key = key.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.try_next()).await {
-                    Ok(Ok(next)) => next,
-                    Ok(Err(e)) => {
-                        let msg =
-                            format!("download of {key} broke off: {}", crate::error::chain(&e));
-                        let _ = tx.send(Err(std::io::Error::other(msg))).await;
-                        return;
-                    }
-                    Err(_) => {
-                        let msg = format!(
-                            "download of {key} stalled: no data for {}s",
-                            BODY_IDLE_TIMEOUT.as_secs()
-                        );
-                        let _ = tx
-                            .send(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, msg)))
-                            .await;
-                        return;
-                    }
-                };
-                match next {
-                    Some(chunk) => {
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return; // the reader went away
-                        }
-                    }
-                    None => return,
-                }
-            }
-        });
-        Ok(rx)
+        download::get_stream(self, key).await
     }
 
     async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StorageError> {

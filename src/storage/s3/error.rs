@@ -137,6 +137,9 @@ pub(crate) fn hint(f: &Failure, ctx: &HintContext) -> Option<&'static str> {
         if text.contains("certificate") || text.contains("tls") {
             return Some("TLS failed: check that storage.endpoint uses the right scheme (http:// or https://)");
         }
+        if !ctx.custom_endpoint {
+            return Some("can this machine reach AWS S3? check the network, proxy and firewall");
+        }
         return Some("is storage.endpoint right and the server up and reachable?");
     }
     let hint = match f.code.as_deref() {
