@@ -8,7 +8,7 @@ use crate::s3_server::{external, unique_prefix, S3Server, S3Target, SECRET_KEY};
 use crate::util::{self, TestEnv};
 
 /// A test world whose config stores snapshots in `target` under `prefix`.
-fn s3_env(target: &S3Target, prefix: &str) -> TestEnv {
+pub fn s3_env(target: &S3Target, prefix: &str) -> TestEnv {
     let env = TestEnv::new();
     let text = format!(
         "{}\n[backup]\nstaging_dir = \"staging\"\n\n[[databases]]\nname = \"market\"\npath = \"market.db\"\n",
@@ -19,7 +19,7 @@ fn s3_env(target: &S3Target, prefix: &str) -> TestEnv {
 }
 
 /// Run guardian with the target's credentials in the standard AWS variables.
-fn run(env: &TestEnv, target: &S3Target, args: &[&str]) -> util::Run {
+pub fn run(env: &TestEnv, target: &S3Target, args: &[&str]) -> util::Run {
     let mut cmd = env.command();
     target.credentials_env(&mut cmd);
     util::run(cmd.args(args))
@@ -420,112 +420,4 @@ fn s3_config_mistakes_name_the_key() {
         assert!(lines[0].contains(needle), "{storage}: {}", lines[0]);
         assert!(!r.stderr.contains("hunter2"), "{}", r.stderr);
     }
-}
-
-/// Peak resident memory (VmHWM) of a running guardian, sampled until it exits.
-fn run_measuring_peak(mut cmd: std::process::Command) -> (util::Run, u64) {
-    use std::io::Read;
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
-    let status = loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            if let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            {
-                peak_kib = peak_kib.max(kib);
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let run = util::Run {
-        code: status.code().unwrap_or(-1),
-        stdout,
-        stderr,
-    };
-    (run, peak_kib * 1024)
-}
-
-#[test]
-fn backup_to_s3_streams_in_bounded_memory() {
-    // 160 MiB of incompressible rows: the stored object is ~160 MiB, 20 parts of 8 MiB.
-    const MIB: usize = 1 << 20;
-    let server = S3Server::start();
-    let env = s3_env(&server.target, "big");
-    std::fs::remove_file(&env.db).unwrap();
-    {
-        let c = rusqlite::Connection::open(&env.db).unwrap();
-        c.execute_batch("CREATE TABLE blobs (b BLOB); BEGIN")
-            .unwrap();
-        for i in 0..160u64 {
-            c.execute(
-                "INSERT INTO blobs VALUES (?1)",
-                [crate::storage::noise(MIB, i + 1)],
-            )
-            .unwrap();
-        }
-        c.execute_batch("COMMIT").unwrap();
-    }
-    let mut cmd = env.command();
-    server.target.credentials_env(&mut cmd);
-    cmd.args(["backup"]);
-    let (r, peak) = run_measuring_peak(cmd);
-    let r = r.ok();
-    let id = r.stdout.trim();
-    let parts: Vec<u64> = server
-        .requests()
-        .iter()
-        .filter(|q| q.is_upload_part())
-        .map(|q| q.content_length().unwrap())
-        .collect();
-    assert!(parts.len() >= 20, "{} parts", parts.len());
-    assert!(
-        parts.iter().filter(|&&n| n == 8 * MIB as u64).count() >= parts.len() - 1,
-        "{parts:?}"
-    );
-    // Far below the object's size: parts in flight + the compressor's buffers + the runtime.
-    assert!(
-        peak < 96 * MIB as u64,
-        "peak RSS {} MiB for a 160 MiB object",
-        peak / MIB as u64
-    );
-    eprintln!(
-        "backup {id}: peak RSS {} MiB, {} parts",
-        peak / MIB as u64,
-        parts.len()
-    );
-    let mut cmd = env.command();
-    server.target.credentials_env(&mut cmd);
-    cmd.args(["restore", "--latest", "--to", "back.db"]);
-    let (r, peak) = run_measuring_peak(cmd);
-    let r = r.ok();
-    assert!(r.stdout.contains(id), "{}", r.stdout);
-    assert!(
-        peak < 96 * MIB as u64,
-        "restore peak RSS {} MiB",
-        peak / MIB as u64
-    );
-    assert_eq!(util::integrity(&env.path("back.db")), "ok");
 }

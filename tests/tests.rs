@@ -24,3 +24,5 @@ mod storage;
 mod s3_storage;
 // The CLI against S3: backup, list, restore, damage fallback, doctor, secrets never printed.
 mod s3_cli;
+// guardian against S3 under stress: bounded memory for a large database, SIGKILL mid-upload.
+mod s3_limits;
