@@ -4,8 +4,8 @@
 //! What it owns: the client set-up (endpoint, path style, region, retries, timeouts, and the
 //! `WhenRequired` checksum settings that keep S3-compatible services working, see
 //! awslabs/aws-sdk-rust#1240), the mapping of keys under `storage.prefix`, and the S3 side of
-//! every trait operation. Streaming uploads live in `s3/upload.rs`, error mapping in
-//! `s3/error.rs`. What it does not own: naming, manifests, retention (those are `catalog` and
+//! every trait operation. Streaming uploads live in `s3/upload.rs`, resumable downloads in
+//! `s3/download.rs`, error mapping in `s3/error.rs`. What it does not own: naming, manifests, retention (those are `catalog` and
 //! `manifest`), and credentials, which come only from the AWS default chain.
 //!
 //! Integrity: every PUT and UploadPart carries `Content-MD5`, the one checksum every S3-compatible
