@@ -224,12 +224,16 @@ async fn credentials(s3: &S3Storage, r: &mut Report) -> bool {
             true
         }
         Err(e) => {
+            let text = chain(&e);
+            let why = if text.contains("no credentials found in chain") {
+                "none found (tried: environment, profile, web identity, ECS, instance metadata)"
+                    .to_string()
+            } else {
+                format!("none found ({text})")
+            };
             r.fail(
                 "credentials",
-                format!(
-                    "none found ({}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (see docs/S3.md)",
-                    chain(&e)
-                ),
+                format!("{why}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (see docs/S3.md)"),
             );
             false
         }

@@ -5,7 +5,7 @@
 //! Nothing here ever sees a secret: SDK errors carry codes and messages, never credentials.
 
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use crate::storage::StorageError;
 
@@ -38,7 +38,7 @@ impl Failure {
             // A success status we could not parse (or an error without a code): say what the
             // SDK saw rather than "no error code".
             SdkError::ServiceError(_) if code.is_none() && status.is_some_and(|s| s < 300) => (
-                format!("unreadable answer: {}", DisplayErrorContext(err)),
+                format!("unreadable answer: {}", crate::error::chain(err)),
                 false,
             ),
             SdkError::ServiceError(_) => {
@@ -53,8 +53,9 @@ impl Failure {
                 (format!("{code}{status}{msg}"), false)
             }
             SdkError::TimeoutError(_) => ("no answer before the timeout".to_string(), true),
-            SdkError::DispatchFailure(_) => (DisplayErrorContext(err).to_string(), true),
-            _ => (DisplayErrorContext(err).to_string(), status.is_none()),
+            // The Display chain, not DisplayErrorContext (which appends a Debug dump).
+            SdkError::DispatchFailure(_) => (transport_message(err), true),
+            _ => (transport_message(err), status.is_none()),
         };
         Failure {
             status,
@@ -186,6 +187,17 @@ pub(crate) fn hint(f: &Failure, ctx: &HintContext) -> Option<&'static str> {
         },
     };
     Some(hint)
+}
+
+/// A transport failure in a few words: the credential chain's report lists every provider it
+/// tried, which the hint already covers.
+fn transport_message(err: &(dyn std::error::Error + 'static)) -> String {
+    let text = crate::error::chain(err);
+    if text.contains("no credentials found in chain") || text.contains("credentials not loaded") {
+        return "no AWS credentials found (tried: environment, profile, web identity, ECS, instance metadata)"
+            .to_string();
+    }
+    text
 }
 
 /// Collapse whitespace runs (SDK messages sometimes span lines) into single spaces.
