@@ -332,6 +332,21 @@ fn doctor_explains_wrong_keys_in_one_line_and_exits_1() {
         "{}",
         r.stdout
     );
+
+    // Any other command: one short error line saying what to set.
+    let mut cmd = env.command();
+    server.target.credentials_env(&mut cmd);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let r = util::run(cmd.arg("list")).expect_code(2);
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("no AWS credentials found") && lines[0].contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].len() < 400, "too long: {}", lines[0]);
 }
 
 #[test]
