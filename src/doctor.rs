@@ -193,7 +193,7 @@ pub async fn check(cfg: &Config) -> Report {
         },
     };
     let probe = format!("guardian-doctor-{}", crate::durable::random_hex(4));
-    let reachable = probe_objects(&*store, &probe, &mut r).await;
+    let reachable = probe_objects(&*store, s3.as_ref(), &probe, &mut r).await;
     if let (Some(s3), true) = (&s3, reachable) {
         multipart(&*store, &format!("{probe}-multipart"), &mut r).await;
         upload_listing(s3, &mut r).await;
@@ -242,7 +242,12 @@ async fn credentials(s3: &S3Storage, r: &mut Report) -> bool {
 
 /// Put, get, list, conditionally put and delete a probe object. Returns false if the store
 /// cannot even be written (later probes would only repeat the failure).
-async fn probe_objects(store: &dyn Storage, name: &str, r: &mut Report) -> bool {
+async fn probe_objects(
+    store: &dyn Storage,
+    s3: Option<&S3Storage>,
+    name: &str,
+    r: &mut Report,
+) -> bool {
     let key = ObjectKey::new(name).expect("probe names are valid keys");
     let body = Bytes::from(format!(
         "guardian doctor probe {}\n",
@@ -277,7 +282,7 @@ async fn probe_objects(store: &dyn Storage, name: &str, r: &mut Report) -> bool 
         Err(e) => r.fail("list", chain(&e)),
     }
 
-    conditional(store, &key, r).await;
+    conditional(store, s3, &key, r).await;
 
     match store.delete(&key).await {
         Ok(()) => match store.get_bytes(&key, 1 << 20).await {
@@ -294,7 +299,7 @@ async fn probe_objects(store: &dyn Storage, name: &str, r: &mut Report) -> bool 
 }
 
 /// Does the store refuse to overwrite with `PutMode::IfAbsent` (`If-None-Match: *`)?
-async fn conditional(store: &dyn Storage, key: &ObjectKey, r: &mut Report) {
+async fn conditional(store: &dyn Storage, s3: Option<&S3Storage>, key: &ObjectKey, r: &mut Report) {
     const NAME: &str = "conditional writes";
     let fresh = ObjectKey::new(format!("{key}-new")).expect("valid");
     match store
@@ -316,18 +321,53 @@ async fn conditional(store: &dyn Storage, key: &ObjectKey, r: &mut Report) {
         }
     }
     let other = Bytes::from_static(b"a different body\n");
-    match store.put_bytes(key, other.clone(), PutMode::IfAbsent).await {
-        Err(StorageError::AlreadyExists { .. }) => {
+    // On S3, ask the server directly: the store falls back to check-then-write where conditional
+    // PUTs are refused, which would hide what the server does.
+    let outcome = match s3 {
+        Some(s3) => match s3.put_object(key, &other, true).await {
+            Ok(()) => Conditional::Overwrote,
+            Err(f) if f.is_precondition_failed() => Conditional::Refused,
+            Err(f) if f.is_not_implemented() => Conditional::Unsupported,
+            Err(f) => Conditional::Failed(chain(&f.into_error(
+                "conditionally upload",
+                key.as_str(),
+                &store.location(),
+                &s3.hint_context(),
+            ))),
+        },
+        None => match store.put_bytes(key, other, PutMode::IfAbsent).await {
+            Err(StorageError::AlreadyExists { .. }) => Conditional::Refused,
+            Ok(()) => Conditional::Overwrote,
+            Err(e) => Conditional::Failed(chain(&e)),
+        },
+    };
+    match outcome {
+        Conditional::Refused if s3.is_some() => {
             r.pass(NAME, "a second PUT with If-None-Match: * was refused (412)");
         }
-        Ok(()) => r.warn(
+        Conditional::Refused => r.pass(NAME, "a second create-if-absent write was refused"),
+        Conditional::Overwrote => r.warn(
             NAME,
             "the server ignored If-None-Match: * and overwrote an existing object (Garage does); \
              guardian stays safe (every snapshot key is new), but two guardians racing on one \
              snapshot id would not be detected",
         ),
-        Err(e) => r.fail(NAME, chain(&e)),
+        Conditional::Unsupported => r.warn(
+            NAME,
+            "the server refuses If-None-Match: * (501 NotImplemented); guardian checks that a \
+             manifest's key is free before writing it, which is not atomic against a second \
+             guardian racing on the same snapshot id",
+        ),
+        Conditional::Failed(e) => r.fail(NAME, e),
     }
+}
+
+/// What a server did with a conditional PUT on an existing key.
+enum Conditional {
+    Refused,
+    Overwrote,
+    Unsupported,
+    Failed(String),
 }
 
 /// Upload 8 MiB + 1 byte as a multipart upload (two parts), read it back, delete it.

@@ -307,6 +307,26 @@ fn doctor_warns_when_the_server_ignores_conditional_writes() {
 }
 
 #[test]
+fn doctor_warns_when_the_server_refuses_conditional_writes() {
+    let server = S3Server::start();
+    server.faults.lock().unwrap().refuse_if_none_match = true;
+    let env = s3_env(&server.target, "refuses");
+    let r = doctor(&env, &server.target).ok();
+    let l = line(&r, "conditional writes");
+    assert!(l.starts_with("warn") && l.contains("501"), "{}", r.stdout);
+    // And backups still work there (check, then write).
+    run(&env, &server.target, &["backup"]).ok();
+    assert_eq!(
+        run(&env, &server.target, &["list", "--json"])
+            .ok()
+            .stdout
+            .matches("\"id\"")
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn doctor_explains_wrong_keys_in_one_line_and_exits_1() {
     let server = S3Server::start();
     let env = s3_env(&server.target, "doc");

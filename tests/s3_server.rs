@@ -218,6 +218,8 @@ pub struct Faults {
     pub slow_down: usize,
     /// Break the connection half-way through the body of this many upcoming object GETs.
     pub cut_gets: usize,
+    /// Answer every PUT carrying `If-None-Match` with `501 NotImplemented`.
+    pub refuse_if_none_match: bool,
     /// Overwrite despite `If-None-Match: *`, as Garage does. (The header is signed, so it
     /// cannot be dropped: the existing object is removed before the request is served.)
     pub ignore_if_none_match: bool,
@@ -346,6 +348,14 @@ async fn handle(
     log.lock().unwrap().push(entry);
     let (slow_down, corrupt, cut) = {
         let mut f = faults.lock().unwrap();
+        if f.refuse_if_none_match && is_put && req.headers().contains_key("if-none-match") {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>";
+            return Ok(Response::builder()
+                .status(501)
+                .header("content-type", "application/xml")
+                .body(boxed(s3s::Body::from(xml.to_string())))
+                .unwrap());
+        }
         if f.ignore_if_none_match && is_put && req.headers().contains_key("if-none-match") {
             let _ = std::fs::remove_file(root.join(req.uri().path().trim_start_matches('/')));
         }

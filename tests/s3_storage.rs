@@ -465,3 +465,27 @@ async fn a_download_that_keeps_breaking_ends_with_an_error_not_short_data() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_conditional_puts_gets_check_then_write() {
+    let server = S3Server::start();
+    server.faults.lock().unwrap().refuse_if_none_match = true;
+    let store: Arc<dyn Storage> = Arc::new(server.target.store("p", None).await);
+    let k = key("db/id/manifest.json");
+    store
+        .put_bytes(&k, Bytes::from_static(b"first"), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    let e = store
+        .put_bytes(&k, Bytes::from_static(b"second"), PutMode::IfAbsent)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StorageError::AlreadyExists { .. }), "{e}");
+    assert_eq!(&store.get_bytes(&k, 100).await.unwrap()[..], b"first");
+    let refused = server
+        .requests()
+        .iter()
+        .filter(|r| r.is_put_object() && r.header("if-none-match").is_some())
+        .count();
+    assert_eq!(refused, 2, "each write tried the conditional PUT first");
+}

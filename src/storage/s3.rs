@@ -167,6 +167,11 @@ impl S3Storage {
         self.credentials.clone()
     }
 
+    /// What the error hints may assume about the configuration.
+    pub(crate) fn hint_context(&self) -> HintContext {
+        self.hints
+    }
+
     /// The bucket name.
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -204,6 +209,30 @@ impl S3Storage {
             message,
             hint: None,
         }
+    }
+
+    /// One PutObject of a small body with Content-MD5, optionally with `If-None-Match: *`.
+    pub(crate) async fn put_object(
+        &self,
+        key: &ObjectKey,
+        bytes: &Bytes,
+        if_absent: bool,
+    ) -> Result<(), Failure> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key.as_str()))
+            .content_length(bytes.len() as i64)
+            .content_md5(upload::content_md5(bytes))
+            .body(ByteStream::from(bytes.clone()));
+        if if_absent {
+            req = req.if_none_match("*");
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure::from_sdk(&e))
     }
 
     /// Abort incomplete multipart uploads under `prefix` begun before `cutoff`.
@@ -313,40 +342,40 @@ impl Storage for S3Storage {
         bytes: Bytes,
         mode: PutMode,
     ) -> Result<(), StorageError> {
-        let md5 = upload::content_md5(&bytes);
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.s3_key(key.as_str()))
-            .content_length(bytes.len() as i64)
-            .content_md5(md5)
-            .body(ByteStream::from(bytes.clone()));
-        if mode == PutMode::IfAbsent {
-            req = req.if_none_match("*");
-        }
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let f = Failure::from_sdk(&e);
-                if mode == PutMode::IfAbsent && f.is_precondition_failed() {
-                    // A retried PUT whose first attempt landed (the answer was lost) also gets
-                    // 412: if the stored bytes are exactly ours, the write did happen.
-                    let limit = bytes.len() as u64;
-                    if let Ok(stored) = self.get_bytes(key, limit).await {
-                        if stored == bytes {
-                            tracing::debug!(key = %key, "conditional write found its own earlier attempt");
-                            return Ok(());
-                        }
-                    }
-                    return Err(StorageError::AlreadyExists {
-                        key: key.to_string(),
-                        location: self.location.clone(),
-                    });
+        let conditional = mode == PutMode::IfAbsent;
+        let f = match self.put_object(key, &bytes, conditional).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
+        };
+        let already_exists = || StorageError::AlreadyExists {
+            key: key.to_string(),
+            location: self.location.clone(),
+        };
+        if conditional && f.is_precondition_failed() {
+            // A retried PUT whose first attempt landed (the answer was lost) also gets 412: if
+            // the stored bytes are exactly ours, the write did happen.
+            if let Ok(stored) = self.get_bytes(key, bytes.len() as u64).await {
+                if stored == bytes {
+                    tracing::debug!(key = %key, "conditional write found its own earlier attempt");
+                    return Ok(());
                 }
-                Err(f.into_error("upload", key.as_str(), &self.location, &self.hints))
             }
+            return Err(already_exists());
         }
+        if conditional && f.is_not_implemented() {
+            // A service that refuses conditional PUTs: look, then write. Not atomic against a
+            // writer racing for the same key, but guardian's keys are unique per snapshot.
+            tracing::debug!(key = %key, "server refuses If-None-Match; checking for the key first");
+            return match self.get_bytes(key, 0).await {
+                Err(e) if e.is_not_found() => self
+                    .put_object(key, &bytes, false)
+                    .await
+                    .map_err(|f| f.into_error("upload", key.as_str(), &self.location, &self.hints)),
+                Ok(_) | Err(StorageError::TooLarge { .. }) => Err(already_exists()),
+                Err(e) => Err(e),
+            };
+        }
+        Err(f.into_error("upload", key.as_str(), &self.location, &self.hints))
     }
 
     async fn get_stream(&self, key: &ObjectKey) -> Result<Body, StorageError> {
