@@ -456,3 +456,56 @@ fn s3_config_mistakes_name_the_key() {
         assert!(!r.stderr.contains("hunter2"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn a_broken_connection_during_restore_is_resumed_or_reported_never_called_damage() {
+    let server = S3Server::start();
+    let env = s3_env(&server.target, "flaky");
+    let first = run(&env, &server.target, &["backup"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    add_rows(&env.db, 20);
+    let second = run(&env, &server.target, &["backup"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+
+    // Two cuts: resumed, and the newest snapshot is restored.
+    server.faults.lock().unwrap().cut_gets = 2;
+    let r = run(
+        &env,
+        &server.target,
+        &["restore", "--latest", "--to", "a.db"],
+    )
+    .ok();
+    assert!(
+        r.stdout.contains(&second) && !r.stdout.contains("skipped"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(util::dump(&env.path("a.db")), util::dump(&env.db));
+
+    // A connection that never holds: an operational error (exit 2), not a damaged snapshot,
+    // and no silent fallback to the older one.
+    server.faults.lock().unwrap().cut_gets = 1_000;
+    let r = run(
+        &env,
+        &server.target,
+        &["restore", "--latest", "--to", "b.db"],
+    )
+    .expect_code(2);
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].contains("download"), "{}", lines[0]);
+    assert!(
+        !lines[0].contains("damaged") && !r.stdout.contains("skipped"),
+        "{}",
+        lines[0]
+    );
+    assert!(!r.stdout.contains(&first), "{}", r.stdout);
+    assert!(!env.path("b.db").exists());
+    server.faults.lock().unwrap().cut_gets = 0;
+}

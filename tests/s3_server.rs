@@ -216,8 +216,11 @@ pub struct Faults {
     pub corrupt_puts: usize,
     /// Answer this many upcoming requests with `503 SlowDown`.
     pub slow_down: usize,
-    /// Break the connection half-way through the body of this many upcoming object GETs.
+    /// Break the connection half-way through the body of this many upcoming GETs of data
+    /// objects (keys ending in `.gz`).
     pub cut_gets: usize,
+    /// The same for GETs of any object (manifests included).
+    pub cut_any_gets: usize,
     /// Answer every PUT carrying `If-None-Match` with `501 NotImplemented`.
     pub refuse_if_none_match: bool,
     /// Overwrite despite `If-None-Match: *`, as Garage does. (The header is signed, so it
@@ -367,9 +370,14 @@ async fn handle(
         if corrupt {
             f.corrupt_puts -= 1;
         }
-        let cut = !slow && is_get && f.cut_gets > 0;
+        let data_get = is_get && req.uri().path().ends_with(".gz");
+        let cut = !slow && ((data_get && f.cut_gets > 0) || (is_get && f.cut_any_gets > 0));
         if cut {
-            f.cut_gets -= 1;
+            if is_get && f.cut_any_gets > 0 {
+                f.cut_any_gets -= 1;
+            } else {
+                f.cut_gets -= 1;
+            }
         }
         (slow, corrupt, cut)
     };

@@ -489,3 +489,21 @@ async fn a_server_that_refuses_conditional_puts_gets_check_then_write() {
         .count();
     assert_eq!(refused, 2, "each write tried the conditional PUT first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_object_read_is_retried_when_the_connection_breaks() {
+    let server = S3Server::start();
+    let store: Arc<dyn Storage> = Arc::new(server.target.store("p", None).await);
+    let k = key("db/x/manifest.json");
+    let body = Bytes::from(noise(10_000, 11));
+    store
+        .put_bytes(&k, body.clone(), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    server.faults.lock().unwrap().cut_any_gets = 2;
+    assert_eq!(store.get_bytes(&k, 1 << 20).await.unwrap(), body);
+    server.faults.lock().unwrap().cut_any_gets = 1_000;
+    let e = store.get_bytes(&k, 1 << 20).await.unwrap_err();
+    assert!(matches!(e, StorageError::Remote { .. }), "{e}");
+    assert!(!e.is_not_found());
+}

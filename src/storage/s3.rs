@@ -383,40 +383,7 @@ impl Storage for S3Storage {
     }
 
     async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Bytes, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.s3_key(key.as_str()))
-            .send()
-            .await
-            .map_err(|e| self.error("download", key.as_str(), e))?;
-        let too_large = |size| StorageError::TooLarge {
-            key: key.to_string(),
-            location: self.location.clone(),
-            size,
-            limit,
-        };
-        if let Some(len) = out.content_length().and_then(|l| u64::try_from(l).ok()) {
-            if len > limit {
-                return Err(too_large(len));
-            }
-        }
-        let mut body = out.body;
-        let mut buf = Vec::new();
-        while let Some(chunk) = body.try_next().await.map_err(|e| {
-            self.inconsistency(
-                "download",
-                key.as_str(),
-                format!("body broke off: {}", crate::error::chain(&e)),
-            )
-        })? {
-            buf.extend_from_slice(&chunk);
-            if buf.len() as u64 > limit {
-                return Err(too_large(buf.len() as u64));
-            }
-        }
-        Ok(Bytes::from(buf))
+        download::get_bytes(self, key, limit).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {

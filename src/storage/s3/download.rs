@@ -1,4 +1,5 @@
-//! Streaming downloads from S3 that survive a dropped connection.
+//! Downloads from S3 that survive a dropped connection: streamed (snapshots) and whole (small
+//! objects such as manifests).
 //!
 //! The body is pumped chunk by chunk into a bounded channel by a spawned task. If the connection
 //! breaks or stalls part-way, the task asks again for the rest (`Range: bytes=<offset>-`, with
@@ -10,6 +11,7 @@
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
 
 use super::S3Storage;
 use crate::storage::{body_channel, Body, BodySender, ObjectKey, StorageError};
@@ -37,6 +39,59 @@ pub(super) async fn get_stream(s3: &S3Storage, key: &ObjectKey) -> Result<Body, 
     let (s3, key) = (s3.clone(), key.clone());
     tokio::spawn(async move { pump(s3, key, out.body, etag, tx).await });
     Ok(rx)
+}
+
+/// Read a small object (a manifest) whole, refusing more than `limit` bytes. A body that breaks
+/// off is fetched again from the start (it is small), a few times, so that one dropped
+/// connection does not make a good snapshot's manifest look unreadable.
+pub(super) async fn get_bytes(
+    s3: &S3Storage,
+    key: &ObjectKey,
+    limit: u64,
+) -> Result<Bytes, StorageError> {
+    let too_large = |size| StorageError::TooLarge {
+        key: key.to_string(),
+        location: s3.location.clone(),
+        size,
+        limit,
+    };
+    let mut attempt = 0;
+    loop {
+        let out = s3
+            .client
+            .get_object()
+            .bucket(&s3.bucket)
+            .key(s3.s3_key(key.as_str()))
+            .send()
+            .await
+            .map_err(|e| s3.error("download", key.as_str(), e))?;
+        if let Some(len) = out.content_length().and_then(|l| u64::try_from(l).ok()) {
+            if len > limit {
+                return Err(too_large(len));
+            }
+        }
+        let mut body = out.body;
+        let mut buf = Vec::new();
+        let broken = loop {
+            match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.try_next()).await {
+                Ok(Ok(Some(chunk))) => {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() as u64 > limit {
+                        return Err(too_large(buf.len() as u64));
+                    }
+                }
+                Ok(Ok(None)) => return Ok(Bytes::from(buf)),
+                Ok(Err(e)) => break format!("body broke off: {}", crate::error::chain(&e)),
+                Err(_) => break format!("body stalled for {}s", BODY_IDLE_TIMEOUT.as_secs()),
+            }
+        };
+        if attempt >= MAX_RESUMES {
+            return Err(s3.inconsistency("download", key.as_str(), broken));
+        }
+        attempt += 1;
+        tracing::warn!(key = %key, attempt, error = %broken, "download interrupted; trying again");
+        tokio::time::sleep(RESUME_BACKOFF * 2u32.pow(attempt - 1)).await;
+    }
 }
 
 async fn pump(
