@@ -53,10 +53,12 @@ fn run(cli: Cli) -> guardian::Result<u8> {
 fn init_logging(cli: &Cli) {
     // guardian's own events at the chosen level; dependencies one notch quieter, so -vv shows
     // our trace without a flood from the HTTP stack.
+    // The AWS credential chain warns about every provider it tries (IMDS, profiles...) with
+    // multi-line debug dumps; guardian reports a missing credential itself, in one line.
     let default = match (cli.quiet, cli.verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "guardian=debug,info",
+        (true, _) => "warn,aws_config=error",
+        (false, 0) => "info,aws_config=error",
+        (false, 1) => "guardian=debug,info,aws_config=error",
         (false, _) => "guardian=trace,debug",
     };
     let filter =

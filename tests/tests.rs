@@ -26,3 +26,5 @@ mod s3_storage;
 mod s3_cli;
 // guardian against S3 under stress: bounded memory for a large database, SIGKILL mid-upload.
 mod s3_limits;
+// Store faults: S3 throttling (transient and persistent), a full or read-only local store.
+mod store_faults;
