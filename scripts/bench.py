@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARDIAN = ROOT / "target" / "release" / "guardian"
+# With --s3: the server from scripts/s3-server.sh (source target/s3-server/env first).
+S3_BUCKET = os.environ.get("GUARDIAN_TEST_S3_BUCKET", "guardian-test")
 
 
 def sh(cmd, **kw):
@@ -64,9 +66,10 @@ def median_run(cmd, runs, setup=None, env=None):
 
 
 def write_config(work, db, level=None, s3=None):
-    cfg = work / "guardian.toml"
+    cfg = work / ("guardian-s3.toml" if s3 else "guardian.toml")
     storage = (
-        f'[storage]\nkind = "s3"\nbucket = "bench"\nendpoint = "{s3}"\nforce_path_style = true\nregion = "us-east-1"\n'
+        f'[storage]\nkind = "s3"\nbucket = "{S3_BUCKET}"\nprefix = "t-bench"\nendpoint = "{s3}"\n'
+        f'force_path_style = true\nregion = "us-east-1"\n'
         if s3 else f'[storage]\npath = "{work / "store"}"\n'
     )
     backup = f'[backup]\nstaging_dir = "{work}"\n' + (f"compression_level = {level}\n" if level else "")
@@ -170,10 +173,13 @@ def bench_size(size_mib, runs, work, s3):
     # S3.
     if s3:
         env = dict(os.environ)
+        env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get("GUARDIAN_TEST_S3_ACCESS_KEY", ""))
+        env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get("GUARDIAN_TEST_S3_SECRET_KEY", ""))
+        env.setdefault("AWS_REGION", "us-east-1")
         cfg_s3 = write_config(work, db, s3=s3)
         t_s3, rss_s3, _ = median_run(f"{GUARDIAN} -q --config {cfg_s3} backup", runs, env=env)
         row("guardian backup (S3)", t_s3, rss_s3)
-        t_up, _, _ = median_run(f"aws --endpoint-url {s3} s3 cp --quiet {copy}.gz s3://bench/baseline/copy.db.gz", runs, env=env)
+        t_up, _, _ = median_run(f"aws --endpoint-url {s3} s3 cp --quiet {copy}.gz s3://{S3_BUCKET}/t-bench/baseline/copy.db.gz", runs, env=env)
         row("baseline: aws s3 cp of the .gz", t_up)
         row("baseline total S3 (.backup + gzip + sha256sum + aws s3 cp)", baseline + t_up)
         t_s3r, rss_s3r, _ = median_run(f"{GUARDIAN} -q --config {cfg_s3} restore --latest --to {out}", runs, setup=clean_out, env=env)
@@ -233,7 +239,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", default="/var/tmp/guardian-bench")
     ap.add_argument("--scale", type=int, default=10, help="also back up this many 100 MiB databases in one run (0: skip)")
-    ap.add_argument("--s3", help="endpoint of a local S3 server with a bucket named 'bench' (credentials from the env)")
+    ap.add_argument("--s3", help="endpoint of a local S3 server (start it with scripts/s3-server.sh start; source target/s3-server/env)")
     a = ap.parse_args()
     for tool in ("sqlite3", "gzip", "pigz", "sha256sum", "/usr/bin/time"):
         if not shutil.which(tool):

@@ -156,8 +156,12 @@ pub async fn run(
             ),
         });
     }
-    let digests = digests?;
-    let stored_len = upload?;
+    // A failed upload makes the compressor fail too ("upload stopped"): report the root cause.
+    let (digests, stored_len) = match (digests, upload) {
+        (Ok(d), Ok(n)) => (d, n),
+        (_, Err(upload)) => return Err(upload.into()),
+        (Err(e), Ok(_)) => return Err(e),
+    };
     if stored_len != digests.stored_len {
         return Err(Error::Damaged {
             id: key.id.to_string(),

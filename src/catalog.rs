@@ -13,7 +13,10 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::manifest::{self, Manifest, ObjectRole, SnapshotKey, MAX_MANIFEST_BYTES};
-use crate::storage::{ObjectKey, ObjectMeta, Storage};
+use crate::storage::{ObjectKey, ObjectMeta, Storage, StorageError};
+
+/// Marks a manifest that vanished between listing and reading.
+const GONE: &str = "manifest deleted while listing";
 
 /// Manifests fetched at once when listing.
 const FETCH_CONCURRENCY: usize = 16;
@@ -146,9 +149,16 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
         let sk = sk.clone();
         tasks.spawn(async move {
             let _permit = sem.acquire().await.expect("semaphore is never closed");
+            // Damage (too large) makes the snapshot `failed`; a store that cannot be read is an
+            // operational error for the whole listing, never a verdict on the snapshot.
             let parsed = match store.get_bytes(&sk.manifest(), MAX_MANIFEST_BYTES).await {
-                Ok(bytes) => Manifest::parse(&bytes, &sk),
-                Err(e) => Err(format!("manifest unreadable: {}", crate::error::chain(&e))),
+                Ok(bytes) => Ok(Manifest::parse(&bytes, &sk)),
+                Err(e @ StorageError::TooLarge { .. }) => {
+                    Ok(Err(format!("manifest unreadable: {e}")))
+                }
+                // Deleted between the listing and the read (a concurrent prune): not a snapshot.
+                Err(StorageError::NotFound { .. }) => Ok(Err(GONE.to_string())),
+                Err(e) => Err(e),
             };
             (i, parsed)
         });
@@ -157,12 +167,15 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
         vec![None; with_manifest.len()];
     while let Some(done) = tasks.join_next().await {
         let (i, p) = done.expect("manifest fetch does not panic");
-        parsed[i] = Some(p);
+        parsed[i] = Some(p?);
     }
 
     let mut snapshots = Vec::with_capacity(with_manifest.len());
     for ((sk, objs), parsed) in with_manifest.into_iter().zip(parsed) {
         let parsed = parsed.expect("every task reported");
+        if matches!(&parsed, Err(e) if e == GONE) {
+            continue;
+        }
         snapshots.push(entry(sk, &objs, parsed));
     }
     snapshots.sort_by(|a, b| (b.created_at, &b.key.id).cmp(&(a.created_at, &a.key.id)));

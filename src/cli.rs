@@ -61,6 +61,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Delete snapshots the retention policy no longer keeps (see --dry-run)
     Prune(PruneArgs),
+    /// Check config, databases, credentials and the store (probe object, conditional writes,
+    /// multipart, clock skew); one pass/warn/fail line each, exit 1 on any failure
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +205,7 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
         Command::Drill(args) => crate::commands::drill(app, args).await,
         Command::Verify(args) => crate::commands::verify(app, args).await,
         Command::Prune(args) => crate::commands::prune(app, args).await,
+        Command::Doctor => Ok(crate::doctor::check(&app.config).await.print()),
     }
 }
 

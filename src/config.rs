@@ -55,17 +55,33 @@ pub enum StorageKind {
     /// A local directory (the default).
     #[default]
     Local,
+    /// An S3-compatible bucket (AWS S3, MinIO, Garage, R2, B2); see `docs/S3.md`.
+    S3,
 }
 
 /// `[storage]`: where snapshots live.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `"local"` (default).
+    /// `"local"` (default) or `"s3"`.
     #[serde(default)]
     pub kind: StorageKind,
     /// Local store root (kind = "local"); relative to the config file's folder.
     pub path: Option<PathBuf>,
+    /// Bucket name (kind = "s3", required).
+    pub bucket: Option<String>,
+    /// Folder inside the bucket that holds everything guardian writes (kind = "s3"); `/`-separated
+    /// components of `[A-Za-z0-9_][A-Za-z0-9._-]*`. Default: the bucket root.
+    pub prefix: Option<String>,
+    /// Region (kind = "s3"); `"auto"` for R2. Default: `AWS_REGION` or the profile's, else
+    /// `us-east-1`.
+    pub region: Option<String>,
+    /// Endpoint URL of an S3-compatible service (kind = "s3"), e.g. `http://127.0.0.1:9000`.
+    /// Default: AWS.
+    pub endpoint: Option<String>,
+    /// Address the bucket as `endpoint/bucket` instead of `bucket.endpoint` (kind = "s3");
+    /// needed by MinIO, Garage and most S3-compatible services. Default: false.
+    pub force_path_style: Option<bool>,
 }
 
 impl Default for StorageConfig {
@@ -73,8 +89,121 @@ impl Default for StorageConfig {
         StorageConfig {
             kind: StorageKind::Local,
             path: Some(PathBuf::from("/var/backups/guardian")),
+            bucket: None,
+            prefix: None,
+            region: None,
+            endpoint: None,
+            force_path_style: None,
         }
     }
+}
+
+impl StorageConfig {
+    /// The S3 prefix without leading or trailing `/` (empty for the bucket root).
+    pub fn s3_prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or("").trim_matches('/')
+    }
+
+    /// Check the keys of `[storage]`; errors name the dotted key.
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        let s3_keys: [(&'static str, bool); 5] = [
+            ("storage.bucket", self.bucket.is_some()),
+            ("storage.prefix", self.prefix.is_some()),
+            ("storage.region", self.region.is_some()),
+            ("storage.endpoint", self.endpoint.is_some()),
+            ("storage.force_path_style", self.force_path_style.is_some()),
+        ];
+        match self.kind {
+            StorageKind::Local => {
+                if self.path.is_none() {
+                    return Err((
+                        "storage.path",
+                        "required when storage.kind = \"local\"".into(),
+                    ));
+                }
+                if let Some((key, _)) = s3_keys.iter().find(|(_, set)| *set) {
+                    return Err((
+                        key,
+                        "only used when storage.kind = \"s3\"; remove it or set kind = \"s3\""
+                            .into(),
+                    ));
+                }
+            }
+            StorageKind::S3 => {
+                if self.path.is_some() {
+                    return Err((
+                        "storage.path",
+                        "only used when storage.kind = \"local\"; an S3 store uses storage.bucket and storage.prefix".into(),
+                    ));
+                }
+                let Some(bucket) = &self.bucket else {
+                    return Err((
+                        "storage.bucket",
+                        "required when storage.kind = \"s3\"".into(),
+                    ));
+                };
+                validate_bucket(bucket).map_err(|r| ("storage.bucket", r))?;
+                let prefix = self.s3_prefix();
+                if !prefix.is_empty() {
+                    for part in prefix.split('/') {
+                        crate::storage::validate_component(part).map_err(|r| {
+                            (
+                                "storage.prefix",
+                                format!("{r} in {prefix:?} (use folders of [A-Za-z0-9._-], e.g. \"prod/guardian\")"),
+                            )
+                        })?;
+                    }
+                }
+                if let Some(region) = &self.region {
+                    if region.is_empty()
+                        || !region
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    {
+                        return Err(("storage.region", format!("{region:?} is not a region name (e.g. \"us-east-1\", \"auto\" for R2)")));
+                    }
+                }
+                if let Some(endpoint) = &self.endpoint {
+                    validate_endpoint(endpoint).map_err(|r| ("storage.endpoint", r))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// S3 bucket names: 3-63 characters of `[a-z0-9.-]` (plus `_` and capitals, which some
+/// S3-compatible services allow), no `/`.
+fn validate_bucket(name: &str) -> std::result::Result<(), String> {
+    if !(3..=63).contains(&name.len())
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(format!(
+            "{name:?} is not a bucket name (3 to 63 characters of a-z, 0-9, '.', '-'; put folders in storage.prefix)"
+        ));
+    }
+    Ok(())
+}
+
+/// An endpoint is `http(s)://host[:port][/path]`, and never carries credentials.
+fn validate_endpoint(url: &str) -> std::result::Result<(), String> {
+    if url.contains('@') {
+        // Never echo it: the part before '@' is most likely a credential.
+        return Err("must not contain credentials (user:password@); they come from the AWS credential chain".into());
+    }
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Err(format!("{url:?} must start with http:// or https://"));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || url.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
+        return Err(format!("{url:?} is not a URL like http://127.0.0.1:9000"));
+    }
+    Ok(())
 }
 
 /// Which SQLite check a fresh copy must pass before it is published.
@@ -329,15 +458,8 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let invalid =
             |field: String, reason: String| Err(Error::Config(format!("{field}: {reason}")));
-        match self.storage.kind {
-            StorageKind::Local => {
-                if self.storage.path.is_none() {
-                    return invalid(
-                        "storage.path".into(),
-                        "required when storage.kind = \"local\"".into(),
-                    );
-                }
-            }
+        if let Err((field, reason)) = self.storage.validate() {
+            return invalid(field.into(), reason);
         }
         if let Some(level) = self.backup.compression_level {
             if !(1..=9).contains(&level) {
@@ -520,5 +642,98 @@ mod tests {
     fn config_errors_are_one_line() {
         let e = parse("[[databases]\nname = ").unwrap_err();
         assert!(!e.to_string().contains('\n'), "{e}");
+    }
+
+    const DB: &str = "[[databases]]\nname = \"m\"\npath = \"m.db\"\n";
+
+    #[test]
+    fn s3_storage_parses_with_every_key() {
+        let c = parse(&format!(
+            "[storage]\nkind = \"s3\"\nbucket = \"market-backups\"\nprefix = \"/prod/guardian/\"\nregion = \"auto\"\nendpoint = \"https://acc.r2.cloudflarestorage.com\"\nforce_path_style = true\n{DB}"
+        ))
+        .unwrap();
+        assert_eq!(c.storage.kind, StorageKind::S3);
+        assert_eq!(c.storage.bucket.as_deref(), Some("market-backups"));
+        assert_eq!(c.storage.s3_prefix(), "prod/guardian");
+        assert_eq!(c.storage.force_path_style, Some(true));
+        assert!(c.storage.path.is_none());
+        let bare = parse(&format!("[storage]\nkind = \"s3\"\nbucket = \"b-1\"\n{DB}")).unwrap();
+        assert_eq!(bare.storage.s3_prefix(), "");
+    }
+
+    #[test]
+    fn s3_and_local_keys_are_refused_on_the_other_kind_by_name() {
+        for (storage, field) in [
+            ("kind = \"s3\"\n", "storage.bucket"),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\npath = \"x\"\n",
+                "storage.path",
+            ),
+            ("path = \"x\"\nbucket = \"bkt\"\n", "storage.bucket"),
+            ("path = \"x\"\nprefix = \"p\"\n", "storage.prefix"),
+            ("path = \"x\"\nregion = \"us-east-1\"\n", "storage.region"),
+            (
+                "path = \"x\"\nendpoint = \"http://h\"\n",
+                "storage.endpoint",
+            ),
+            (
+                "path = \"x\"\nforce_path_style = true\n",
+                "storage.force_path_style",
+            ),
+            ("kind = \"s3\"\nbucket = \"x\"\n", "storage.bucket"),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nprefix = \"a//b\"\n",
+                "storage.prefix",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nprefix = \"a b\"\n",
+                "storage.prefix",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nregion = \"US East\"\n",
+                "storage.region",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\nendpoint = \"ftp://h\"\n",
+                "storage.endpoint",
+            ),
+        ] {
+            let e = parse(&format!("[storage]\n{storage}{DB}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{storage:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_credentials_are_refused_without_echoing_them() {
+        let e = parse(&format!(
+            "[storage]\nkind = \"s3\"\nbucket = \"bkt\"\nendpoint = \"https://AKIAX:s3cr3t@h\"\n{DB}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("storage.endpoint") && e.contains("credential"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t") && !e.contains("AKIAX"), "{e}");
+    }
+
+    #[test]
+    fn credentials_are_not_config_keys() {
+        for key in [
+            "access_key_id",
+            "secret_access_key",
+            "access_key",
+            "secret_key",
+        ] {
+            let e = parse(&format!(
+                "[storage]\nkind = \"s3\"\nbucket = \"bkt\"\n{key} = \"x\"\n{DB}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 }

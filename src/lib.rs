@@ -8,7 +8,7 @@
 //! - [`snapshot`]: SQLite access: the online copy, checks, inspection.
 //! - [`archive`]: streaming parallel gzip + SHA-256, and the verified reverse.
 //! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker).
-//! - [`storage`]: the narrow storage trait and its backends (local directory).
+//! - [`storage`]: the narrow storage trait and its backends (local directory, S3).
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
@@ -20,6 +20,7 @@
 //! - [`service`]: `guardian run`: locks, job outcomes, graceful shutdown.
 //! - [`metrics`]: the service's Prometheus metrics and `/healthz`.
 //! - [`notify`]: webhook and heartbeat alerts.
+//! - [`doctor`]: checks of config, databases, credentials and the store, one line each.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
 //! - [`crypto`]: optional age encryption keys.
 //! - [`durable`]: exclusive temp files, fsync, atomic rename.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod doctor;
 pub mod drill;
 pub mod durable;
 pub mod error;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use guardian::cli::{self, App, Cli, LogFormat};
+use guardian::cli::{self, App, Cli, Command, LogFormat};
 use guardian::config::Config;
 use guardian::error::{chain, Error};
 
@@ -32,12 +32,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> guardian::Result<u8> {
-    let path = Config::locate(cli.config.as_deref())?;
-    let config = Config::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("start async runtime", "-", e))?;
+    if let Command::Doctor = cli.command {
+        // doctor reports a broken config as a failed check line, so it loads the config itself.
+        return Ok(runtime
+            .block_on(guardian::doctor::run(cli.config.as_deref()))
+            .print());
+    }
+    let path = Config::locate(cli.config.as_deref())?;
+    let config = Config::load(&path)?;
     let outcome = runtime.block_on(async {
         let app = App::open(config).await?;
         cli::dispatch(&app, cli.command).await
@@ -51,11 +57,13 @@ fn run(cli: Cli) -> guardian::Result<u8> {
 fn init_logging(cli: &Cli) {
     // guardian's own events at the chosen level; dependencies one notch quieter, so -vv shows
     // our trace without a flood from the HTTP stack.
+    // The AWS credential chain warns about every provider it tries (IMDS, profiles...) with
+    // multi-line debug dumps; guardian reports a missing credential itself, in one line.
     let default = match (cli.quiet, cli.verbose) {
-        (true, _) => "warn",
         // The scheduler library logs its internals at info.
-        (false, 0) => "info,tokio_cron_scheduler=warn",
-        (false, 1) => "guardian=debug,info,tokio_cron_scheduler=warn",
+        (true, _) => "warn,aws_config=error",
+        (false, 0) => "info,aws_config=error,tokio_cron_scheduler=warn",
+        (false, 1) => "guardian=debug,info,aws_config=error,tokio_cron_scheduler=warn",
         (false, _) => "guardian=trace,debug",
     };
     let filter =

@@ -29,3 +29,15 @@ mod service;
 mod sources;
 // `verify`: bit rot found without SQLite, per snapshot.
 mod verify;
+// In-process S3 server (s3s + s3s-fs, request log, faults) and the external one from GUARDIAN_TEST_S3_*.
+mod s3_server;
+// Storage contract suite: the same behaviours against local, in-process S3 and external S3.
+mod storage;
+// S3-only: wire format, faults in transit, throttling, cancellation, error hints, sweep.
+mod s3_storage;
+// The CLI against S3: backup, list, restore, damage fallback, doctor, secrets never printed.
+mod s3_cli;
+// guardian against S3 under stress: bounded memory for a large database, SIGKILL mid-upload.
+mod s3_limits;
+// Store faults: S3 throttling (transient and persistent), a full or read-only local store.
+mod store_faults;

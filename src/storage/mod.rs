@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::config::{StorageConfig, StorageKind};
 
 pub mod local;
+pub mod s3;
 
 /// Size of the chunks bodies are cut into.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -105,6 +106,9 @@ pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError>
                 .expect("validated config: local storage has a path");
             Ok(Arc::new(local::LocalStorage::new(path)))
         }
+        StorageKind::S3 => Ok(Arc::new(
+            s3::S3Storage::connect(cfg, s3::S3Options::default()).await?,
+        )),
     }
 }
 

@@ -1,0 +1,137 @@
+//! Faults in the store itself: an S3 service that throttles for a while or for good, a local
+//! store that is full or read-only. Transient faults are retried; persistent ones fail in
+//! bounded time with one clear line and exit 2; nothing partial is ever listed.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::s3_cli::{run, s3_env};
+use crate::s3_server::{unique_prefix, S3Server};
+use crate::util::{self, TestEnv};
+
+#[test]
+fn s3_throttling_is_retried_and_a_persistent_fault_fails_in_bounded_time() {
+    let server = S3Server::start();
+    let env = s3_env(&server.target, &unique_prefix("faults"));
+
+    // Transient: a few 503 SlowDown answers are retried with backoff; the backup succeeds.
+    server.faults.lock().unwrap().slow_down = 2;
+    let r = run(&env, &server.target, &["backup"]).ok();
+    let first = r.stdout.trim().to_string();
+
+    // Persistent: every request answers 503. The backup gives up in bounded time, exit 2,
+    // one line naming the provider's code; nothing new is listed.
+    server.faults.lock().unwrap().slow_down = 100_000;
+    let t0 = Instant::now();
+    let r = run(&env, &server.target, &["backup"]).expect_code(2);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("SlowDown") || lines[0].contains("503"),
+        "{}",
+        lines[0]
+    );
+
+    // The store is back: the next run succeeds, and only complete snapshots are listed.
+    server.faults.lock().unwrap().slow_down = 0;
+    let r = run(&env, &server.target, &["backup"]).ok();
+    let second = r.stdout.trim().to_string();
+    let r = run(&env, &server.target, &["list", "--json"]).ok();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let ids: Vec<&str> = list.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![second.as_str(), first.as_str()]);
+    eprintln!(
+        "store faults: 2 transient 503s retried; persistent 503 failed after {took:?} with exit 2"
+    );
+}
+
+/// Mount a small tmpfs at `dir` (root only); `None` where mounting is not allowed.
+fn mount_tmpfs(dir: &std::path::Path, opts: &str) -> Option<Mount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(dir)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| Mount(dir.to_path_buf()))
+}
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn incompressible_db(env: &TestEnv, kib: usize) {
+    let c = rusqlite::Connection::open(&env.db).unwrap();
+    c.execute_batch(&format!(
+        "CREATE TABLE b (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {})
+         INSERT INTO b SELECT randomblob(1024) FROM n;",
+        kib
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_full_local_store_fails_cleanly_and_keeps_nothing_partial() {
+    let env = TestEnv::empty();
+    incompressible_db(&env, 512);
+    let Some(_m) = mount_tmpfs(&env.store, "size=256k") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let r = env.run(&["backup"]).expect_code(2);
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("No space left") || lines[0].contains("space"),
+        "{}",
+        lines[0]
+    );
+    assert!(env.list().is_empty());
+    let leftovers: Vec<_> = walk(&env.store);
+    assert!(
+        leftovers.is_empty(),
+        "nothing may be left in a full store: {leftovers:?}"
+    );
+}
+
+#[test]
+fn a_read_only_local_store_fails_with_one_line() {
+    let env = TestEnv::new();
+    let Some(_m) = mount_tmpfs(&env.store, "size=1m,ro") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let r = env.run(&["backup"]).expect_code(2);
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("Read-only") || lines[0].contains("read-only"),
+        "{}",
+        lines[0]
+    );
+    // Listing a read-only store still works.
+    assert!(env.list().is_empty());
+    let _ = util::integrity(&env.db);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out
+}
