@@ -83,9 +83,23 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
     source
         .busy_timeout(Duration::from_millis(250))
         .map_err(|e| sqlite_error("configure", src, e))?;
-    let journal_mode: String = source
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .map_err(|e| sqlite_error("read journal mode of", src, e))?;
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    // A long write transaction (rollback journal mode) blocks even this read: wait it out under
+    // the same deadline as the copy, instead of failing the backup at once.
+    let journal_mode: String = loop {
+        match source.query_row("PRAGMA journal_mode", [], |r| r.get(0)) {
+            Ok(mode) => break mode,
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error {
+                    code: ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked,
+                    ..
+                },
+                _,
+            )) => wait_busy(src, started, &mut pause)?,
+            Err(e) => return Err(sqlite_error("read journal mode of", src, e)),
+        }
+    };
 
     let mut dest = Connection::open(dst).map_err(|e| sqlite_error("create copy", dst, e))?;
     // The copy is a scratch file that is hashed and thrown away: no journal, no fsync.
@@ -94,8 +108,6 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
     {
         let backup =
             Backup::new(&source, &mut dest).map_err(|e| sqlite_error("start backup of", src, e))?;
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(20);
         loop {
             match backup.step(-1) {
                 Ok(StepResult::Done) => break,
@@ -107,18 +119,7 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
                         ..
                     },
                     _,
-                )) => {
-                    if started.elapsed() > BUSY_DEADLINE {
-                        return Err(Error::Usage(format!(
-                            "database {} stayed locked for {}s; is a process holding a long write lock?",
-                            src.display(),
-                            BUSY_DEADLINE.as_secs()
-                        )));
-                    }
-                    tracing::warn!(db = %src.display(), pause_ms = pause.as_millis() as u64, "source busy; retrying copy");
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
+                )) => wait_busy(src, started, &mut pause)?,
                 Ok(other) => {
                     return Err(Error::Usage(format!(
                         "unexpected backup step result {other:?}"
@@ -134,6 +135,21 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
         .close()
         .map_err(|(_, e)| sqlite_error("close database", src, e))?;
     Ok(journal_mode)
+}
+
+/// One backoff step while the source is locked; an error once [`BUSY_DEADLINE`] has passed.
+fn wait_busy(src: &Path, started: Instant, pause: &mut Duration) -> Result<()> {
+    if started.elapsed() > BUSY_DEADLINE {
+        return Err(Error::Usage(format!(
+            "database {} stayed locked for {}s; is a process holding a long write lock?",
+            src.display(),
+            BUSY_DEADLINE.as_secs()
+        )));
+    }
+    tracing::warn!(db = %src.display(), pause_ms = pause.as_millis() as u64, "source busy; retrying copy");
+    std::thread::sleep(*pause);
+    *pause = (*pause * 2).min(Duration::from_secs(2));
+    Ok(())
 }
 
 /// Run `check` on the database at `path` (opened read-only).

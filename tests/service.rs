@@ -102,39 +102,35 @@ fn service_backs_up_drills_prunes_serves_metrics_and_stops_on_sigterm() {
     assert_eq!(util::integrity(&to), "ok");
 }
 
-/// A ~64 MiB database of random bytes, compressed at level 9 on one thread: a backup that takes
-/// a few seconds, long enough to signal in the middle of it.
-fn slow_env(grace: &str) -> TestEnv {
-    let env = TestEnv::empty();
-    let c = rusqlite::Connection::open(&env.db).unwrap();
-    c.execute_batch(
-        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB NOT NULL);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 64)
-         INSERT INTO blobs SELECT i, randomblob(1048576) FROM n;",
-    )
-    .unwrap();
-    drop(c);
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "[backup]\n",
-        "[backup]\ncompression_level = 9\nthreads = 1\n",
-    );
-    std::fs::write(
-        &env.config,
-        format!("{text}backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"{grace}\"\n"),
-    )
-    .unwrap();
-    env
+/// A service whose first backup is stuck in flight for as long as the returned connection
+/// holds an exclusive lock on the source (the copy retries SQLITE_BUSY): signals then land
+/// in the middle of a backup every time, on any machine.
+fn stuck_backup(grace: &str) -> (TestEnv, rusqlite::Connection, Service) {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"{grace}\"\n"
+    ));
+    let lock = rusqlite::Connection::open(&env.db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let svc = Service::start(&env);
+    svc.wait_for_line("backup started", 30);
+    svc.wait_for_line("source busy", 30);
+    (env, lock, svc)
 }
 
 #[test]
 fn stop_during_a_backup_lets_it_finish_within_the_grace_period() {
-    let env = slow_env("60s");
-    let mut svc = Service::start(&env);
-    svc.wait_for_line("backup started", 30);
+    let (env, lock, mut svc) = stuck_backup("60s");
     svc.signal(Signal::SIGTERM);
-    assert_eq!(svc.wait_exit(60), 0, "{}", svc.log());
+    svc.wait_for_line("waiting for the job in flight", 10);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        svc.child.try_wait().unwrap().is_none(),
+        "exited without waiting for the backup"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(svc.wait_exit(30), 0, "{}", svc.log());
     let log = svc.log();
-    assert!(log.contains("waiting for the job in flight"), "{log}");
     assert!(log.contains("scheduled backup succeeded"), "{log}");
     let list = env.list();
     assert_eq!(list.len(), 1, "{list:#?}");
@@ -147,39 +143,69 @@ fn stop_during_a_backup_lets_it_finish_within_the_grace_period() {
 }
 
 #[test]
-fn a_second_signal_cancels_the_backup_and_leaves_no_partial_snapshot() {
-    let env = slow_env("60s");
-    let mut svc = Service::start(&env);
-    svc.wait_for_line("backup started", 30);
+fn a_backup_still_running_at_the_end_of_the_grace_period_is_cancelled_cleanly() {
+    let (env, lock, mut svc) = stuck_backup("1s");
+    let stop = Instant::now();
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(20), 0, "{}", svc.log());
+    assert!(
+        stop.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stop.elapsed()
+    );
+    let log = svc.log();
+    assert!(
+        log.contains("end of the grace period") && log.contains("cancelled by shutdown"),
+        "{log}"
+    );
+    drop(lock);
+    assert!(
+        env.list().is_empty(),
+        "a cancelled backup published a snapshot"
+    );
+    assert!(
+        util::leftovers(&env).is_empty(),
+        "{:?}",
+        util::leftovers(&env)
+    );
+}
+
+#[test]
+fn a_second_signal_cancels_the_backup_at_once_and_leaves_no_partial_snapshot() {
+    let (env, lock, mut svc) = stuck_backup("60s");
     svc.signal(Signal::SIGTERM);
     svc.wait_for_line("waiting for the job in flight", 10);
     let second = Instant::now();
     svc.signal(Signal::SIGINT);
     assert_eq!(svc.wait_exit(20), 0, "{}", svc.log());
     assert!(
-        second.elapsed() < Duration::from_secs(10),
+        second.elapsed() < Duration::from_secs(8),
         "a second signal must not wait out the 60 s grace"
     );
     let log = svc.log();
-    assert!(log.contains("second stop signal"), "{log}");
-    // Whatever the timing, nothing half-written is a snapshot.
-    let list = env.list();
-    assert!(list.iter().all(|s| s["status"] != "failed"), "{list:#?}");
-    if log.contains("cancelled by shutdown") {
-        assert!(
-            list.is_empty(),
-            "a cancelled backup published a snapshot: {list:#?}"
-        );
-    }
+    assert!(
+        log.contains("second stop signal") && log.contains("cancelled by shutdown"),
+        "{log}"
+    );
+    assert!(
+        env.list().is_empty(),
+        "a cancelled backup published a snapshot"
+    );
     // The next run cleans up after the interrupted one and succeeds.
+    drop(lock);
     env.write_config("");
     env.backup();
-    assert_eq!(env.list().len(), list.len() + 1);
-    assert!(util::leftovers(&env).iter().all(|p| !p
-        .file_name()
+    assert_eq!(env.list().len(), 1);
+    assert!(
+        util::leftovers(&env).is_empty(),
+        "{:?}",
+        util::leftovers(&env)
+    );
+    let staging: Vec<_> = std::fs::read_dir(env.path("staging"))
         .unwrap()
-        .to_string_lossy()
-        .starts_with('.')));
+        .flatten()
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
