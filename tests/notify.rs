@@ -19,21 +19,21 @@ use crate::util::TestEnv;
 
 /// One request the hook received.
 #[derive(Debug, Clone)]
-struct Hit {
-    method: String,
-    path: String,
-    body: String,
+pub(crate) struct Hit {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) body: String,
 }
 
 /// A local HTTP listener on 127.0.0.1:0, served by its own thread, answering with the
 /// scripted statuses in order and 200 after that.
-struct Hook {
+pub(crate) struct Hook {
     addr: SocketAddr,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
 impl Hook {
-    fn start(script: &[u16]) -> Hook {
+    pub(crate) fn start(script: &[u16]) -> Hook {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(
             script.iter().copied().collect::<VecDeque<u16>>(),
@@ -83,11 +83,11 @@ impl Hook {
         Hook { addr, hits }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 }

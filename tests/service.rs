@@ -321,3 +321,73 @@ fn status_shows_the_schedules_and_when_they_next_fire() {
         "{text}"
     );
 }
+
+#[test]
+fn failing_backups_are_loud_and_never_stop_the_service() {
+    let hook = crate::notify::Hook::start(&[]);
+    let env = TestEnv::new();
+    let good = env.backup();
+    std::fs::rename(&env.db, env.path("gone.db")).unwrap();
+    env.write_config(&format!(
+        "backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n\n[notify]\nwebhook_url = \"{}\"\nheartbeat_url = \"{}\"\n",
+        hook.url("/hook"),
+        hook.url("/ping")
+    ));
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+    let fails = "guardian_failures_total{db=\"market\",job=\"backup\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = util::http_get(&addr, "/metrics");
+        if metric(&text, fails).unwrap_or(0.0) >= 2.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failures not counted:\n{text}\n{}",
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Still alive and serving; the last success is the stored snapshot's, not moved by failures.
+    assert!(svc.child.try_wait().unwrap().is_none());
+    assert_eq!(util::http_get(&addr, "/healthz").0, 200);
+    let seeded = metric(
+        &text,
+        "guardian_backup_last_success_timestamp_seconds{db=\"market\"}",
+    )
+    .unwrap();
+    let created: chrono::DateTime<chrono::Utc> = util::read_manifest(&env, &good)["created_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (seeded - created.timestamp_millis() as f64 / 1000.0).abs() < 0.01,
+        "{seeded} vs {created}"
+    );
+    // Each failure was logged once, posted to the webhook and pinged as /fail.
+    svc.wait_for_line("scheduled backup failed", 5);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hook.hits().iter().any(|h| h.path == "/ping/fail")
+        || !hook.hits().iter().any(|h| h.method == "POST")
+    {
+        assert!(Instant::now() < deadline, "{:?}", hook.hits());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let post = hook
+        .hits()
+        .into_iter()
+        .find(|h| h.method == "POST")
+        .unwrap();
+    assert!(
+        post.body.contains("backup of market FAILED"),
+        "{}",
+        post.body
+    );
+    // Back to normal once the database is back.
+    std::fs::rename(env.path("gone.db"), &env.db).unwrap();
+    wait_for_list(&env, 20, |l| l.len() >= 2);
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+}
