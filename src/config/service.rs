@@ -202,3 +202,76 @@ pub(super) fn validate(cfg: &Config) -> Result<(), Invalid> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::Config;
+
+    fn parse(extra: &str) -> crate::Result<Config> {
+        Config::parse_str(
+            &format!(
+                "[storage]\npath = \"b\"\n[[databases]]\nname = \"m\"\npath = \"m.db\"\n{extra}"
+            ),
+            Path::new("/etc/guardian"),
+        )
+    }
+
+    #[test]
+    fn service_keys_have_safe_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.service.listen().to_string(), "127.0.0.1:9187");
+        assert_eq!(c.service.shutdown_timeout(), Duration::from_secs(8));
+        assert_eq!(c.databases[0].timezone(), chrono_tz::UTC);
+        assert_eq!(c.databases[0].jitter(), Duration::ZERO);
+        assert!(c.databases[0].retention.is_none());
+        assert!(!c.notify.notify_on_success);
+    }
+
+    #[test]
+    fn service_keys_parse_and_resolve() {
+        let c = parse(
+            "backup = \"0 3 * * *\"\ntimezone = \"Europe/Paris\"\njitter = \"5m\"\n\
+             [databases.retention]\ndaily = 7\n\
+             [service]\nlisten = \"0.0.0.0:9999\"\nshutdown_timeout = \"3s\"\n\
+             [notify]\nwebhook_url_file = \"hook.url\"\n",
+        )
+        .unwrap();
+        let db = &c.databases[0];
+        assert_eq!(db.jitter(), Duration::from_secs(300));
+        assert_eq!(db.timezone().name(), "Europe/Paris");
+        assert_eq!(db.retention.unwrap().daily, 7);
+        assert_eq!(c.service.shutdown_timeout(), Duration::from_secs(3));
+        assert_eq!(
+            c.notify.webhook_url_file.as_deref(),
+            Some(Path::new("/etc/guardian/hook.url"))
+        );
+    }
+
+    #[test]
+    fn service_key_errors_name_the_key() {
+        for (extra, key) in [
+            ("jitter = \"7h\"\n", "databases[0].jitter"),
+            (
+                "[databases.retention]\nkeep_last = 0\n",
+                "databases[0].retention",
+            ),
+            ("[databases.retention]\nkeep_lats = 3\n", "keep_lats"),
+            (
+                "[notify]\nwebhook_url = \"x\"\nwebhook_url_file = \"y\"\n",
+                "notify.webhook_url",
+            ),
+            (
+                "[notify]\nheartbeat_url = \"hc-ping.com/abc\"\n",
+                "notify.heartbeat_url",
+            ),
+            ("[notify]\ntimeout = \"soon\"\n", "notify.timeout"),
+        ] {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+}
