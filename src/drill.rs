@@ -226,7 +226,11 @@ async fn run_steps(
                 "download",
                 true,
                 secs,
-                format!("{} stored, {} raw", d.stored_len, d.raw_len),
+                format!(
+                    "{} stored, {} raw; both sha256 match the manifest",
+                    crate::catalog::human_bytes(d.stored_len),
+                    crate::catalog::human_bytes(d.raw_len)
+                ),
             ));
         }
         Err(why) => {
