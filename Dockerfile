@@ -6,8 +6,9 @@
 #     -v /srv/guardian/guardian.toml:/etc/guardian/guardian.toml:ro \
 #     -p 127.0.0.1:9187:9187 guardian
 #
-# The config must set `[service] listen = "0.0.0.0:9187"` for the published port (and the
-# HEALTHCHECK below) to reach the listener. One-shot commands run the same image:
+# The config must set `[service] listen = "0.0.0.0:9187"` for the published port to reach the
+# listener (the HEALTHCHECK runs inside the container and works either way). One-shot commands
+# run the same image:
 #   docker exec guardian guardian status
 #   docker run --rm ... guardian restore --latest --db market
 
