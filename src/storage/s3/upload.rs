@@ -21,7 +21,7 @@ use crate::storage::{Body, ObjectKey, StorageError};
 
 const MIB: u64 = 1 << 20;
 /// Smallest part we use (S3's minimum is 5 MiB for every part but the last).
-pub const MIN_PART_SIZE: u64 = 8 * MIB;
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
 /// Largest part S3 accepts.
 const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 /// S3's limit on parts per upload.
@@ -30,9 +30,9 @@ pub const MAX_PARTS: u64 = 10_000;
 /// object a little larger than the hint (gzip of incompressible data grows slightly).
 const PLANNED_PARTS: u64 = 9_000;
 /// Bytes of parts in flight we aim to stay under (plus the part being filled).
-const IN_FLIGHT_BUDGET: u64 = 32 * MIB;
+const IN_FLIGHT_BUDGET: u64 = 16 * MIB;
 /// At most this many parts upload at once.
-const MAX_IN_FLIGHT: u64 = 3;
+const MAX_IN_FLIGHT: u64 = 2;
 /// Slowest upload rate tolerated before a part attempt times out.
 const MIN_UPLOAD_RATE: u64 = 64 * 1024;
 
