@@ -396,11 +396,11 @@ mod tests {
             Some(0),
             Some(1),
             Some(40 * MIB),
-            Some(70 * 1024 * MIB),
+            Some(40 * 1024 * MIB),
         ] {
             let p = PartPlan::for_size(hint);
             assert_eq!(p.part_size as u64, MIN_PART_SIZE, "{hint:?}");
-            assert_eq!(p.in_flight, 3);
+            assert_eq!(p.in_flight as u64, MAX_IN_FLIGHT);
         }
     }
 
