@@ -110,7 +110,7 @@ fn sigkill_during_backup_never_leaves_a_partial_snapshot() {
         staging_left.is_empty(),
         "staging leftovers: {staging_left:?}"
     );
-    let temp_left: Vec<_> = walk(&env.store)
+    let temp_left: Vec<_> = util::walk(&env.store)
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect();
@@ -196,20 +196,4 @@ fn sigkill_during_restore_leaves_the_old_or_the_new_database() {
     );
     assert!(saw_old > 0);
     eprintln!("restore kill sweep: {trials} trials, {killed} killed, {saw_old} left the old db, {saw_new} the new one, 0 mixed");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p)
-            } else {
-                out.push(p)
-            }
-        }
-    }
-    out
 }

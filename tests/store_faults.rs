@@ -93,7 +93,7 @@ fn a_full_local_store_fails_cleanly_and_keeps_nothing_partial() {
         lines[0]
     );
     assert!(env.list().is_empty());
-    let leftovers: Vec<_> = walk(&env.store);
+    let leftovers: Vec<_> = util::walk(&env.store);
     assert!(
         leftovers.is_empty(),
         "nothing may be left in a full store: {leftovers:?}"
@@ -118,20 +118,4 @@ fn a_read_only_local_store_fails_with_one_line() {
     // Listing a read-only store still works.
     assert!(env.list().is_empty());
     let _ = util::integrity(&env.db);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p)
-            } else {
-                out.push(p)
-            }
-        }
-    }
-    out
 }
