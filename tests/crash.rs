@@ -42,14 +42,24 @@ fn kill_sweep(
     args: &[&str],
     full_run: Duration,
     trials: u32,
+    after_each: impl FnMut(u32),
+) -> u32 {
+    kill_sweep_with(|| env.command(), args, full_run, trials, after_each)
+}
+
+/// [`kill_sweep`] with the command built by `make` (e.g. with S3 credentials).
+fn kill_sweep_with(
+    make: impl Fn() -> std::process::Command,
+    args: &[&str],
+    full_run: Duration,
+    trials: u32,
     mut after_each: impl FnMut(u32),
 ) -> u32 {
     let mut killed = 0;
     for i in 0..trials {
         // Spread over 80% of a full run (runs vary on a loaded machine).
         let delay = full_run * 4 / 5 * i / trials;
-        let mut child = env
-            .command()
+        let mut child = make()
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -196,4 +206,139 @@ fn sigkill_during_restore_leaves_the_old_or_the_new_database() {
     );
     assert!(saw_old > 0);
     eprintln!("restore kill sweep: {trials} trials, {killed} killed, {saw_old} left the old db, {saw_new} the new one, 0 mixed");
+}
+
+#[test]
+fn sigkill_during_an_s3_backup_never_lists_a_partial_snapshot() {
+    use crate::s3_server::{unique_prefix, S3Server};
+    let server = S3Server::start();
+    let env = crate::s3_cli::s3_env(&server.target, &unique_prefix("kill"));
+    make_big(&env.db, 24, "s3");
+    let cmd = || {
+        let mut c = env.command();
+        server.target.credentials_env(&mut c);
+        c
+    };
+    let list = || -> Vec<serde_json::Value> {
+        let r = util::run(cmd().args(["list", "--json"])).ok();
+        serde_json::from_str(&r.stdout).unwrap()
+    };
+    let t0 = Instant::now();
+    util::run(cmd().arg("backup")).ok();
+    let full = t0.elapsed();
+    let trials = 30;
+    let killed = kill_sweep_with(cmd, &["backup"], full, trials, |i| {
+        for s in list() {
+            assert_ne!(s["status"], "failed", "trial {i}: {s}");
+        }
+    });
+    assert!(
+        killed >= trials / 3,
+        "{killed}/{trials} killed (full run {full:?})"
+    );
+    // The next backup works, and the newest snapshot restores and passes integrity_check.
+    let id = util::run(cmd().arg("backup"))
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let out = env.path("out.db");
+    let r = util::run(cmd().args(["restore", "--latest", "--to", out.to_str().unwrap()])).ok();
+    assert!(r.stdout.contains(&id), "{}", r.stdout);
+    assert_eq!(util::integrity(&out), "ok");
+    eprintln!("s3 backup kill sweep: {trials} trials, {killed} killed mid-run, {} snapshots listed, 0 partial", list().len());
+}
+
+#[test]
+fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
+    let env = TestEnv::new();
+    env.write_config("[databases.retention]\nkeep_last = 1\n");
+    let first = env.backup();
+    // 300 snapshots: copies of the first under new ids (a prune of them takes a while).
+    let src = env.snapshot_dir(&first);
+    let manifest = fs::read_to_string(src.join("manifest.json")).unwrap();
+    for n in 0..300u32 {
+        let id = format!(
+            "20260101T{:02}{:02}{:02}Z-{:08x}",
+            n / 3600,
+            n / 60 % 60,
+            n % 60,
+            n
+        );
+        let dir = env.snapshot_dir(&id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::copy(src.join("db.sqlite.gz"), dir.join("db.sqlite.gz")).unwrap();
+        fs::write(dir.join("manifest.json"), manifest.replace(&first, &id)).unwrap();
+    }
+    let listed = |env: &TestEnv| {
+        let list = env.list();
+        for s in &list {
+            assert_ne!(s["status"], "failed", "a manifest lost its data: {s}");
+        }
+        list.len()
+    };
+    assert_eq!(listed(&env), 301);
+    // Time a prune of a copy of the store, to know where the kill points are.
+    let copy = env.path("store-copy");
+    copy_dir(&env.store, &copy);
+    env.write_config("[databases.retention]\nkeep_last = 1\n");
+    let full = {
+        let cfg = fs::read_to_string(&env.config).unwrap();
+        let cfg_copy = env.path("copy.toml");
+        fs::write(
+            &cfg_copy,
+            cfg.replace("path = \"store\"", "path = \"store-copy\""),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        util::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+                .arg("--config")
+                .arg(&cfg_copy)
+                .arg("prune")
+                .current_dir(env.dir.path()),
+        )
+        .ok();
+        t0.elapsed()
+    };
+    let trials = 20;
+    let mut killed = 0;
+    let mut remaining = 301;
+    for i in 0..trials {
+        let delay = full * 4 / 5 * i / trials;
+        let mut child = env
+            .command()
+            .arg("prune")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        remaining = listed(&env);
+        if remaining <= 1 {
+            break;
+        }
+    }
+    // A final prune finishes the job: the newest snapshot stays and restores.
+    env.run(&["prune"]).ok();
+    assert_eq!(listed(&env), 1);
+    let out = env.path("out.db");
+    env.run(&["restore", "--latest", "--to", out.to_str().unwrap()])
+        .ok();
+    assert_eq!(util::integrity(&out), "ok");
+    eprintln!("prune kill sweep: {killed} kills over a prune of 300 snapshots (full prune {full:?}), {remaining} left before the last prune, 0 manifests without data");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in util::walk(from) {
+        let rel = f.strip_prefix(from).unwrap();
+        let dst = to.join(rel);
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(&f, &dst).unwrap();
+    }
 }
