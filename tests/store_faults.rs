@@ -119,3 +119,30 @@ fn a_read_only_local_store_fails_with_one_line() {
     assert!(env.list().is_empty());
     let _ = util::integrity(&env.db);
 }
+
+#[test]
+fn a_source_on_a_read_only_filesystem_is_backed_up() {
+    let env = TestEnv::new();
+    let ro = env.path("ro");
+    let Some(_m) = mount_tmpfs(&ro, "size=4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    std::fs::copy(&env.db, ro.join("market.db")).unwrap();
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted);
+    env.write_config("");
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("path = \"market.db\"", "path = \"ro/market.db\"");
+    std::fs::write(&env.config, cfg).unwrap();
+    let id = env.backup();
+    let out = env.path("out.db");
+    env.run(&["restore", "--snapshot", &id, "--to", out.to_str().unwrap()])
+        .ok();
+    assert_eq!(util::dump(&out), util::dump(&env.db));
+}
