@@ -61,7 +61,7 @@ pub fn compress(
         }
         // One result slot per block, queued in input order: the writer takes them in that order,
         // and the queue's capacity bounds how many blocks are in flight.
-        let (order_tx, order_rx) = mpsc::sync_channel::<Receiver<io::Result<Vec<u8>>>>(threads * 2);
+        let (order_tx, order_rx) = mpsc::sync_channel::<Receiver<io::Result<Vec<u8>>>>(threads + 1);
         let writer = s.spawn(move || write_in_order(order_rx, encryptor, out));
 
         let mut raw_hash = Sha256::new();

@@ -21,7 +21,7 @@ pub mod s3;
 /// Size of the chunks bodies are cut into.
 pub const CHUNK_SIZE: usize = 1 << 20;
 /// How many chunks a body channel holds before the producer waits (memory bound).
-pub const CHANNEL_DEPTH: usize = 4;
+pub const CHANNEL_DEPTH: usize = 2;
 
 /// A stream of body chunks. An `Err` item aborts the transfer: nothing is stored.
 pub type Body = mpsc::Receiver<std::io::Result<Bytes>>;
