@@ -97,6 +97,18 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
                 },
                 _,
             )) => wait_busy(src, started, &mut pause)?,
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::CannotOpen) && on_read_only_fs(src) =>
+            {
+                // SQLite needs a -shm file (or a writable folder to make one) to read a -wal;
+                // opening it `immutable` would silently ignore the WAL's commits. Say so instead.
+                return Err(Error::Usage(format!(
+                    "cannot read {}: it has a -wal file but no -shm on a read-only filesystem, \
+                     which SQLite cannot open read-only; back it up from a writable mount, or \
+                     checkpoint it (PRAGMA wal_checkpoint) before making it read-only",
+                    src.display()
+                )));
+            }
             Err(e) => return Err(sqlite_error("read journal mode of", src, e)),
         }
     };
@@ -267,6 +279,12 @@ fn open_read_only(path: &Path) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| sqlite_error("configure", path, e))?;
     Ok(conn)
+}
+
+/// True when the folder holding `path` is on a read-only filesystem.
+fn on_read_only_fs(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(crate::durable::parent_dir(path))
+        .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }
 
 /// Map a SQLite error to ours: corruption is bad data (exit 1), "not a database" is bad input.

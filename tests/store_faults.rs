@@ -146,3 +146,47 @@ fn a_source_on_a_read_only_filesystem_is_backed_up() {
         .ok();
     assert_eq!(util::dump(&out), util::dump(&env.db));
 }
+
+#[test]
+fn a_wal_source_with_a_hot_wal_on_a_read_only_filesystem_is_refused_clearly() {
+    let env = TestEnv::new();
+    let ro = env.path("ro");
+    let Some(_m) = mount_tmpfs(&ro, "size=4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    // A WAL database whose last commit lives only in its -wal (as a crashed app leaves it).
+    {
+        let c = rusqlite::Connection::open(ro.join("w.db")).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE t (x); INSERT INTO t VALUES ('only in the wal');",
+        )
+        .unwrap();
+        std::fs::copy(ro.join("w.db"), ro.join("market.db")).unwrap();
+        std::fs::copy(ro.join("w.db-wal"), ro.join("market.db-wal")).unwrap();
+    }
+    for f in ["w.db", "w.db-wal", "w.db-shm"] {
+        let _ = std::fs::remove_file(ro.join(f));
+    }
+    assert!(Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .unwrap()
+        .success());
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("path = \"market.db\"", "path = \"ro/market.db\"");
+    std::fs::write(&env.config, cfg).unwrap();
+    // Never a snapshot that silently misses the WAL's commits: a clear refusal instead.
+    let r = env.run(&["backup"]).expect_code(2);
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("read-only filesystem") && lines[0].contains("-wal"),
+        "{}",
+        lines[0]
+    );
+    assert!(env.list().is_empty());
+}
