@@ -26,12 +26,11 @@ fn s3_throttling_is_retried_and_a_persistent_fault_fails_in_bounded_time() {
     let r = run(&env, &server.target, &["backup"]).expect_code(2);
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(90), "took {took:?}");
-    let lines = r.error_lines();
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let line = r.error_line();
     assert!(
-        lines[0].contains("SlowDown") || lines[0].contains("503"),
+        line.contains("SlowDown") || line.contains("503"),
         "{}",
-        lines[0]
+        line
     );
 
     // The store is back: the next run succeeds, and only complete snapshots are listed.
@@ -85,12 +84,11 @@ fn a_full_local_store_fails_cleanly_and_keeps_nothing_partial() {
         return;
     };
     let r = env.run(&["backup"]).expect_code(2);
-    let lines = r.error_lines();
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let line = r.error_line();
     assert!(
-        lines[0].contains("No space left") || lines[0].contains("space"),
+        line.contains("No space left") || line.contains("space"),
         "{}",
-        lines[0]
+        line
     );
     assert!(env.list().is_empty());
     let leftovers: Vec<_> = util::walk(&env.store);
@@ -108,12 +106,11 @@ fn a_read_only_local_store_fails_with_one_line() {
         return;
     };
     let r = env.run(&["backup"]).expect_code(2);
-    let lines = r.error_lines();
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let line = r.error_line();
     assert!(
-        lines[0].contains("Read-only") || lines[0].contains("read-only"),
+        line.contains("Read-only") || line.contains("read-only"),
         "{}",
-        lines[0]
+        line
     );
     // Listing a read-only store still works.
     assert!(env.list().is_empty());
@@ -181,12 +178,11 @@ fn a_wal_source_with_a_hot_wal_on_a_read_only_filesystem_is_refused_clearly() {
     std::fs::write(&env.config, cfg).unwrap();
     // Never a snapshot that silently misses the WAL's commits: a clear refusal instead.
     let r = env.run(&["backup"]).expect_code(2);
-    let lines = r.error_lines();
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let line = r.error_line();
     assert!(
-        lines[0].contains("read-only filesystem") && lines[0].contains("-wal"),
+        line.contains("read-only filesystem") && line.contains("-wal"),
         "{}",
-        lines[0]
+        line
     );
     assert!(env.list().is_empty());
 }

@@ -40,6 +40,14 @@ impl Run {
         self.expect_code(0)
     }
 
+    /// The one error line (panics with the whole stderr unless there is exactly one).
+    #[track_caller]
+    pub fn error_line(&self) -> &str {
+        let lines = self.error_lines();
+        assert_eq!(lines.len(), 1, "one error line expected:\n{}", self.stderr);
+        lines[0]
+    }
+
     /// The stderr lines that are not log lines (the error report).
     pub fn error_lines(&self) -> Vec<&str> {
         self.stderr
