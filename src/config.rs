@@ -59,6 +59,9 @@ pub enum StorageKind {
     S3,
 }
 
+/// `storage.timeout` when none is configured.
+pub const DEFAULT_S3_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `[storage]`: where snapshots live.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +85,11 @@ pub struct StorageConfig {
     /// Address the bucket as `endpoint/bucket` instead of `bucket.endpoint` (kind = "s3");
     /// needed by MinIO, Garage and most S3-compatible services. Default: false.
     pub force_path_style: Option<bool>,
+    /// How long one S3 request may wait for its answer before it is given up and retried
+    /// (kind = "s3"), e.g. `"60s"`; a download may go twice that without data, and a part
+    /// upload gets at least the time a part needs at 64 KiB/s. A store that stays silent fails
+    /// after 4 attempts. 1s to 1h. Default: `"60s"`.
+    pub timeout: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -94,6 +102,7 @@ impl Default for StorageConfig {
             region: None,
             endpoint: None,
             force_path_style: None,
+            timeout: None,
         }
     }
 }
@@ -104,14 +113,23 @@ impl StorageConfig {
         self.prefix.as_deref().unwrap_or("").trim_matches('/')
     }
 
+    /// The S3 request timeout (validated at load; [`DEFAULT_S3_TIMEOUT`] when unset).
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .as_deref()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(DEFAULT_S3_TIMEOUT)
+    }
+
     /// Check the keys of `[storage]`; errors name the dotted key.
     fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        let s3_keys: [(&'static str, bool); 5] = [
+        let s3_keys: [(&'static str, bool); 6] = [
             ("storage.bucket", self.bucket.is_some()),
             ("storage.prefix", self.prefix.is_some()),
             ("storage.region", self.region.is_some()),
             ("storage.endpoint", self.endpoint.is_some()),
             ("storage.force_path_style", self.force_path_style.is_some()),
+            ("storage.timeout", self.timeout.is_some()),
         ];
         match self.kind {
             StorageKind::Local => {
@@ -165,6 +183,26 @@ impl StorageConfig {
                 }
                 if let Some(endpoint) = &self.endpoint {
                     validate_endpoint(endpoint).map_err(|r| ("storage.endpoint", r))?;
+                }
+                if let Some(t) = &self.timeout {
+                    match humantime::parse_duration(t) {
+                        Err(e) => {
+                            return Err((
+                                "storage.timeout",
+                                format!("{t:?} is not a duration ({e}); e.g. \"60s\" or \"2m\""),
+                            ))
+                        }
+                        Ok(d)
+                            if d < std::time::Duration::from_secs(1)
+                                || d > std::time::Duration::from_secs(3600) =>
+                        {
+                            return Err((
+                                "storage.timeout",
+                                format!("{t:?} is out of range: use 1s to 1h"),
+                            ))
+                        }
+                        Ok(_) => {}
+                    }
                 }
             }
         }

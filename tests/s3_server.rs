@@ -57,6 +57,7 @@ impl S3Target {
             region: Some(self.region.clone()),
             endpoint: Some(self.endpoint.clone()),
             force_path_style: Some(true),
+            timeout: None,
         }
     }
 

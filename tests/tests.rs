@@ -39,5 +39,9 @@ mod s3_storage;
 mod s3_cli;
 // guardian against S3 under stress: bounded memory for a large database, SIGKILL mid-upload.
 mod s3_limits;
+// A fault-injecting TCP proxy between guardian and an S3 server (harness).
+mod fault_proxy;
+// Network faults through the proxy: refused, reset, 500/503, lost answers, stalls, slow answers.
+mod network_faults;
 // Store faults: S3 throttling (transient and persistent), a full or read-only local store.
 mod store_faults;

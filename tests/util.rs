@@ -309,9 +309,15 @@ pub struct Service {
 impl Service {
     /// Start `guardian --log-format json run` in `env`.
     pub fn start(env: &TestEnv) -> Service {
+        Service::start_with(env, |_| {})
+    }
+
+    /// The same, with the command adjusted first (e.g. S3 credentials in its environment).
+    pub fn start_with(env: &TestEnv, adjust: impl FnOnce(&mut Command)) -> Service {
         use std::io::BufRead;
-        let mut child = env
-            .command()
+        let mut cmd = env.command();
+        adjust(&mut cmd);
+        let mut child = cmd
             .args(["--log-format", "json", "run"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

@@ -42,10 +42,9 @@ pub(crate) use error::{Failure, HintContext};
 const FALLBACK_REGION: &str = "us-east-1";
 /// Attempts per request (the first plus retries), with the SDK's standard jittered backoff.
 const MAX_ATTEMPTS: u32 = 4;
-/// Time allowed to open a TCP (and TLS) connection: a dead endpoint fails this fast.
+/// Time allowed to open a TCP (and TLS) connection (or `storage.timeout`, if shorter): a dead
+/// endpoint fails this fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time from sending a small request to the first byte of its answer.
-const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Incomplete multipart uploads younger than this are left alone by `sweep`: another guardian
 /// may still be uploading (a large snapshot over a slow link takes hours).
 pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -80,6 +79,8 @@ pub struct S3Storage {
     location: String,
     hints: HintContext,
     sweep_grace: Duration,
+    /// `storage.timeout`: how long one request may wait for its answer.
+    timeout: Duration,
     /// The chain the client signs with (kept for `doctor`, which asks it directly).
     credentials: Option<SharedCredentialsProvider>,
 }
@@ -118,6 +119,7 @@ impl S3Storage {
                 .or_else(Region::new(FALLBACK_REGION))
         };
         let sdk = loader.region(region).load().await;
+        let timeout = cfg.timeout();
 
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(cfg.force_path_style.unwrap_or(false))
@@ -128,8 +130,8 @@ impl S3Storage {
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .read_timeout(CONTROL_READ_TIMEOUT)
+                    .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+                    .read_timeout(timeout)
                     .build(),
             );
         if let Some(endpoint) = &cfg.endpoint {
@@ -153,8 +155,15 @@ impl S3Storage {
                 path_style: cfg.force_path_style.unwrap_or(false),
             },
             sweep_grace: opts.sweep_grace,
+            timeout,
             credentials: sdk.credentials_provider(),
         })
+    }
+
+    /// A download body that yields nothing for this long is treated as broken (then resumed or
+    /// failed): twice `storage.timeout`.
+    pub(crate) fn body_idle_timeout(&self) -> Duration {
+        self.timeout * 2
     }
 
     /// The SDK client (for `doctor`'s probes that the trait does not cover).

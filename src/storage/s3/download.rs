@@ -16,8 +16,6 @@ use bytes::Bytes;
 use super::S3Storage;
 use crate::storage::{body_channel, Body, BodySender, ObjectKey, StorageError};
 
-/// A body that yields nothing for this long is treated as broken (then resumed or failed).
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How many times one download continues after a broken connection.
 const MAX_RESUMES: u32 = 3;
 /// Wait before the first resume; doubled each time.
@@ -73,7 +71,7 @@ pub(super) async fn get_bytes(
         let mut body = out.body;
         let mut buf = Vec::new();
         let broken = loop {
-            match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.try_next()).await {
+            match tokio::time::timeout(s3.body_idle_timeout(), body.try_next()).await {
                 Ok(Ok(Some(chunk))) => {
                     buf.extend_from_slice(&chunk);
                     if buf.len() as u64 > limit {
@@ -82,7 +80,7 @@ pub(super) async fn get_bytes(
                 }
                 Ok(Ok(None)) => return Ok(Bytes::from(buf)),
                 Ok(Err(e)) => break format!("body broke off: {}", crate::error::chain(&e)),
-                Err(_) => break format!("body stalled for {}s", BODY_IDLE_TIMEOUT.as_secs()),
+                Err(_) => break format!("body stalled for {}s", s3.body_idle_timeout().as_secs()),
             }
         };
         if attempt >= MAX_RESUMES {
@@ -104,7 +102,7 @@ async fn pump(
     let mut offset: u64 = 0;
     let mut resumes = 0;
     loop {
-        let failure = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.try_next()).await {
+        let failure = match tokio::time::timeout(s3.body_idle_timeout(), stream.try_next()).await {
             Ok(Ok(Some(chunk))) => {
                 offset += chunk.len() as u64;
                 if tx.send(Ok(chunk)).await.is_err() {
@@ -119,7 +117,7 @@ async fn pump(
             ),
             Err(_) => format!(
                 "stalled after {offset} bytes: no data for {}s",
-                BODY_IDLE_TIMEOUT.as_secs()
+                s3.body_idle_timeout().as_secs()
             ),
         };
         let Some(etag) = etag.as_deref().filter(|_| resumes < MAX_RESUMES) else {

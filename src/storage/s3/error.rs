@@ -52,7 +52,8 @@ impl Failure {
                 };
                 (format!("{code}{status}{msg}"), false)
             }
-            SdkError::TimeoutError(_) => ("no answer before the timeout".to_string(), true),
+            SdkError::TimeoutError(_) => (TIMED_OUT.to_string(), true),
+            SdkError::DispatchFailure(e) if e.is_timeout() => (TIMED_OUT.to_string(), true),
             // The Display chain, not DisplayErrorContext (which appends a Debug dump).
             SdkError::DispatchFailure(_) => (transport_message(err), true),
             _ => (transport_message(err), status.is_none()),
@@ -108,6 +109,9 @@ impl Failure {
     }
 }
 
+/// The message of a request that got no answer in time.
+const TIMED_OUT: &str = "no answer within storage.timeout";
+
 /// What the hints may mention about the configuration.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HintContext {
@@ -137,6 +141,12 @@ pub(crate) fn hint(f: &Failure, ctx: &HintContext) -> Option<&'static str> {
         }
         if text.contains("certificate") || text.contains("tls") {
             return Some("TLS failed: check that storage.endpoint uses the right scheme (http:// or https://)");
+        }
+        if text.contains("reset by peer") || text.contains("broken pipe") {
+            return Some("the connection kept breaking through every retry: check the network and any proxy or firewall in between");
+        }
+        if f.message == TIMED_OUT {
+            return Some("the service stayed silent through every retry: is it up and reachable? on a slow link, raise storage.timeout");
         }
         if !ctx.custom_endpoint {
             return Some("can this machine reach AWS S3? check the network, proxy and firewall");

@@ -115,7 +115,7 @@ pub(super) async fn put_stream(
                 mp.push(last).await
             };
             let result = match result {
-                Ok(()) => mp.complete().await,
+                Ok(()) => mp.complete(total).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
@@ -145,16 +145,15 @@ async fn put_single(
         .content_md5(md5)
         .body(ByteStream::from(bytes))
         .customize()
-        .config_override(upload_timeouts(plan.part_size))
+        .config_override(upload_timeouts(plan.part_size, s3.timeout))
         .send()
         .await
         .map(|_| ())
         .map_err(|e| s3.error("upload", key.as_str(), e))
 }
 
-/// Check the stored object has exactly the bytes we sent (a cheap HEAD that catches a server
-/// or proxy that acknowledged an incomplete object).
-async fn verify_size(s3: &S3Storage, key: &ObjectKey, sent: u64) -> Result<(), StorageError> {
+/// The size of the stored object (a HEAD); `None` if the server gave none.
+async fn stored_size(s3: &S3Storage, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
     let head = s3
         .client
         .head_object()
@@ -163,7 +162,13 @@ async fn verify_size(s3: &S3Storage, key: &ObjectKey, sent: u64) -> Result<(), S
         .send()
         .await
         .map_err(|e| s3.error("check uploaded", key.as_str(), e))?;
-    let stored = head.content_length().and_then(|l| u64::try_from(l).ok());
+    Ok(head.content_length().and_then(|l| u64::try_from(l).ok()))
+}
+
+/// Check the stored object has exactly the bytes we sent (a cheap HEAD that catches a server
+/// or proxy that acknowledged an incomplete object).
+async fn verify_size(s3: &S3Storage, key: &ObjectKey, sent: u64) -> Result<(), StorageError> {
+    let stored = stored_size(s3, key).await?;
     if stored != Some(sent) {
         return Err(s3.inconsistency(
             "check uploaded",
@@ -174,13 +179,14 @@ async fn verify_size(s3: &S3Storage, key: &ObjectKey, sent: u64) -> Result<(), S
     Ok(())
 }
 
-/// Attempts carrying a part may take as long as the part needs at [`MIN_UPLOAD_RATE`].
-fn upload_timeouts(part_size: usize) -> aws_sdk_s3::config::Builder {
-    let secs = (part_size as u64 / MIN_UPLOAD_RATE).max(super::CONTROL_READ_TIMEOUT.as_secs());
+/// Attempts carrying a part may take as long as the part needs at [`MIN_UPLOAD_RATE`], and at
+/// least `timeout` (`storage.timeout`).
+fn upload_timeouts(part_size: usize, timeout: Duration) -> aws_sdk_s3::config::Builder {
+    let needed = Duration::from_secs(part_size as u64 / MIN_UPLOAD_RATE);
     aws_sdk_s3::config::Builder::default().timeout_config(
         TimeoutConfig::builder()
-            .connect_timeout(super::CONNECT_TIMEOUT)
-            .read_timeout(Duration::from_secs(secs))
+            .connect_timeout(super::CONNECT_TIMEOUT.min(timeout))
+            .read_timeout(needed.max(timeout))
             .build(),
     )
 }
@@ -274,7 +280,7 @@ impl Multipart {
                 .content_md5(md5)
                 .body(ByteStream::from(part))
                 .customize()
-                .config_override(upload_timeouts(part_size))
+                .config_override(upload_timeouts(part_size, s3.timeout))
                 .send()
                 .await
                 .map_err(|e| s3.error("upload part of", key.as_str(), e))?;
@@ -306,15 +312,16 @@ impl Multipart {
         }
     }
 
-    /// Wait for every part, then complete the upload.
-    async fn complete(&mut self) -> Result<(), StorageError> {
+    /// Wait for every part, then complete the upload of these `sent` bytes.
+    async fn complete(&mut self, sent: u64) -> Result<(), StorageError> {
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
         }
         self.done.sort_by_key(|p| p.part_number());
         let parts = std::mem::take(&mut self.done);
         let count = parts.len();
-        self.s3
+        let result = self
+            .s3
             .client
             .complete_multipart_upload()
             .bucket(&self.s3.bucket)
@@ -326,8 +333,18 @@ impl Multipart {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| self.s3.error("complete upload of", self.key.as_str(), e))?;
+            .await;
+        if let Err(e) = result {
+            let err = self.s3.error("complete upload of", self.key.as_str(), e);
+            // The answer to an attempt that did complete the upload can be lost on the way;
+            // the SDK's retry then finds the upload gone (NoSuchUpload, or 403/404 on some
+            // servers). The key belongs to this snapshot alone, so an object there with every
+            // byte we sent is that upload (its SHA-256 is checked on every read anyway).
+            if stored_size(&self.s3, &self.key).await.ok().flatten() != Some(sent) {
+                return Err(err);
+            }
+            tracing::debug!(key = %self.key, error = %err, "the upload was completed by an attempt whose answer was lost");
+        }
         self.closed = true;
         tracing::debug!(key = %self.key, parts = count, "multipart upload completed");
         Ok(())

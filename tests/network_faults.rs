@@ -1,0 +1,343 @@
+//! Faults in the network between guardian and its S3 store, injected by the TCP proxy of
+//! `fault_proxy.rs`: connections refused, reset mid-upload, 500 and 503 answers, answers lost
+//! after the write happened, stalls, slow answers. Transient faults are retried and the backup
+//! succeeds; persistent ones fail in bounded time with one clear line and exit 2; nothing
+//! partial is ever listed; the service rides out an outage and its next scheduled run succeeds.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::fault_proxy::{Fault, FaultProxy, Requests, Rule};
+use crate::s3_cli::{run, s3_env};
+use crate::s3_server::{external, unique_prefix, S3Server, S3Target};
+use crate::util::{self, metric, Service, TestEnv};
+
+/// `storage.timeout` in these tests: a stalled request costs this, per attempt.
+const TIMEOUT: &str = "2s";
+
+/// A world whose store is `upstream` seen through a fault proxy, with a database big enough
+/// (12 MiB, incompressible) for a multipart upload of three parts.
+fn proxied(upstream: &S3Target, test: &str) -> (FaultProxy, S3Target, TestEnv) {
+    let proxy = FaultProxy::start(&upstream.endpoint);
+    let target = S3Target {
+        endpoint: proxy.endpoint.clone(),
+        ..upstream.clone()
+    };
+    let env = s3_env(&target, &unique_prefix(test));
+    let cfg = std::fs::read_to_string(&env.config).unwrap().replace(
+        "force_path_style = true\n",
+        &format!("force_path_style = true\ntimeout = \"{TIMEOUT}\"\n"),
+    );
+    std::fs::write(&env.config, cfg).unwrap();
+    let c = rusqlite::Connection::open(&env.db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE blob (b); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO blob SELECT randomblob(4096) FROM n;",
+    )
+    .unwrap();
+    (proxy, target, env)
+}
+
+fn rule(to: Requests, fault: Fault, times: usize) -> Option<Rule> {
+    Some(Rule { to, fault, times })
+}
+
+/// Every listed snapshot is complete and its data matches its manifest (`verify --all`).
+fn assert_nothing_partial(env: &TestEnv, target: &S3Target) -> Vec<String> {
+    let r = run(env, target, &["list", "--json"]).ok();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    assert!(list.iter().all(|s| s["status"] != "failed"), "{list:#?}");
+    if !list.is_empty() {
+        run(env, target, &["verify", "--all"]).ok();
+    }
+    list.iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `restore --latest` gives a database equal to the source.
+fn assert_latest_restores(env: &TestEnv, target: &S3Target) {
+    let to = env.path(&format!("restored-{}.db", util::rand_u32()));
+    run(
+        env,
+        target,
+        &["restore", "--latest", "--to", to.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(util::integrity(&to), "ok");
+    assert_eq!(util::dump_hash(&to), util::dump_hash(&env.db));
+}
+
+/// Faults that come and go; each must cost a retry, never the backup.
+fn transient_faults_are_retried(upstream: &S3Target) {
+    let (proxy, target, env) = proxied(upstream, "net-transient");
+    let mib = 1 << 20;
+    let scenarios: Vec<(&str, Option<Rule>)> = vec![
+        ("connection refused for 300 ms", None),
+        (
+            "reset 1 MiB into a part",
+            rule(Requests::UploadPart, Fault::ResetAfter(mib), 1),
+        ),
+        (
+            "reset inside the manifest",
+            rule(Requests::PutObject, Fault::ResetAfter(10), 1),
+        ),
+        (
+            "reset before any request body",
+            rule(Requests::Any, Fault::ResetAfter(0), 2),
+        ),
+        (
+            "500 InternalError",
+            rule(Requests::Any, Fault::Status(500), 3),
+        ),
+        (
+            "503 ServiceUnavailable",
+            rule(Requests::Any, Fault::Status(503), 3),
+        ),
+        (
+            "503 on every part once",
+            rule(Requests::UploadPart, Fault::Status(503), 3),
+        ),
+        (
+            "manifest written, answer lost",
+            rule(Requests::PutObject, Fault::LoseAnswer, 1),
+        ),
+        (
+            "upload started, answer lost",
+            rule(Requests::StartUpload, Fault::LoseAnswer, 1),
+        ),
+        (
+            "upload completed, answer lost",
+            rule(Requests::CompleteUpload, Fault::LoseAnswer, 1),
+        ),
+        (
+            "a part stored, answer lost",
+            rule(Requests::UploadPart, Fault::LoseAnswer, 1),
+        ),
+        ("listing stalls", rule(Requests::List, Fault::Stall, 1)),
+        ("size check stalls", rule(Requests::Head, Fault::Stall, 1)),
+        (
+            "every answer 150 ms late",
+            rule(
+                Requests::Any,
+                Fault::Delay(Duration::from_millis(150)),
+                usize::MAX,
+            ),
+        ),
+    ];
+    let mut ids = Vec::new();
+    let mut report = Vec::new();
+    for (name, rule) in &scenarios {
+        let before = proxy.counts();
+        let Some(rule) = rule else {
+            proxy.refuse(true);
+            let p = &proxy;
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    p.refuse(false);
+                });
+                let t0 = Instant::now();
+                let r = run(&env, &target, &["backup"]);
+                report.push(format!("{name}: exit {} in {:.1?}", r.code, t0.elapsed()));
+                assert_eq!(r.code, 0, "{name}: {r:?}");
+                ids.push(r.stdout.trim().to_string());
+            });
+            continue;
+        };
+        proxy.inject(rule.to, rule.fault, rule.times);
+        let t0 = Instant::now();
+        let r = run(&env, &target, &["backup"]);
+        let took = t0.elapsed();
+        let after = proxy.counts();
+        proxy.heal();
+        let injected = after.1 - before.1;
+        report.push(format!(
+            "{name}: {injected} faults in {} requests, exit {} in {took:.1?}",
+            after.0 - before.0,
+            r.code
+        ));
+        assert_eq!(r.code, 0, "{name}: {r:?}");
+        assert!(injected > 0, "{name}: no fault was injected");
+        ids.push(r.stdout.trim().to_string());
+    }
+    // Every backup is listed, complete, and matches its manifest; the newest restores.
+    let mut listed = assert_nothing_partial(&env, &target);
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+    assert_latest_restores(&env, &target);
+    eprintln!(
+        "transient network faults ({}), {} scenarios, {} backups, all succeeded:\n  {}",
+        target.name,
+        scenarios.len(),
+        ids.len(),
+        report.join("\n  ")
+    );
+}
+
+#[test]
+fn transient_network_faults_are_retried_and_every_backup_succeeds() {
+    let server = S3Server::start();
+    transient_faults_are_retried(&server.target);
+}
+
+#[test]
+fn transient_network_faults_are_retried_against_the_external_server() {
+    let Some(target) = external() else {
+        eprintln!("skipped: GUARDIAN_TEST_S3_ENDPOINT is not set");
+        return;
+    };
+    transient_faults_are_retried(&target);
+}
+
+#[test]
+fn persistent_network_faults_fail_in_bounded_time_with_one_line() {
+    let server = S3Server::start();
+    let (proxy, target, env) = proxied(&server.target, "net-persistent");
+    let first = run(&env, &target, &["backup"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let forever = usize::MAX;
+    let scenarios: Vec<(&str, Option<Rule>, &[&str])> = vec![
+        ("port closed", None, &["refused"]),
+        (
+            "every connection reset",
+            rule(Requests::Any, Fault::ResetAfter(0), forever),
+            &["connection kept breaking"],
+        ),
+        (
+            "every part reset",
+            rule(Requests::UploadPart, Fault::ResetAfter(64 * 1024), forever),
+            &["connection kept breaking"],
+        ),
+        (
+            "500 on everything",
+            rule(Requests::Any, Fault::Status(500), forever),
+            &["InternalError", "500"],
+        ),
+        (
+            "503 on everything",
+            rule(Requests::Any, Fault::Status(503), forever),
+            &["ServiceUnavailable", "503"],
+        ),
+        (
+            "503 on the manifest",
+            rule(Requests::PutObject, Fault::Status(503), forever),
+            &["manifest", "503"],
+        ),
+        (
+            "every request stalls",
+            rule(Requests::Any, Fault::Stall, forever),
+            &["storage.timeout"],
+        ),
+    ];
+    let mut report = Vec::new();
+    for (name, rule, needles) in &scenarios {
+        match rule {
+            None => proxy.refuse(true),
+            Some(rule) => proxy.inject(rule.to, rule.fault, rule.times),
+        }
+        let t0 = Instant::now();
+        let r = run(&env, &target, &["backup"]);
+        let took = t0.elapsed();
+        proxy.heal();
+        assert_eq!(r.code, 2, "{name}: {r:?}");
+        let line = r.error_line().to_string();
+        assert!(needles.iter().any(|n| line.contains(n)), "{name}: {line}");
+        // Bounded: four attempts with backoff (a stall costs storage.timeout each).
+        assert!(took < Duration::from_secs(60), "{name}: took {took:?}");
+        report.push(format!("{name}: exit 2 in {took:.1?}: {line}"));
+        // Nothing partial is listed once the store is back.
+        assert_eq!(
+            assert_nothing_partial(&env, &target),
+            vec![first.clone()],
+            "{name}"
+        );
+    }
+    // The data of the snapshot whose manifest could not be written stays as an orphan (its
+    // manifest might have landed with the answer lost: deleting the data could leave a manifest
+    // without it); status counts it, and prune removes it after the grace period.
+    let r = run(&env, &target, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status[0]["orphans"], 1, "{status:#}");
+    // The store is back: the next backup works and restores.
+    let second = run(&env, &target, &["backup"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mut listed = assert_nothing_partial(&env, &target);
+    listed.sort();
+    assert_eq!(listed, vec![first, second]);
+    assert_latest_restores(&env, &target);
+    eprintln!(
+        "persistent network faults, {} scenarios, each failed cleanly:\n  {}",
+        scenarios.len(),
+        report.join("\n  ")
+    );
+}
+
+#[test]
+fn the_service_rides_out_a_store_outage_and_the_next_scheduled_run_succeeds() {
+    let server = S3Server::start();
+    let (proxy, target, env) = proxied(&server.target, "net-service");
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{cfg}backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    // The store is down before the service starts, and stays down for a few runs.
+    proxy.refuse(true);
+    let mut svc = Service::start_with(&env, |cmd| target.credentials_env(cmd));
+    let addr = svc.addr();
+    let fails = "guardian_failures_total{db=\"market\",job=\"backup\"}";
+    let ok_runs = "guardian_job_runs_total{db=\"market\",job=\"backup\",outcome=\"ok\"}";
+    let wait_for = |svc: &Service, series: &str, at_least: f64, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, text) = util::http_get(&addr, "/metrics");
+            if metric(&text, series).unwrap_or(0.0) >= at_least {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached {at_least}:\n{text}\n{}",
+                svc.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let down = wait_for(&svc, fails, 2.0, 60);
+    assert_eq!(metric(&down, ok_runs).unwrap_or(0.0), 0.0, "{down}");
+    assert!(svc.child.try_wait().unwrap().is_none(), "the service died");
+    assert_eq!(util::http_get(&addr, "/healthz").0, 200);
+    // Then 503s for a while: still failing, still alive.
+    proxy.refuse(false);
+    proxy.inject(Requests::Any, Fault::Status(503), usize::MAX);
+    let failed_so_far = metric(&down, fails).unwrap();
+    wait_for(&svc, fails, failed_so_far + 1.0, 60);
+    // The store is back: the next scheduled run succeeds.
+    proxy.heal();
+    let up = wait_for(&svc, ok_runs, 1.0, 60);
+    assert!(metric(
+        &up,
+        "guardian_backup_last_success_timestamp_seconds{db=\"market\"}"
+    )
+    .is_some());
+    svc.wait_for_line("scheduled backup failed", 1);
+    svc.wait_for_line("scheduled backup succeeded", 1);
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(20), 0, "{}", svc.log());
+    assert!(!assert_nothing_partial(&env, &target).is_empty());
+    assert_latest_restores(&env, &target);
+    eprintln!(
+        "service outage: {} failed scheduled backups, then {} ok after the store came back",
+        metric(&up, fails).unwrap(),
+        metric(&up, ok_runs).unwrap()
+    );
+}
