@@ -384,9 +384,50 @@ impl Config {
                 Error::Config(format!("{path}: {inner}"))
             }
         })?;
+        // An empty path would resolve to the config's own folder: refuse it while it is visible.
+        if let Some(field) = cfg.empty_path() {
+            return Err(Error::Config(format!(
+                "{field}: must not be empty (give a path, relative to the config file's folder or absolute)"
+            )));
+        }
         cfg.resolve_paths(base_dir);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The dotted key of the first path given as `""`, if any.
+    fn empty_path(&self) -> Option<String> {
+        let empty = |p: Option<&PathBuf>| p.is_some_and(|p| p.as_os_str().is_empty());
+        let top = [
+            ("storage.path", empty(self.storage.path.as_ref())),
+            (
+                "backup.staging_dir",
+                empty(self.backup.staging_dir.as_ref()),
+            ),
+            (
+                "encryption.identity_file",
+                empty(
+                    self.encryption
+                        .as_ref()
+                        .and_then(|e| e.identity_file.as_ref()),
+                ),
+            ),
+            (
+                "notify.webhook_url_file",
+                empty(self.notify.webhook_url_file.as_ref()),
+            ),
+            (
+                "notify.heartbeat_url_file",
+                empty(self.notify.heartbeat_url_file.as_ref()),
+            ),
+        ];
+        if let Some((field, _)) = top.iter().find(|(_, e)| *e) {
+            return Some(field.to_string());
+        }
+        self.databases
+            .iter()
+            .position(|d| d.path.as_os_str().is_empty())
+            .map(|i| format!("databases[{i}].path"))
     }
 
     /// Read, parse and validate the file at `path`.
@@ -545,8 +586,15 @@ impl Config {
                     );
                 }
             }
-            if db.path.as_os_str().is_empty() {
-                return invalid(format!("databases[{i}].path"), "must not be empty".into());
+            if let Some(j) = self.databases[..i].iter().position(|d| d.path == db.path) {
+                return invalid(
+                    format!("databases[{i}].path"),
+                    format!(
+                        "{} is already guarded as databases[{j}] ({:?}); one [[databases]] table per file",
+                        db.path.display(),
+                        self.databases[j].name
+                    ),
+                );
             }
             if let Err((field, reason)) = service::validate_database(i, db) {
                 return invalid(field, reason);
@@ -687,13 +735,14 @@ mod tests {
     #[test]
     fn s3_storage_parses_with_every_key() {
         let c = parse(&format!(
-            "[storage]\nkind = \"s3\"\nbucket = \"market-backups\"\nprefix = \"/prod/guardian/\"\nregion = \"auto\"\nendpoint = \"https://acc.r2.cloudflarestorage.com\"\nforce_path_style = true\n{DB}"
+            "[storage]\nkind = \"s3\"\nbucket = \"market-backups\"\nprefix = \"/prod/guardian/\"\nregion = \"auto\"\nendpoint = \"https://acc.r2.cloudflarestorage.com\"\nforce_path_style = true\ntimeout = \"90s\"\n{DB}"
         ))
         .unwrap();
         assert_eq!(c.storage.kind, StorageKind::S3);
         assert_eq!(c.storage.bucket.as_deref(), Some("market-backups"));
         assert_eq!(c.storage.s3_prefix(), "prod/guardian");
         assert_eq!(c.storage.force_path_style, Some(true));
+        assert_eq!(c.storage.timeout(), std::time::Duration::from_secs(90));
         assert!(c.storage.path.is_none());
         let bare = parse(&format!("[storage]\nkind = \"s3\"\nbucket = \"b-1\"\n{DB}")).unwrap();
         assert_eq!(bare.storage.s3_prefix(), "");
@@ -734,6 +783,19 @@ mod tests {
             (
                 "kind = \"s3\"\nbucket = \"bkt\"\nendpoint = \"ftp://h\"\n",
                 "storage.endpoint",
+            ),
+            ("path = \"x\"\ntimeout = \"5s\"\n", "storage.timeout"),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\ntimeout = \"soon\"\n",
+                "storage.timeout",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\ntimeout = \"100ms\"\n",
+                "storage.timeout",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"bkt\"\ntimeout = \"2h\"\n",
+                "storage.timeout",
             ),
         ] {
             let e = parse(&format!("[storage]\n{storage}{DB}"))

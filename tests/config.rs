@@ -1,9 +1,12 @@
-//! Every shipped config file parses and validates (as rustic's tests/config.rs does), and the
-//! commented example mentions every key.
+//! Every shipped config file parses and validates (as rustic's tests/config.rs does), the
+//! commented example mentions every key, and every invalid value is refused by the binary with
+//! one line naming its dotted key.
 
 use std::path::Path;
 
 use guardian::config::Config;
+
+use crate::util::TestEnv;
 
 #[test]
 fn every_shipped_config_parses_and_validates() {
@@ -30,6 +33,11 @@ fn the_example_documents_every_key() {
         "[storage]",
         "kind",
         "path",
+        "bucket",
+        "prefix",
+        "region",
+        "endpoint",
+        "force_path_style",
         "[backup]",
         "staging_dir",
         "compression_level",
@@ -60,10 +68,126 @@ fn the_example_documents_every_key() {
         "timeout",
         "GUARDIAN_WEBHOOK_URL",
         "GUARDIAN_HEARTBEAT_URL",
+        "[encryption]",
+        "recipients",
+        "identity_file",
     ] {
         assert!(
             text.contains(key),
             "config/guardian.example.toml does not mention {key}"
+        );
+    }
+}
+
+/// Each bad config (as a whole file), the dotted key its one error line must name.
+const INVALID: &[(&str, &str)] = &[
+    // Cron strings and time zones, checked at load, not when the job first fires.
+    ("{S}\n{D}backup = \"61 * * * *\"\n", "databases[0].backup"),
+    ("{S}\n{D}drill = \"every sunday\"\n", "databases[0].drill"),
+    (
+        "{S}\n{D}timezone = \"Mars/Olympus\"\n",
+        "databases[0].timezone",
+    ),
+    ("{S}\n{D}jitter = \"7h\"\n", "databases[0].jitter"),
+    ("{S}\n{D}max_age = \"yesterday\"\n", "databases[0].max_age"),
+    // Names and paths.
+    (
+        "{S}\n{D}[[databases]]\nname = \"market\"\npath = \"b.db\"\n",
+        "databases[1].name",
+    ),
+    (
+        "{S}\n{D}[[databases]]\nname = \"shop\"\npath = \"market.db\"\n",
+        "databases[1].path",
+    ),
+    (
+        "{S}\n[[databases]]\nname = \"Market!\"\npath = \"m.db\"\n",
+        "databases[0].name",
+    ),
+    (
+        "{S}\n[[databases]]\nname = \"market\"\npath = \"\"\n",
+        "databases[0].path",
+    ),
+    ("[storage]\npath = \"\"\n{D}", "storage.path"),
+    (
+        "{S}\n[backup]\nstaging_dir = \"\"\n{D}",
+        "backup.staging_dir",
+    ),
+    ("{S}\n{D}", "ok"),
+    // Unknown keys and wrong types.
+    ("{S}\n{D}nmae = \"x\"\n", "databases[0].nmae"),
+    ("{S}\nbukkit = \"x\"\n{D}", "storage.bukkit"),
+    ("{S}\n[backup]\nthreads = \"two\"\n{D}", "backup.threads"),
+    (
+        "{S}\n[backup]\ncompression_level = 12\n{D}",
+        "backup.compression_level",
+    ),
+    ("{S}\n[backup]\ncheck = \"fast\"\n{D}", "backup.check"),
+    (
+        "{S}\n{D}[databases.retention]\ndaily = -1\n",
+        "databases[0].retention.daily",
+    ),
+    (
+        "{S}\n{D}[databases.retention]\nkeep_last = 0\n",
+        "databases[0].retention",
+    ),
+    (
+        "{S}\n[service]\nlisten = \"nowhere\"\n{D}",
+        "service.listen",
+    ),
+    (
+        "{S}\n[service]\nshutdown_timeout = \"soon\"\n{D}",
+        "service.shutdown_timeout",
+    ),
+    (
+        "{S}\n[notify]\nwebhook_url = \"ftp://x\"\n{D}",
+        "notify.webhook_url",
+    ),
+    (
+        "{S}\n[encryption]\nrecipients = [\"age1xyz\"]\n{D}",
+        "encryption.recipients[0]",
+    ),
+    // S3 keys.
+    ("[storage]\nkind = \"s3\"\n{D}", "storage.bucket"),
+    (
+        "[storage]\nkind = \"s3\"\nbucket = \"b/c\"\n{D}",
+        "storage.bucket",
+    ),
+    (
+        "[storage]\nkind = \"s3\"\nbucket = \"bkt\"\ntimeout = \"soon\"\n{D}",
+        "storage.timeout",
+    ),
+    ("[storage]\nkind = \"disk\"\n{D}", "storage.kind"),
+    ("{S}\nregion = \"us-east-1\"\n{D}", "storage.region"),
+];
+
+#[test]
+fn every_invalid_value_is_one_line_naming_its_dotted_key() {
+    let env = TestEnv::new();
+    let (s, d) = (
+        "[storage]\npath = \"store\"",
+        "[[databases]]\nname = \"market\"\npath = \"market.db\"\n",
+    );
+    for (text, key) in INVALID {
+        let text = text.replace("{S}", s).replace("{D}", d);
+        std::fs::write(&env.config, &text).unwrap();
+        if *key == "ok" {
+            // The control: the template without a fault is accepted.
+            assert_eq!(env.run(&["list"]).code, 0, "{text}");
+            continue;
+        }
+        for cmd in ["backup", "run"] {
+            let r = env.run(&[cmd]);
+            assert_eq!(r.code, 2, "{cmd} with\n{text}\n{r:?}");
+            assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+            let line = r.error_line();
+            assert!(
+                line.contains(key),
+                "{key} not named by {line:?} for\n{text}"
+            );
+        }
+        assert!(
+            !env.store.exists(),
+            "a refused config wrote to the store:\n{text}"
         );
     }
 }
