@@ -391,3 +391,51 @@ fn failing_backups_are_loud_and_never_stop_the_service() {
     svc.signal(Signal::SIGTERM);
     assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
 }
+
+#[test]
+fn a_corrupted_source_is_refused_alerted_and_retention_deletes_nothing() {
+    let hook = crate::notify::Hook::start(&[]);
+    let env = TestEnv::new();
+    let mut good: Vec<String> = (0..3).map(|_| env.backup()).collect();
+    good.sort();
+    std::fs::copy(util::fixture("corrupt.sqlite"), &env.db).unwrap();
+    env.write_config(&format!(
+        "backup = \"* * * * * *\"\n[databases.retention]\nkeep_last = 1\n\n[service]\nlisten = \"127.0.0.1:0\"\n\n[notify]\nwebhook_url = \"{}\"\nheartbeat_url = \"{}\"\n",
+        hook.url("/hook"),
+        hook.url("/ping")
+    ));
+    // By hand: refused with exit 1 (a verification problem), alerted, nothing published.
+    let r = env.run(&["backup"]).expect_code(1);
+    assert!(r.error_line().contains("damaged"), "{}", r.stderr);
+    // On schedule: refused every time, alerted every time, and keep_last = 1 deletes nothing.
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+    let fails = "guardian_failures_total{db=\"market\",job=\"backup\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&util::http_get(&addr, "/metrics").1, fails).unwrap_or(0.0) < 3.0 {
+        assert!(Instant::now() < deadline, "{}", svc.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+    let hits = hook.hits();
+    let posts: Vec<_> = hits.iter().filter(|h| h.method == "POST").collect();
+    assert!(posts.len() >= 4, "{hits:?}");
+    assert!(
+        posts
+            .iter()
+            .all(|p| p.body.contains("FAILED") && p.body.contains("damaged")),
+        "{posts:?}"
+    );
+    assert!(
+        hits.iter().filter(|h| h.path == "/ping/fail").count() >= 4,
+        "{hits:?}"
+    );
+    let mut listed: Vec<String> = env
+        .list()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, good, "retention must not run while the source is refused");
+}
