@@ -448,6 +448,14 @@ impl Config {
         let mut cfg = Config::parse_str(&text, base)
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip_prefix(&e))))?;
         cfg.file = Some(path.to_path_buf());
+        for (key, set) in [
+            ("notify.webhook_url", cfg.notify.webhook_url.is_some()),
+            ("notify.heartbeat_url", cfg.notify.heartbeat_url.is_some()),
+        ] {
+            if set {
+                warn_if_readable_by_others(path, key);
+            }
+        }
         Ok(cfg)
     }
 
@@ -604,6 +612,23 @@ impl Config {
             return invalid(field, reason);
         }
         Ok(())
+    }
+}
+
+/// Warn (never fail) when the file at `path`, which holds the secret `what`, can be read by
+/// other users than its owner: a URL with a token or a key is as good as a password.
+pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:o}"),
+                secret = what,
+                "a file holding a secret is readable by other users; chmod 600 it"
+            );
+        }
     }
 }
 

@@ -91,7 +91,7 @@ impl Keys {
 fn read_identities(path: &Path) -> Result<Vec<age::x25519::Identity>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io("read encryption.identity_file", path, e))?;
-    warn_if_readable_by_others(path);
+    crate::config::warn_if_readable_by_others(path, "encryption.identity_file");
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -115,13 +115,4 @@ fn read_identities(path: &Path) -> Result<Vec<age::x25519::Identity>> {
         )));
     }
     Ok(out)
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "the age identity file is readable by other users; chmod 600 it");
-        }
-    }
 }

@@ -414,6 +414,7 @@ fn resolve(
     } else if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{key}_file: read {}: {e}", path.display())))?;
+        crate::config::warn_if_readable_by_others(path, &format!("{key}_file"));
         text.lines().next().unwrap_or_default().to_string()
     } else if let Some(v) = from_env {
         v

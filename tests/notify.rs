@@ -338,3 +338,49 @@ fn bad_notify_settings_are_one_line_config_errors_without_the_secret() {
 fn run_with_env(env: &TestEnv, args: &[&str], key: &str, value: &str) -> crate::util::Run {
     crate::util::run(env.command().args(args).env(key, value))
 }
+
+#[test]
+fn secrets_in_files_readable_by_others_are_warned_about_without_the_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let hook = Hook::start(&[]);
+    let env = TestEnv::new();
+    let warning = "readable by other users; chmod 600 it";
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // A URL file that others can read: warned about, by key, never printed.
+    std::fs::write(env.path("hook.url"), hook.url("/hook/s3cr3t")).unwrap();
+    chmod(&env.path("hook.url"), 0o644);
+    env.write_config("\n[notify]\nwebhook_url_file = \"hook.url\"\n");
+    chmod(&env.config, 0o600);
+    let r = env.run(&["backup"]).ok();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains(warning))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(
+        line.contains("notify.webhook_url_file") && line.contains("644"),
+        "{line}"
+    );
+    assert!(!r.stderr.contains("s3cr3t"), "{}", r.stderr);
+    chmod(&env.path("hook.url"), 0o600);
+    let r = env.run(&["backup"]).ok();
+    assert!(!r.stderr.contains(warning), "{}", r.stderr);
+    // The URL inline in a config file that others can read: the same.
+    env.write_config(&format!(
+        "\n[notify]\nheartbeat_url = \"{}\"\n",
+        hook.url("/ping/s3cr3t")
+    ));
+    chmod(&env.config, 0o640);
+    let r = env.run(&["backup"]).ok();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains(warning))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(line.contains("notify.heartbeat_url"), "{line}");
+    assert!(!r.stderr.contains("s3cr3t"), "{}", r.stderr);
+    chmod(&env.config, 0o600);
+    assert!(!env.run(&["backup"]).ok().stderr.contains(warning));
+}

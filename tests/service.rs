@@ -437,5 +437,8 @@ fn a_corrupted_source_is_refused_alerted_and_retention_deletes_nothing() {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
     listed.sort();
-    assert_eq!(listed, good, "retention must not run while the source is refused");
+    assert_eq!(
+        listed, good,
+        "retention must not run while the source is refused"
+    );
 }
