@@ -113,6 +113,17 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
         }
     };
 
+    // Created here, empty and 0600, so that the copy (the whole database) is never readable by
+    // other users, even for a moment (SQLite would create it 0644); its folder is 0700 as well.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dst)
+            .map_err(|e| Error::io("create copy", dst, e))?;
+    }
     let mut dest = Connection::open(dst).map_err(|e| sqlite_error("create copy", dst, e))?;
     // The copy is a scratch file that is hashed and thrown away: no journal, no fsync.
     dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
@@ -320,4 +331,30 @@ pub fn sidecars(db: &Path) -> [PathBuf; 3] {
         PathBuf::from(p)
     };
     [with("-wal"), with("-shm"), with("-journal")]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_copy_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src.db"), dir.path().join("copy.db"));
+        let c = rusqlite::Connection::open(&src).unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(c);
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::copy_live(&src, &dst).unwrap();
+        let mode = std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "copy mode {mode:o}");
+        let n: i64 = rusqlite::Connection::open(&dst)
+            .unwrap()
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        // An existing file at the destination is never written over.
+        assert!(super::copy_live(&src, &dst).is_err());
+    }
 }
