@@ -128,6 +128,7 @@ fn transient_faults_are_retried(upstream: &S3Target) {
     ];
     let mut ids = Vec::new();
     let mut report = Vec::new();
+    let (mut requests, mut faults) = (0, 0);
     for (name, rule) in &scenarios {
         let before = proxy.counts();
         let Some(rule) = rule else {
@@ -153,6 +154,8 @@ fn transient_faults_are_retried(upstream: &S3Target) {
         let after = proxy.counts();
         proxy.heal();
         let injected = after.1 - before.1;
+        requests += after.0 - before.0;
+        faults += injected;
         report.push(format!(
             "{name}: {injected} faults in {} requests, exit {} in {took:.1?}",
             after.0 - before.0,
@@ -169,7 +172,7 @@ fn transient_faults_are_retried(upstream: &S3Target) {
     assert_eq!(listed, ids);
     assert_latest_restores(&env, &target);
     eprintln!(
-        "transient network faults ({}), {} scenarios, {} backups, all succeeded:\n  {}",
+        "transient network faults ({}), {} scenarios, {} backups, all succeeded; {faults} faults injected in {requests} requests (plus 300 ms of refused connections):\n  {}",
         target.name,
         scenarios.len(),
         ids.len(),
