@@ -4,8 +4,8 @@
 //! find where each request starts and ends, so faults hit chosen requests, not whole
 //! connections: answer an S3 error itself (500 `InternalError`, 503 `ServiceUnavailable`),
 //! reset the connection part-way through the request body, forward the whole request but lose
-//! the answer (the write happened; the client never hears of it), stall without a word, or hold
-//! the request back so the answer comes late. It can also close its port, so that connecting
+//! the answer (the write happened; the client never hears of it) or cut it off part-way (a
+//! broken download), stall without a word, or hold the request back so the answer comes late. It can also close its port, so that connecting
 //! is refused. Answers from the server are piped back byte for byte; nothing is re-signed, so
 //! SigV4 still checks every request end to end. Any upstream works: the in-process server or
 //! moto.
@@ -30,6 +30,8 @@ pub enum Requests {
     PutObject,
     /// GET of an object.
     GetObject,
+    /// GET of an object that is not a manifest (snapshot data).
+    GetData,
     /// GET of a listing (objects or multipart uploads).
     List,
     Head,
@@ -48,6 +50,10 @@ impl Requests {
             Requests::UploadPart => method == "PUT" && query.contains("partNumber="),
             Requests::PutObject => method == "PUT" && !query.contains("partNumber="),
             Requests::GetObject => method == "GET" && !listing,
+            Requests::GetData => {
+                let path = target.split_once('?').map_or(target, |(p, _)| p);
+                method == "GET" && !listing && !path.ends_with(".json")
+            }
             Requests::List => method == "GET" && listing,
             Requests::Head => method == "HEAD",
             Requests::StartUpload => method == "POST" && !query.contains("uploadId="),
@@ -66,6 +72,9 @@ pub enum Fault {
     /// Forward the whole request on a side connection, let the server answer, then reset the
     /// client's connection without passing the answer on.
     LoseAnswer,
+    /// The same, but pass on the first this many bytes of the answer (headers included)
+    /// before the reset: a download cut off part-way.
+    CutAnswer(usize),
     /// Read the request, forward nothing, answer nothing, until the client gives up.
     Stall,
     /// Forward the request this much later (the answer comes late, but it comes).
@@ -79,6 +88,7 @@ impl Fault {
             Fault::Status(s) => s.to_string(),
             Fault::ResetAfter(_) => "reset".into(),
             Fault::LoseAnswer => "lost answer".into(),
+            Fault::CutAnswer(_) => "cut answer".into(),
             Fault::Stall => "stall".into(),
             Fault::Delay(_) => "delay".into(),
         }
@@ -330,15 +340,32 @@ async fn serve(
                 answers.abort();
                 return reset(from_client, to_client).await;
             }
-            Some(Fault::LoseAnswer) => {
+            Some(fault @ (Fault::LoseAnswer | Fault::CutAnswer(_))) => {
+                let pass_on = match fault {
+                    Fault::CutAnswer(n) => n,
+                    _ => 0,
+                };
                 drain(&mut from_client, &mut buf, head_len + body_len).await?;
+                // A side connection, so that the answer never mixes with the main pipe's.
                 let mut side = TcpStream::connect(upstream).await?;
                 side.write_all(&buf[..head_len + body_len]).await?;
-                // The server answers (the write happens); the answer goes nowhere.
-                let mut sink = [0u8; 4096];
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(500), side.read(&mut sink)).await;
                 answers.abort();
+                // Wait for the answer to start (the server has acted on the request), pass on
+                // what may be passed on, then cut.
+                let mut passed = 0;
+                let mut chunk = vec![0u8; 64 * 1024];
+                while let Ok(Ok(n @ 1..)) =
+                    tokio::time::timeout(Duration::from_secs(1), side.read(&mut chunk)).await
+                {
+                    let take = n.min(pass_on - passed);
+                    if take > 0 {
+                        to_client.lock().await.write_all(&chunk[..take]).await?;
+                        passed += take;
+                    }
+                    if passed >= pass_on {
+                        break;
+                    }
+                }
                 return reset(from_client, to_client).await;
             }
             Some(Fault::Stall) => {

@@ -56,6 +56,14 @@ fn assert_nothing_partial(env: &TestEnv, target: &S3Target) -> Vec<String> {
         .collect()
 }
 
+/// A snapshot's status in `list --json`.
+fn status_of(env: &TestEnv, target: &S3Target, id: &str) -> String {
+    let r = run(env, target, &["list", "--json"]).ok();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let s = list.iter().find(|s| s["id"] == id).expect("listed");
+    s["status"].as_str().unwrap().to_string()
+}
+
 /// `restore --latest` gives a database equal to the source.
 fn assert_latest_restores(env: &TestEnv, target: &S3Target) {
     let to = env.path(&format!("restored-{}.db", util::rand_u32()));
@@ -343,4 +351,110 @@ fn the_service_rides_out_a_store_outage_and_the_next_scheduled_run_succeeds() {
         metric(&up, fails).unwrap(),
         metric(&up, ok_runs).unwrap()
     );
+}
+
+#[test]
+fn restores_and_drills_ride_out_download_faults_and_never_call_a_good_snapshot_damaged() {
+    let server = S3Server::start();
+    let (proxy, target, env) = proxied(&server.target, "net-download");
+    let id = run(&env, &target, &["backup"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mib = 1 << 20;
+    let scenarios = [
+        (
+            "download cut 1 MiB in",
+            Requests::GetData,
+            Fault::CutAnswer(mib),
+            1,
+        ),
+        (
+            "download cut twice",
+            Requests::GetData,
+            Fault::CutAnswer(3 * mib),
+            2,
+        ),
+        (
+            "manifest download cut",
+            Requests::GetObject,
+            Fault::CutAnswer(300),
+            1,
+        ),
+        (
+            "503 on downloads",
+            Requests::GetObject,
+            Fault::Status(503),
+            2,
+        ),
+        ("answer lost", Requests::GetData, Fault::LoseAnswer, 1),
+        ("a listing stalls", Requests::List, Fault::Stall, 1),
+        ("a download stalls", Requests::GetData, Fault::Stall, 1),
+        (
+            "every answer 150 ms late",
+            Requests::Any,
+            Fault::Delay(Duration::from_millis(150)),
+            usize::MAX,
+        ),
+    ];
+    let mut report = Vec::new();
+    for (i, (name, to, fault, times)) in scenarios.iter().enumerate() {
+        let before = proxy.counts().1;
+        proxy.inject(*to, *fault, *times);
+        let out = env.path(&format!("restored-{i}.db"));
+        let t0 = Instant::now();
+        let r = run(
+            &env,
+            &target,
+            &["restore", "--latest", "--to", out.to_str().unwrap()],
+        );
+        let took = t0.elapsed();
+        let injected = proxy.counts().1 - before;
+        proxy.heal();
+        assert_eq!(r.code, 0, "{name}: {r:?}");
+        assert_eq!(util::dump_hash(&out), util::dump_hash(&env.db), "{name}");
+        report.push(format!("{name}: {injected} faults, restored in {took:.1?}"));
+        assert!(injected > 0, "{name}");
+    }
+    // The drill too: a cut download is resumed and the snapshot is verified.
+    proxy.inject(Requests::GetData, Fault::CutAnswer(2 * mib), 1);
+    run(&env, &target, &["drill"]).ok();
+    proxy.heal();
+
+    // A download that breaks every time: exit 2 (operational), the target is untouched, and the
+    // snapshot is not called damaged, neither in the message nor in the listing.
+    let target_db = env.path("live.db");
+    std::fs::copy(util::fixture("market.sqlite"), &target_db).unwrap();
+    let before = util::dump_hash(&target_db);
+    proxy.inject(Requests::GetData, Fault::CutAnswer(mib), usize::MAX);
+    let t0 = Instant::now();
+    let r = run(
+        &env,
+        &target,
+        &["restore", "--latest", "--to", target_db.to_str().unwrap()],
+    );
+    let took = t0.elapsed();
+    let drill = run(&env, &target, &["drill"]);
+    proxy.heal();
+    assert_eq!(r.code, 2, "{r:?}");
+    let line = r.error_line().to_string();
+    assert!(
+        !line.contains("damaged") && line.contains("download"),
+        "{line}"
+    );
+    assert_eq!(
+        util::dump_hash(&target_db),
+        before,
+        "the target was touched"
+    );
+    assert_eq!(
+        drill.code, 2,
+        "a drill that cannot download is operational: {drill:?}"
+    );
+    assert_eq!(status_of(&env, &target, &id), "verified");
+    report.push(format!(
+        "download broken for good: restore exit 2 in {took:.1?}: {line}"
+    ));
+    eprintln!("download faults:\n  {}", report.join("\n  "));
 }

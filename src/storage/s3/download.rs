@@ -121,7 +121,7 @@ async fn pump(
             ),
         };
         let Some(etag) = etag.as_deref().filter(|_| resumes < MAX_RESUMES) else {
-            fail(&tx, format!("download of {key} {failure}")).await;
+            fail(&tx, format!("{failure}{GAVE_UP}")).await;
             return;
         };
         resumes += 1;
@@ -130,11 +130,7 @@ async fn pump(
         match resume(&s3, &key, offset, etag).await {
             Ok(rest) => stream = rest,
             Err(why) => {
-                fail(
-                    &tx,
-                    format!("download of {key} {failure}; resuming failed: {why}"),
-                )
-                .await;
+                fail(&tx, format!("{failure}; resuming failed: {why}{GAVE_UP}")).await;
                 return;
             }
         }
@@ -166,6 +162,9 @@ async fn resume(
     }
     Ok(out.body)
 }
+
+/// The end of the message of a download that could not be completed (the reader names the key).
+const GAVE_UP: &str = " (the connection kept breaking; nothing was restored: try again, and check the network and any proxy in between)";
 
 async fn fail(tx: &BodySender, msg: String) {
     // Kind `Other`: a transfer problem, which restore reports as operational, not as bad data.
