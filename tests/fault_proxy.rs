@@ -288,27 +288,14 @@ async fn serve(
             break;
         }
         let body_len = content_length(&lower);
-        match pick(&state, &method, &target) {
-            None => {
-                forward(
-                    &mut from_client,
-                    &mut to_server,
-                    &mut buf,
-                    head_len,
-                    body_len,
-                )
-                .await?
-            }
-            Some(Fault::Delay(d)) => {
-                tokio::time::sleep(d).await;
-                forward(
-                    &mut from_client,
-                    &mut to_server,
-                    &mut buf,
-                    head_len,
-                    body_len,
-                )
-                .await?;
+        let fault = pick(&state, &method, &target);
+        match fault {
+            None | Some(Fault::Delay(_)) => {
+                if let Some(Fault::Delay(d)) = fault {
+                    tokio::time::sleep(d).await;
+                }
+                let (r, w) = (&mut from_client, &mut to_server);
+                forward(r, w, &mut buf, head_len, body_len).await?;
             }
             Some(Fault::Status(status)) => {
                 drain(&mut from_client, &mut buf, head_len + body_len).await?;

@@ -348,22 +348,23 @@ fn secrets_in_files_readable_by_others_are_warned_about_without_the_secret() {
     let chmod = |p: &std::path::Path, mode: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
     };
+    // The warning line of a backup that must warn (and never print the secret).
+    let warned = |env: &TestEnv| {
+        let r = env.run(&["backup"]).ok();
+        assert!(!r.stderr.contains("s3cr3t"), "{}", r.stderr);
+        let line = r.stderr.lines().find(|l| l.contains(warning));
+        line.unwrap_or_else(|| panic!("{}", r.stderr)).to_string()
+    };
     // A URL file that others can read: warned about, by key, never printed.
     std::fs::write(env.path("hook.url"), hook.url("/hook/s3cr3t")).unwrap();
     chmod(&env.path("hook.url"), 0o644);
     env.write_config("\n[notify]\nwebhook_url_file = \"hook.url\"\n");
     chmod(&env.config, 0o600);
-    let r = env.run(&["backup"]).ok();
-    let line = r
-        .stderr
-        .lines()
-        .find(|l| l.contains(warning))
-        .unwrap_or_else(|| panic!("{}", r.stderr));
+    let line = warned(&env);
     assert!(
         line.contains("notify.webhook_url_file") && line.contains("644"),
         "{line}"
     );
-    assert!(!r.stderr.contains("s3cr3t"), "{}", r.stderr);
     chmod(&env.path("hook.url"), 0o600);
     let r = env.run(&["backup"]).ok();
     assert!(!r.stderr.contains(warning), "{}", r.stderr);
@@ -373,14 +374,8 @@ fn secrets_in_files_readable_by_others_are_warned_about_without_the_secret() {
         hook.url("/ping/s3cr3t")
     ));
     chmod(&env.config, 0o640);
-    let r = env.run(&["backup"]).ok();
-    let line = r
-        .stderr
-        .lines()
-        .find(|l| l.contains(warning))
-        .unwrap_or_else(|| panic!("{}", r.stderr));
+    let line = warned(&env);
     assert!(line.contains("notify.heartbeat_url"), "{line}");
-    assert!(!r.stderr.contains("s3cr3t"), "{}", r.stderr);
     chmod(&env.config, 0o600);
     assert!(!env.run(&["backup"]).ok().stderr.contains(warning));
 }
