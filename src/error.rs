@@ -8,6 +8,7 @@
 //! | 0 | ok |
 //! | 1 | the data is bad: checksum mismatch, failed integrity check, no good snapshot |
 //! | 2 | usage, config or operational error: file missing, storage unreachable, permission |
+//! | 3 | another guardian process is working on the same database (see `lock`); nothing was done |
 //!
 //! Messages are lowercase, name the thing and the operation, and carry a remedy where one exists.
 //! The cause is attached with `#[source]`, never repeated in the message.
@@ -76,6 +77,10 @@ pub enum Error {
     #[error("{0}")]
     InUse(String),
 
+    /// Another guardian process holds the database's job lock.
+    #[error("{0}")]
+    Busy(String),
+
     /// The operation was cancelled (shutdown).
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -100,6 +105,7 @@ impl Error {
             | Error::Io { .. }
             | Error::InUse(_)
             | Error::Cancelled(_) => 2,
+            Error::Busy(_) => 3,
             Error::Reported(code) => *code,
         }
     }

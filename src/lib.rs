@@ -4,7 +4,8 @@
 //! - [`cli`]: the command line (a contract) and what each command prints.
 //! - [`commands`]: the bodies of `drill`, `verify` and `prune` (run, print, exit code).
 //! - [`config`]: the TOML config: parsing, defaults, validation with dotted key paths.
-//! - [`error`]: the error type and the exit-code policy (0 ok, 1 bad data, 2 operational).
+//! - [`error`]: the error type and the exit-code policy (0 ok, 1 bad data, 2 operational,
+//!   3 another guardian holds the database's lock).
 //! - [`snapshot`]: SQLite access: the online copy, checks, inspection.
 //! - [`archive`]: streaming parallel gzip + SHA-256, and the verified reverse.
 //! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker).
@@ -24,6 +25,7 @@
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
 //! - [`crypto`]: optional age encryption keys.
 //! - [`durable`]: exclusive temp files, fsync, atomic rename.
+//! - [`lock`]: one backup, drill or prune per database at a time, across processes.
 
 pub mod archive;
 pub mod backup;
@@ -36,6 +38,7 @@ pub mod doctor;
 pub mod drill;
 pub mod durable;
 pub mod error;
+pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
