@@ -23,6 +23,8 @@ mod notify;
 mod prune;
 // Retention as a pure function: table tests and safety properties.
 mod retention;
+// The canary sweep: no secret in any output, stored object or metric, at trace level.
+mod secrets;
 // `guardian run`: schedules, metrics, SIGTERM, grace period, second signal, config errors.
 mod service;
 // Hard sources: another process committing hundreds of times a second, open write transactions.
@@ -35,7 +37,7 @@ mod s3_server;
 mod storage;
 // S3-only: wire format, faults in transit, throttling, cancellation, error hints, sweep.
 mod s3_storage;
-// The CLI against S3: backup, list, restore, damage fallback, doctor, secrets never printed.
+// The CLI against S3: backup, list, restore, damage fallback, doctor.
 mod s3_cli;
 // guardian against S3 under stress: bounded memory for a large database, SIGKILL mid-upload.
 mod s3_limits;

@@ -309,14 +309,18 @@ pub struct Service {
 impl Service {
     /// Start `guardian --log-format json run` in `env`.
     pub fn start(env: &TestEnv) -> Service {
+        Service::spawn(
+            env.command()
+                .args(["--log-format", "json", "run"])
+                .stdout(std::process::Stdio::null()),
+        )
+    }
+
+    /// Start `cmd` (a `guardian ... run` command the caller built: its own environment,
+    /// flags and stdout), collecting its stderr lines.
+    pub fn spawn(cmd: &mut Command) -> Service {
         use std::io::BufRead;
-        let mut child = env
-            .command()
-            .args(["--log-format", "json", "run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&lines);
