@@ -12,6 +12,7 @@ use crate::catalog::{self, human_age, human_bytes, rfc3339};
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
+use crate::output::{errln, outln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
 use crate::storage::{self, Storage};
@@ -230,11 +231,11 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
         };
         notifier.send(&event).await;
         match result {
-            Ok(m) => println!("{}", m.id),
+            Ok(m) => outln!("{}", m.id),
             Err(e) => {
                 // With several databases, one failure must not stop the others: report it now
                 // and return the worst at the end.
-                eprintln!(
+                errln!(
                     "guardian: backup of {} failed: {}",
                     db.name,
                     crate::error::chain(&e)
@@ -262,14 +263,14 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             .iter()
             .flat_map(|c| c.snapshots.iter().map(|s| s.view(now)))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&views).expect("views serialize")
         );
         return Ok(0);
     }
     let multi = catalogs.len() > 1;
-    println!(
+    outln!(
         "{}{:<26} {:<20} {:>8} {:>10} {:>10}  STATUS",
         if multi {
             format!("{:<12} ", "DB")
@@ -289,7 +290,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
                 Some(p) => format!("{} ({p})", v.status.as_str()),
                 None => v.status.as_str().to_string(),
             };
-            println!(
+            outln!(
                 "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
                 if multi {
                     format!("{:<12} ", c.db)
@@ -305,7 +306,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             );
         }
         if c.snapshots.is_empty() {
-            eprintln!(
+            errln!(
                 "guardian: no snapshots of {} in {}",
                 c.db,
                 app.store.location()
@@ -343,49 +344,49 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         human_age((now - m.created_at).num_seconds())
     );
     for (id, why) in &r.skipped {
-        println!("skipped {id}: {why}");
+        outln!("skipped {id}: {why}");
     }
     if r.dry_run {
-        println!(
+        outln!(
             "dry run: would restore {} snapshot {} ({when}) to {}",
             r.db,
             m.id,
             r.target.display()
         );
-        println!(
+        outln!(
             "  size {} (stored {}), sha256 {}",
             human_bytes(m.raw_len),
             human_bytes(m.stored_len),
             m.raw_sha256
         );
         for p in &r.moved_aside {
-            println!("  would move aside {}", p.display());
+            outln!("  would move aside {}", p.display());
         }
         if let Some(who) = &r.forced_over {
-            println!("  target is in use: {who}");
+            outln!("  target is in use: {who}");
         }
-        println!("  nothing was written");
+        outln!("  nothing was written");
         return Ok(0);
     }
-    println!(
+    outln!(
         "restored {} snapshot {} ({when}) to {}",
         r.db,
         m.id,
         r.target.display()
     );
-    println!(
+    outln!(
         "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",
         m.raw_sha256,
         r.check.map_or("-", |c| c.pragma())
     );
     if r.moved_aside.is_empty() {
-        println!("  no previous database was at the target");
+        outln!("  no previous database was at the target");
     }
     for p in &r.moved_aside {
-        println!("  previous file kept at {}", p.display());
+        outln!("  previous file kept at {}", p.display());
     }
     if let Some(who) = &r.forced_over {
-        println!("  warning: the target was in use ({who}); restart that process so it opens the restored file");
+        outln!("  warning: the target was in use ({who}); restart that process so it opens the restored file");
     }
     Ok(0)
 }

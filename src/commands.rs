@@ -12,6 +12,7 @@ use crate::config::DatabaseConfig;
 use crate::drill::{self, DrillReport};
 use crate::error::{chain, Error, Result};
 use crate::notify::{Event, Notifier};
+use crate::output::{errln, outln};
 use crate::retention::{self, PruneReport};
 use crate::verify::{self, Outcome};
 
@@ -25,7 +26,7 @@ impl Worst {
     }
 
     fn failed(&mut self, what: &str, db: &str, e: &Error) {
-        eprintln!("guardian: {what} of {db} failed: {}", chain(e));
+        errln!("guardian: {what} of {db} failed: {}", chain(e));
         self.add(e.exit_code());
     }
 
@@ -86,7 +87,7 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
                     print_drill(&r);
                 }
                 if let Err(why) = &r.record {
-                    eprintln!("guardian: {why}");
+                    errln!("guardian: {why}");
                 }
             }
             Err(e) => {
@@ -102,7 +103,7 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json).expect("reports serialize")
         );
@@ -112,7 +113,7 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
 
 fn print_drill(r: &DrillReport) {
     let age = human_age((Utc::now() - r.snapshot_created_at).num_seconds());
-    println!(
+    outln!(
         "drill of {} snapshot {} (taken {}, {age} ago): {} in {:.2}s",
         r.db,
         r.snapshot,
@@ -121,7 +122,7 @@ fn print_drill(r: &DrillReport) {
         r.seconds
     );
     for s in &r.steps {
-        println!(
+        outln!(
             "  {:<18} {:<6} {:>7.2}s  {}",
             s.name,
             if s.ok { "ok" } else { "FAILED" },
@@ -130,17 +131,17 @@ fn print_drill(r: &DrillReport) {
         );
     }
     for w in &r.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
     for p in &r.problems {
-        println!("  problem: {p}");
+        outln!("  problem: {p}");
     }
     match &r.record {
-        Ok(key) if r.ok => println!("  recorded as {key}: the snapshot is now verified"),
-        Ok(key) => println!(
+        Ok(key) if r.ok => outln!("  recorded as {key}: the snapshot is now verified"),
+        Ok(key) => outln!(
             "  recorded as {key}: the snapshot is now marked failed; restore --latest will skip it"
         ),
-        Err(_) => println!("  the verdict could NOT be recorded in the store (see below)"),
+        Err(_) => outln!("  the verdict could NOT be recorded in the store (see below)"),
     }
 }
 
@@ -159,7 +160,7 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
         };
         if results.is_empty() {
             // Nothing verified is not a pass.
-            eprintln!(
+            errln!(
                 "guardian: no snapshots of {} in {}; nothing to verify",
                 db.name,
                 app.store.location()
@@ -192,7 +193,7 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
                     Outcome::Bad(why) => ("DAMAGED", why.clone()),
                     Outcome::Error(why) => ("UNREADABLE", why.clone()),
                 };
-                println!(
+                outln!(
                     "{:<12} {:<26} {:>10}  {:<10} {detail}",
                     v.db,
                     v.id,
@@ -204,7 +205,7 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
         all.extend(results);
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&all).expect("results serialize")
         );
@@ -239,7 +240,7 @@ pub async fn prune(app: &App, args: PruneArgs) -> Result<u8> {
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&all).expect("reports serialize")
         );
@@ -255,13 +256,13 @@ fn print_prune(r: &PruneReport) {
         ),
         None => "no retention policy".into(),
     };
-    println!(
+    outln!(
         "prune {}{}: {policy}",
         r.db,
         if r.dry_run { " (dry run)" } else { "" }
     );
     if let Some(hold) = &r.plan.hold {
-        println!("  nothing will be deleted: {hold}");
+        outln!("  nothing will be deleted: {hold}");
     }
     for d in &r.plan.decisions {
         let verb = match (d.keep, r.dry_run) {
@@ -275,7 +276,7 @@ fn print_prune(r: &PruneReport) {
             .filter(|x| **x != retention::Reason::Hold)
             .map(ToString::to_string)
             .collect();
-        println!(
+        outln!(
             "  {verb:<12} {:<26} {}  {:<10} {}",
             d.id,
             rfc3339(d.created_at),
@@ -289,16 +290,18 @@ fn print_prune(r: &PruneReport) {
             (true, true) => "would delete",
             (true, false) => "deleted",
         };
-        println!(
+        outln!(
             "  {verb:<12} {:<26} ({} objects, no manifest): {}",
-            o.id, o.objects, o.reason
+            o.id,
+            o.objects,
+            o.reason
         );
     }
     let snaps = r.plan.deletions().count();
     let orphans = r.orphans.iter().filter(|o| o.delete).count();
     if r.dry_run {
-        println!("would delete {snaps} snapshot(s) and {orphans} orphan(s); nothing was deleted (dry run)");
+        outln!("would delete {snaps} snapshot(s) and {orphans} orphan(s); nothing was deleted (dry run)");
     } else if r.plan.hold.is_none() {
-        println!("deleted {snaps} snapshot(s) and {orphans} orphan(s)");
+        outln!("deleted {snaps} snapshot(s) and {orphans} orphan(s)");
     }
 }
