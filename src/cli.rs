@@ -233,6 +233,10 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
         match result {
             Ok(m) => outln!("{}", m.id),
             Err(e) => {
+                // The snapshot exists (stdout lists every new snapshot); stderr says what is wrong.
+                if let Error::SourceGone { id, .. } = &e {
+                    outln!("{id}");
+                }
                 // With several databases, one failure must not stop the others: report it now
                 // and return the worst at the end.
                 errln!(

@@ -27,7 +27,7 @@ mod retention;
 mod secrets;
 // `guardian run`: schedules, metrics, SIGTERM, grace period, second signal, config errors.
 mod service;
-// Hard sources: another process committing hundreds of times a second, open write transactions.
+// Hard sources: fast writers in another process, open write transactions, a source removed mid-backup.
 mod sources;
 // `verify`: bit rot found without SQLite, per snapshot.
 mod verify;
