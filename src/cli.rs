@@ -216,7 +216,9 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let mut worst: Option<Error> = None;
     for db in dbs {
         let started = std::time::Instant::now();
+        let start_ping = notifier.backup_started(&db.name);
         let result = crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await;
+        start_ping.done().await;
         let event = match &result {
             Ok(m) => crate::notify::Event::BackupOk {
                 db: db.name.clone(),

@@ -26,7 +26,7 @@ use crate::cli::App;
 use crate::config::DatabaseConfig;
 use crate::error::{chain, Error, Result};
 use crate::metrics::{self, Metrics};
-use crate::notify::{Event, Notifier};
+use crate::notify::{Event, Notifier, StartPing};
 use crate::schedule::{self, JobKind, OnTick, Scheduler, Tick};
 use crate::{backup, drill, retention};
 
@@ -193,6 +193,10 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             () = s.stop.cancelled() => return,
         };
         s.metrics.running(&db.name, job, true);
+        let start_ping = match tick.kind {
+            JobKind::Backup => s.notifier.backup_started(&db.name),
+            JobKind::Drill => StartPing::default(),
+        };
         // Its own task, so that a panic in a job is reported like any failure and never takes
         // the service (or this database's locks) down with it.
         let mut work = {
@@ -212,6 +216,14 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             }
         };
         s.metrics.running(&db.name, job, false);
+        // The outcome ping must not overtake `/start`. (A cancelled backup sends no outcome:
+        // the heartbeat service sees a backup that began and never ended, which is the truth.)
+        if done.is_some() {
+            tokio::select! {
+                () = start_ping.done() => {}
+                () = s.cancel.cancelled() => return,
+            }
+        }
         match done {
             Some(Ok(events)) => events,
             Some(Err(e)) => {
