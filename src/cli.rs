@@ -56,7 +56,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Run as a service: scheduled backups, drills and prunes, /metrics and /healthz
     Run(RunArgs),
-    /// Restore a snapshot into a scratch folder and check everything; record the verdict; exit 1 if it fails
+    /// Restore the newest snapshot and one older one in rotation into a scratch folder, check
+    /// everything, record the verdicts; exit 1 if one fails
     Drill(DrillArgs),
     /// Re-read stored snapshots and check their size and SHA-256 (no SQLite); exit 1 on damage
     Verify(VerifyArgs),
@@ -75,7 +76,8 @@ pub struct DrillArgs {
     /// Only this database
     #[arg(long, value_name = "NAME")]
     pub db: Option<String>,
-    /// Drill this snapshot id (or a unique prefix) instead of the newest usable one
+    /// Drill only this snapshot id (or a unique prefix), instead of the newest usable one and
+    /// one older in rotation
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<String>,
     /// Print the reports as JSON

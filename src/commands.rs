@@ -39,7 +39,8 @@ impl Worst {
     }
 }
 
-/// `guardian drill`.
+/// `guardian drill`: the newest usable snapshot and an older one in rotation (see
+/// `drill::run_with_rotation`), or only the snapshot named with `--snapshot`.
 pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     let dbs: Vec<&DatabaseConfig> = match &args.snapshot {
         Some(_) => vec![app.config.select_one(args.db.as_deref())?],
@@ -50,46 +51,16 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     let mut worst = Worst::default();
     let mut json = Vec::new();
     for db in dbs {
-        match drill::run(
-            &app.store,
-            db,
-            &staging,
-            args.snapshot.as_deref(),
-            &app.keys,
-        )
-        .await
-        {
-            Ok(r) => {
-                let event = if r.ok {
-                    Event::DrillOk {
-                        db: r.db.clone(),
-                        snapshot: r.snapshot.clone(),
-                        seconds: r.seconds,
-                    }
-                } else {
-                    Event::DrillFailed {
-                        db: r.db.clone(),
-                        snapshot: Some(r.snapshot.clone()),
-                        detail: r.problems.join("; "),
-                    }
-                };
-                notifier.send(&event).await;
-                worst.add(match (&r.record, r.ok) {
-                    (_, false) => 1,
-                    (Err(_), true) => 2,
-                    (Ok(_), true) => 0,
-                });
-                if args.json {
-                    let mut v = serde_json::to_value(&r).expect("report serializes");
-                    v["record"] = serde_json::json!(r.record.as_ref().ok());
-                    json.push(v);
-                } else {
-                    print_drill(&r);
-                }
-                if let Err(why) = &r.record {
-                    errln!("guardian: {why}");
-                }
-            }
+        let outcome = match args.snapshot.as_deref() {
+            Some(id) => drill::run(&app.store, db, &staging, Some(id), &app.keys)
+                .await
+                .map(|r| (r, None)),
+            None => drill::run_with_rotation(&app.store, db, &staging, &app.keys)
+                .await
+                .map(|d| (d.latest, Some((d.older, d.older_count)))),
+        };
+        let (latest, rotation) = match outcome {
+            Ok(o) => o,
             Err(e) => {
                 notifier
                     .send(&Event::DrillFailed {
@@ -99,8 +70,45 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
                     })
                     .await;
                 worst.failed("drill", &db.name, &e);
+                continue;
+            }
+        };
+        let mut v = conclude(&notifier, &mut worst, &latest, args.json).await;
+        let Some((older, count)) = rotation else {
+            json.push(v);
+            continue;
+        };
+        v["rotation"] = serde_json::Value::Null;
+        match older {
+            None if !args.json => {
+                outln!("rotation: no older usable snapshot of {} to drill", db.name);
+            }
+            None => {}
+            Some(Ok(r)) => {
+                if !args.json {
+                    outln!(
+                        "rotation: {count} older snapshot(s) take turns, one per drill; this one was {}",
+                        r.previous_drill_at.map_or("never drilled".to_string(), |t| format!(
+                            "last drilled {}",
+                            rfc3339(t)
+                        ))
+                    );
+                }
+                v["rotation"] = conclude(&notifier, &mut worst, &r, args.json).await;
+            }
+            Some(Err(e)) => {
+                notifier
+                    .send(&Event::DrillFailed {
+                        db: db.name.clone(),
+                        snapshot: None,
+                        detail: format!("drill of an older snapshot in rotation: {}", chain(&e)),
+                    })
+                    .await;
+                worst.failed("the rotation drill", &db.name, &e);
+                v["rotation_error"] = chain(&e).into();
             }
         }
+        json.push(v);
     }
     if args.json {
         outln!(
@@ -109,6 +117,43 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
         );
     }
     worst.finish()
+}
+
+/// Notify, count and print (unless `json`) one drill report; returns its JSON.
+async fn conclude(
+    notifier: &Notifier,
+    worst: &mut Worst,
+    r: &DrillReport,
+    json: bool,
+) -> serde_json::Value {
+    let event = if r.ok {
+        Event::DrillOk {
+            db: r.db.clone(),
+            snapshot: r.snapshot.clone(),
+            seconds: r.seconds,
+        }
+    } else {
+        Event::DrillFailed {
+            db: r.db.clone(),
+            snapshot: Some(r.snapshot.clone()),
+            detail: r.problems.join("; "),
+        }
+    };
+    notifier.send(&event).await;
+    worst.add(match (&r.record, r.ok) {
+        (_, false) => 1,
+        (Err(_), true) => 2,
+        (Ok(_), true) => 0,
+    });
+    if !json {
+        print_drill(r);
+    }
+    if let Err(why) = &r.record {
+        errln!("guardian: {why}");
+    }
+    let mut v = serde_json::to_value(r).expect("report serializes");
+    v["record"] = serde_json::json!(r.record.as_ref().ok());
+    v
 }
 
 fn print_drill(r: &DrillReport) {

@@ -78,7 +78,9 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
         .snapshots
         .iter()
         .filter_map(|s| s.last_drill.as_ref().map(|d| (s, d)))
-        .max_by_key(|(_, d)| d.at)
+        // A drill run records all its verdicts (newest snapshot and the older one in rotation)
+        // under one time: the run failed if any of them did, and then that one is shown.
+        .max_by_key(|(s, d)| (d.at, !d.ok, s.created_at))
         .map(|(s, d)| LastDrill {
             snapshot: s.key.id.to_string(),
             at: rfc3339(d.at),

@@ -11,7 +11,8 @@ mod cli;
 mod config;
 // SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
 mod crash;
-// The restore drill: verified on success; bit rot, corruption and count mismatches fail it.
+// The restore drill: verified on success; bit rot, corruption and count mismatches fail it;
+// the rotation of older snapshots (property tests of the choice, drills through the binary).
 mod drill;
 // age encryption: ciphertext only in the store, fail closed without the right key.
 mod encryption;
