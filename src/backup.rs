@@ -20,7 +20,7 @@ use crate::archive;
 use crate::config::{BackupConfig, DatabaseConfig};
 use crate::crypto::Keys;
 use crate::durable;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SourceChange};
 use crate::manifest::{
     CheckRecord, Manifest, SnapshotId, SnapshotKey, DATA_OBJECT, DATA_OBJECT_AGE, FORMAT_VERSION,
 };
@@ -49,6 +49,10 @@ pub async fn run(
         id: SnapshotId::new(created_at),
     };
     info!(id = %key.id, source = %db.path.display(), "backup started");
+
+    // Which file is at the path now: if it is gone or another one at the end, an operator
+    // must hear of it even though the copy (through SQLite's open descriptors) is consistent.
+    let source_file = file_identity(&db.path);
 
     // 1. The consistent copy.
     std::fs::create_dir_all(&staging_root)
@@ -224,7 +228,34 @@ pub async fn run(
         seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
         "backup finished"
     );
+    if let Some(how) = source_file.and_then(|before| source_change(&db.path, before)) {
+        return Err(Error::SourceGone {
+            path: db.path.clone(),
+            id: manifest.id.to_string(),
+            how,
+        });
+    }
     Ok(manifest)
+}
+
+/// The device and inode of the file at `path`, if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| identity(&m))
+}
+
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// What happened to the file that was at `path` (identity `before`), if anything.
+fn source_change(path: &Path, before: (u64, u64)) -> Option<SourceChange> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(SourceChange::DeletedOrRenamed),
+        // Unreadable metadata says nothing about the file: the copy succeeded.
+        Err(_) => None,
+        Ok(m) => (identity(&m) != before).then_some(SourceChange::Replaced),
+    }
 }
 
 /// Staging folders are named `guardian-{db}-{pid}-…`, so a later run can tell a dead run's

@@ -201,7 +201,9 @@ fn entry(
             }),
             _ => None,
         })
-        .max_by_key(|d| (d.at, d.key.clone()));
+        // Record times have second precision: of two verdicts in the same second, the failed
+        // one counts (a pass must never hide a failure).
+        .max_by_key(|d| (d.at, !d.ok, d.key.clone()));
     let (manifest, problem) = match parsed {
         Ok(m) => {
             let data = objs.iter().find(|(o, _)| o.key.file_name() == m.object);
@@ -327,5 +329,46 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drill_object(sk: &SnapshotKey, at: &str, ok: bool) -> (ObjectMeta, ObjectRole) {
+        let at: DateTime<Utc> = at.parse().unwrap();
+        (
+            ObjectMeta {
+                key: sk.drill(at, ok),
+                size: 10,
+                modified: None,
+            },
+            ObjectRole::Drill { at, ok },
+        )
+    }
+
+    #[test]
+    fn a_failed_drill_in_the_same_second_as_a_passed_one_wins() {
+        let sk = SnapshotKey {
+            db: "market".into(),
+            id: manifest::SnapshotId::new("2026-11-24T03:00:00Z".parse().unwrap()),
+        };
+        let objs = [
+            drill_object(&sk, "2026-11-24T04:00:00Z", true),
+            drill_object(&sk, "2026-11-24T04:00:00Z", false),
+        ];
+        for order in [[0, 1], [1, 0]] {
+            let objs: Vec<_> = order.iter().map(|&i| objs[i].clone()).collect();
+            let e = entry(sk.clone(), &objs, Err("no manifest in this test".into()));
+            assert_eq!(e.last_drill.map(|d| d.ok), Some(false));
+        }
+        // A later pass does replace an earlier failure.
+        let objs = [
+            drill_object(&sk, "2026-11-24T04:00:00Z", false),
+            drill_object(&sk, "2026-11-24T04:00:01Z", true),
+        ];
+        let e = entry(sk, &objs, Err("no manifest in this test".into()));
+        assert_eq!(e.last_drill.map(|d| d.ok), Some(true));
     }
 }

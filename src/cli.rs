@@ -12,6 +12,7 @@ use crate::catalog::{self, human_age, human_bytes, rfc3339};
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
+use crate::output::{errln, outln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
 use crate::storage::{self, Storage};
@@ -55,7 +56,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Run as a service: scheduled backups, drills and prunes, /metrics and /healthz
     Run(RunArgs),
-    /// Restore a snapshot into a scratch folder and check everything; record the verdict; exit 1 if it fails
+    /// Restore the newest snapshot and one older one in rotation into a scratch folder, check
+    /// everything, record the verdicts; exit 1 if one fails
     Drill(DrillArgs),
     /// Re-read stored snapshots and check their size and SHA-256 (no SQLite); exit 1 on damage
     Verify(VerifyArgs),
@@ -74,7 +76,8 @@ pub struct DrillArgs {
     /// Only this database
     #[arg(long, value_name = "NAME")]
     pub db: Option<String>,
-    /// Drill this snapshot id (or a unique prefix) instead of the newest usable one
+    /// Drill only this snapshot id (or a unique prefix), instead of the newest usable one and
+    /// one older in rotation
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<String>,
     /// Print the reports as JSON
@@ -215,7 +218,9 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let mut worst: Option<Error> = None;
     for db in dbs {
         let started = std::time::Instant::now();
+        let start_ping = notifier.backup_started(&db.name);
         let result = crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await;
+        start_ping.done().await;
         let event = match &result {
             Ok(m) => crate::notify::Event::BackupOk {
                 db: db.name.clone(),
@@ -230,11 +235,15 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
         };
         notifier.send(&event).await;
         match result {
-            Ok(m) => println!("{}", m.id),
+            Ok(m) => outln!("{}", m.id),
             Err(e) => {
+                // The snapshot exists (stdout lists every new snapshot); stderr says what is wrong.
+                if let Error::SourceGone { id, .. } = &e {
+                    outln!("{id}");
+                }
                 // With several databases, one failure must not stop the others: report it now
                 // and return the worst at the end.
-                eprintln!(
+                errln!(
                     "guardian: backup of {} failed: {}",
                     db.name,
                     crate::error::chain(&e)
@@ -262,14 +271,14 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             .iter()
             .flat_map(|c| c.snapshots.iter().map(|s| s.view(now)))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&views).expect("views serialize")
         );
         return Ok(0);
     }
     let multi = catalogs.len() > 1;
-    println!(
+    outln!(
         "{}{:<26} {:<20} {:>8} {:>10} {:>10}  STATUS",
         if multi {
             format!("{:<12} ", "DB")
@@ -289,7 +298,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
                 Some(p) => format!("{} ({p})", v.status.as_str()),
                 None => v.status.as_str().to_string(),
             };
-            println!(
+            outln!(
                 "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
                 if multi {
                     format!("{:<12} ", c.db)
@@ -305,7 +314,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             );
         }
         if c.snapshots.is_empty() {
-            eprintln!(
+            errln!(
                 "guardian: no snapshots of {} in {}",
                 c.db,
                 app.store.location()
@@ -343,49 +352,49 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         human_age((now - m.created_at).num_seconds())
     );
     for (id, why) in &r.skipped {
-        println!("skipped {id}: {why}");
+        outln!("skipped {id}: {why}");
     }
     if r.dry_run {
-        println!(
+        outln!(
             "dry run: would restore {} snapshot {} ({when}) to {}",
             r.db,
             m.id,
             r.target.display()
         );
-        println!(
+        outln!(
             "  size {} (stored {}), sha256 {}",
             human_bytes(m.raw_len),
             human_bytes(m.stored_len),
             m.raw_sha256
         );
         for p in &r.moved_aside {
-            println!("  would move aside {}", p.display());
+            outln!("  would move aside {}", p.display());
         }
         if let Some(who) = &r.forced_over {
-            println!("  target is in use: {who}");
+            outln!("  target is in use: {who}");
         }
-        println!("  nothing was written");
+        outln!("  nothing was written");
         return Ok(0);
     }
-    println!(
+    outln!(
         "restored {} snapshot {} ({when}) to {}",
         r.db,
         m.id,
         r.target.display()
     );
-    println!(
+    outln!(
         "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",
         m.raw_sha256,
         r.check.map_or("-", |c| c.pragma())
     );
     if r.moved_aside.is_empty() {
-        println!("  no previous database was at the target");
+        outln!("  no previous database was at the target");
     }
     for p in &r.moved_aside {
-        println!("  previous file kept at {}", p.display());
+        outln!("  previous file kept at {}", p.display());
     }
     if let Some(who) = &r.forced_over {
-        println!("  warning: the target was in use ({who}); restart that process so it opens the restored file");
+        outln!("  warning: the target was in use ({who}); restart that process so it opens the restored file");
     }
     Ok(0)
 }

@@ -12,6 +12,7 @@ use crate::config::DatabaseConfig;
 use crate::drill::{self, DrillReport};
 use crate::error::{chain, Error, Result};
 use crate::notify::{Event, Notifier};
+use crate::output::{errln, outln};
 use crate::retention::{self, PruneReport};
 use crate::verify::{self, Outcome};
 
@@ -25,7 +26,7 @@ impl Worst {
     }
 
     fn failed(&mut self, what: &str, db: &str, e: &Error) {
-        eprintln!("guardian: {what} of {db} failed: {}", chain(e));
+        errln!("guardian: {what} of {db} failed: {}", chain(e));
         self.add(e.exit_code());
     }
 
@@ -38,7 +39,8 @@ impl Worst {
     }
 }
 
-/// `guardian drill`.
+/// `guardian drill`: the newest usable snapshot and an older one in rotation (see
+/// `drill::run_with_rotation`), or only the snapshot named with `--snapshot`.
 pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     let dbs: Vec<&DatabaseConfig> = match &args.snapshot {
         Some(_) => vec![app.config.select_one(args.db.as_deref())?],
@@ -49,46 +51,16 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     let mut worst = Worst::default();
     let mut json = Vec::new();
     for db in dbs {
-        match drill::run(
-            &app.store,
-            db,
-            &staging,
-            args.snapshot.as_deref(),
-            &app.keys,
-        )
-        .await
-        {
-            Ok(r) => {
-                let event = if r.ok {
-                    Event::DrillOk {
-                        db: r.db.clone(),
-                        snapshot: r.snapshot.clone(),
-                        seconds: r.seconds,
-                    }
-                } else {
-                    Event::DrillFailed {
-                        db: r.db.clone(),
-                        snapshot: Some(r.snapshot.clone()),
-                        detail: r.problems.join("; "),
-                    }
-                };
-                notifier.send(&event).await;
-                worst.add(match (&r.record, r.ok) {
-                    (_, false) => 1,
-                    (Err(_), true) => 2,
-                    (Ok(_), true) => 0,
-                });
-                if args.json {
-                    let mut v = serde_json::to_value(&r).expect("report serializes");
-                    v["record"] = serde_json::json!(r.record.as_ref().ok());
-                    json.push(v);
-                } else {
-                    print_drill(&r);
-                }
-                if let Err(why) = &r.record {
-                    eprintln!("guardian: {why}");
-                }
-            }
+        let outcome = match args.snapshot.as_deref() {
+            Some(id) => drill::run(&app.store, db, &staging, Some(id), &app.keys)
+                .await
+                .map(|r| (r, None)),
+            None => drill::run_with_rotation(&app.store, db, &staging, &app.keys)
+                .await
+                .map(|d| (d.latest, Some((d.older, d.older_count)))),
+        };
+        let (latest, rotation) = match outcome {
+            Ok(o) => o,
             Err(e) => {
                 notifier
                     .send(&Event::DrillFailed {
@@ -98,11 +70,48 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
                     })
                     .await;
                 worst.failed("drill", &db.name, &e);
+                continue;
+            }
+        };
+        let mut v = conclude(&notifier, &mut worst, &latest, args.json).await;
+        let Some((older, count)) = rotation else {
+            json.push(v);
+            continue;
+        };
+        v["rotation"] = serde_json::Value::Null;
+        match older {
+            None if !args.json => {
+                outln!("rotation: no older usable snapshot of {} to drill", db.name);
+            }
+            None => {}
+            Some(Ok(r)) => {
+                if !args.json {
+                    outln!(
+                        "rotation: {count} older snapshot(s) take turns, one per drill; this one was {}",
+                        r.previous_drill_at.map_or("never drilled".to_string(), |t| format!(
+                            "last drilled {}",
+                            rfc3339(t)
+                        ))
+                    );
+                }
+                v["rotation"] = conclude(&notifier, &mut worst, &r, args.json).await;
+            }
+            Some(Err(e)) => {
+                notifier
+                    .send(&Event::DrillFailed {
+                        db: db.name.clone(),
+                        snapshot: None,
+                        detail: format!("drill of an older snapshot in rotation: {}", chain(&e)),
+                    })
+                    .await;
+                worst.failed("the rotation drill", &db.name, &e);
+                v["rotation_error"] = chain(&e).into();
             }
         }
+        json.push(v);
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json).expect("reports serialize")
         );
@@ -110,9 +119,46 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     worst.finish()
 }
 
+/// Notify, count and print (unless `json`) one drill report; returns its JSON.
+async fn conclude(
+    notifier: &Notifier,
+    worst: &mut Worst,
+    r: &DrillReport,
+    json: bool,
+) -> serde_json::Value {
+    let event = if r.ok {
+        Event::DrillOk {
+            db: r.db.clone(),
+            snapshot: r.snapshot.clone(),
+            seconds: r.seconds,
+        }
+    } else {
+        Event::DrillFailed {
+            db: r.db.clone(),
+            snapshot: Some(r.snapshot.clone()),
+            detail: r.problems.join("; "),
+        }
+    };
+    notifier.send(&event).await;
+    worst.add(match (&r.record, r.ok) {
+        (_, false) => 1,
+        (Err(_), true) => 2,
+        (Ok(_), true) => 0,
+    });
+    if !json {
+        print_drill(r);
+    }
+    if let Err(why) = &r.record {
+        errln!("guardian: {why}");
+    }
+    let mut v = serde_json::to_value(r).expect("report serializes");
+    v["record"] = serde_json::json!(r.record.as_ref().ok());
+    v
+}
+
 fn print_drill(r: &DrillReport) {
     let age = human_age((Utc::now() - r.snapshot_created_at).num_seconds());
-    println!(
+    outln!(
         "drill of {} snapshot {} (taken {}, {age} ago): {} in {:.2}s",
         r.db,
         r.snapshot,
@@ -121,7 +167,7 @@ fn print_drill(r: &DrillReport) {
         r.seconds
     );
     for s in &r.steps {
-        println!(
+        outln!(
             "  {:<18} {:<6} {:>7.2}s  {}",
             s.name,
             if s.ok { "ok" } else { "FAILED" },
@@ -130,17 +176,17 @@ fn print_drill(r: &DrillReport) {
         );
     }
     for w in &r.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
     for p in &r.problems {
-        println!("  problem: {p}");
+        outln!("  problem: {p}");
     }
     match &r.record {
-        Ok(key) if r.ok => println!("  recorded as {key}: the snapshot is now verified"),
-        Ok(key) => println!(
+        Ok(key) if r.ok => outln!("  recorded as {key}: the snapshot is now verified"),
+        Ok(key) => outln!(
             "  recorded as {key}: the snapshot is now marked failed; restore --latest will skip it"
         ),
-        Err(_) => println!("  the verdict could NOT be recorded in the store (see below)"),
+        Err(_) => outln!("  the verdict could NOT be recorded in the store (see below)"),
     }
 }
 
@@ -159,7 +205,7 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
         };
         if results.is_empty() {
             // Nothing verified is not a pass.
-            eprintln!(
+            errln!(
                 "guardian: no snapshots of {} in {}; nothing to verify",
                 db.name,
                 app.store.location()
@@ -192,7 +238,7 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
                     Outcome::Bad(why) => ("DAMAGED", why.clone()),
                     Outcome::Error(why) => ("UNREADABLE", why.clone()),
                 };
-                println!(
+                outln!(
                     "{:<12} {:<26} {:>10}  {:<10} {detail}",
                     v.db,
                     v.id,
@@ -204,7 +250,7 @@ pub async fn verify(app: &App, args: VerifyArgs) -> Result<u8> {
         all.extend(results);
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&all).expect("results serialize")
         );
@@ -239,7 +285,7 @@ pub async fn prune(app: &App, args: PruneArgs) -> Result<u8> {
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&all).expect("reports serialize")
         );
@@ -255,13 +301,13 @@ fn print_prune(r: &PruneReport) {
         ),
         None => "no retention policy".into(),
     };
-    println!(
+    outln!(
         "prune {}{}: {policy}",
         r.db,
         if r.dry_run { " (dry run)" } else { "" }
     );
     if let Some(hold) = &r.plan.hold {
-        println!("  nothing will be deleted: {hold}");
+        outln!("  nothing will be deleted: {hold}");
     }
     for d in &r.plan.decisions {
         let verb = match (d.keep, r.dry_run) {
@@ -275,7 +321,7 @@ fn print_prune(r: &PruneReport) {
             .filter(|x| **x != retention::Reason::Hold)
             .map(ToString::to_string)
             .collect();
-        println!(
+        outln!(
             "  {verb:<12} {:<26} {}  {:<10} {}",
             d.id,
             rfc3339(d.created_at),
@@ -289,16 +335,18 @@ fn print_prune(r: &PruneReport) {
             (true, true) => "would delete",
             (true, false) => "deleted",
         };
-        println!(
+        outln!(
             "  {verb:<12} {:<26} ({} objects, no manifest): {}",
-            o.id, o.objects, o.reason
+            o.id,
+            o.objects,
+            o.reason
         );
     }
     let snaps = r.plan.deletions().count();
     let orphans = r.orphans.iter().filter(|o| o.delete).count();
     if r.dry_run {
-        println!("would delete {snaps} snapshot(s) and {orphans} orphan(s); nothing was deleted (dry run)");
+        outln!("would delete {snaps} snapshot(s) and {orphans} orphan(s); nothing was deleted (dry run)");
     } else if r.plan.hold.is_none() {
-        println!("deleted {snaps} snapshot(s) and {orphans} orphan(s)");
+        outln!("deleted {snaps} snapshot(s) and {orphans} orphan(s)");
     }
 }

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use crate::catalog::human_bytes;
 use crate::config::{Config, StorageKind};
 use crate::error::chain;
+use crate::output::outln;
 use crate::storage::s3::{Failure, S3Options, S3Storage};
 use crate::storage::{self, body_channel, ObjectKey, PutMode, Storage, StorageError};
 
@@ -92,10 +93,10 @@ impl Report {
     pub fn print(&self) -> u8 {
         let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
         for c in &self.checks {
-            println!("{}  {:<width$}  {}", c.verdict.as_str(), c.name, c.detail);
+            outln!("{}  {:<width$}  {}", c.verdict.as_str(), c.name, c.detail);
         }
         let count = |v| self.checks.iter().filter(|c| c.verdict == v).count();
-        println!(
+        outln!(
             "doctor: {} passed, {} warnings, {} failed",
             count(Verdict::Pass),
             count(Verdict::Warn),

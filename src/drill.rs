@@ -10,6 +10,13 @@
 //! guardian looking at the store sees it: `list` shows the snapshot `verified` or `failed`, and
 //! `restore --latest` never picks a failed one.
 //!
+//! Rotation ([`run_with_rotation`], what `guardian drill` and the scheduled drill do): besides
+//! the newest usable snapshot, each drill reads one older usable snapshot, the one that went
+//! longest without a drill (counting from its backup when it never had one), as
+//! [`pick_rotation`] decides from the drill records in the store. So with K older snapshots
+//! retained, K drills read every one of them, on any host, with no state outside the store: bit
+//! rot in an old snapshot is found by a drill, not by the restore that needed it.
+//!
 //! Foreign-key violations are warnings, not failures: the online backup copies pages exactly,
 //! so violations were in the source when the copy was taken, and marking the snapshot failed
 //! would only stop `restore --latest` from restoring a faithful copy.
@@ -57,6 +64,18 @@ pub struct Check {
     pub required: bool,
 }
 
+/// Why a drill read the snapshot it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// The newest usable snapshot.
+    Latest,
+    /// The older snapshot whose turn it was (see [`pick_rotation`]).
+    Rotation,
+    /// Named with `--snapshot`.
+    Requested,
+}
+
 /// The outcome of one drill (also the body of the stored drill record).
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillReport {
@@ -78,6 +97,10 @@ pub struct DrillReport {
     pub problems: Vec<String>,
     /// Findings that do not fail the drill (foreign-key violations).
     pub warnings: Vec<String>,
+    /// Why this snapshot was drilled.
+    pub selected_by: Selection,
+    /// When this snapshot was last drilled before, if ever.
+    pub previous_drill_at: Option<DateTime<Utc>>,
     /// Where the record was stored, or why it could not be (not part of the record).
     #[serde(skip)]
     pub record: std::result::Result<String, String>,
@@ -99,17 +122,140 @@ pub async fn run(
     keys: &Keys,
 ) -> Result<DrillReport> {
     let catalog = catalog::load(store, &db.name).await?;
-    let entry = match snapshot {
-        Some(id) => catalog.find(id).map_err(Error::Usage)?,
-        None => catalog.usable().next().ok_or_else(|| {
-            Error::NoGoodSnapshot(format!(
-                "no usable snapshot of {} to drill in {}; take one with `guardian backup --db {}`",
-                db.name,
-                store.location(),
-                db.name
-            ))
-        })?,
+    let (entry, selected_by) = match snapshot {
+        Some(id) => (
+            catalog.find(id).map_err(Error::Usage)?,
+            Selection::Requested,
+        ),
+        None => (latest(store, db, &catalog)?, Selection::Latest),
     };
+    drill_one(store, db, staging_dir, entry, selected_by, Utc::now(), keys).await
+}
+
+/// The drills of one [`run_with_rotation`].
+#[derive(Debug)]
+pub struct Rotation {
+    /// The drill of the newest usable snapshot.
+    pub latest: DrillReport,
+    /// The drill of the older snapshot whose turn it was: `None` when there is no older usable
+    /// snapshot, an error when it could not run (the store failed mid-way, say).
+    pub older: Option<Result<DrillReport>>,
+    /// How many older usable snapshots take turns (so `older_count` drills read them all).
+    pub older_count: usize,
+}
+
+/// Drill the newest usable snapshot of `db`, then the older one whose turn it is (see the
+/// module doc), and record both verdicts.
+///
+/// # Errors
+/// As [`run`], for the newest snapshot; a failure of the older one's drill is in
+/// [`Rotation::older`].
+#[instrument(skip_all, fields(db = %db.name))]
+pub async fn run_with_rotation(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    staging_dir: &Path,
+    keys: &Keys,
+) -> Result<Rotation> {
+    let catalog = catalog::load(store, &db.name).await?;
+    let newest = latest(store, db, &catalog)?;
+    let turns: Vec<Turn> = catalog
+        .usable()
+        .map(|s| Turn {
+            id: s.key.id.to_string(),
+            created_at: s.created_at,
+            last_drill: s.last_drill.as_ref().map(|d| d.at),
+        })
+        .collect();
+    let older = pick_rotation(&turns, newest.key.id.as_str())
+        .and_then(|t| catalog.usable().find(|s| s.key.id.as_str() == t.id));
+    // Both verdicts are recorded under the time the run began: one run, one time, so that
+    // `status` and the metrics judge the run as a whole (a pass of one snapshot must not hide
+    // the failure of the other).
+    let run_at = Utc::now();
+    let latest = drill_one(
+        store,
+        db,
+        staging_dir,
+        newest,
+        Selection::Latest,
+        run_at,
+        keys,
+    )
+    .await?;
+    let older = match older {
+        Some(entry) => {
+            info!(id = %entry.key.id, "drilling an older snapshot in rotation");
+            let r = drill_one(
+                store,
+                db,
+                staging_dir,
+                entry,
+                Selection::Rotation,
+                run_at,
+                keys,
+            );
+            Some(r.await)
+        }
+        None => None,
+    };
+    Ok(Rotation {
+        latest,
+        older,
+        older_count: turns.len().saturating_sub(1),
+    })
+}
+
+/// One usable snapshot as the rotation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    /// When it was last drilled (its newest drill record), if ever.
+    pub last_drill: Option<DateTime<Utc>>,
+}
+
+/// The older snapshot a drill reads besides `latest`: the one whose contents were last proven
+/// longest ago, by its last drill or, if it was never drilled, by the check of the backup that
+/// made it; the older snapshot first on ties. A drill makes its pick the most recently proven,
+/// so over K drills the K older snapshots are each read once. `None` when `latest` is the only
+/// one.
+///
+/// Why a never-drilled snapshot counts from its creation rather than going first: with daily
+/// backups and a weekly drill, new never-drilled dailies would otherwise always jump the queue,
+/// and a monthly snapshot drilled once would never be read again in the year it is kept.
+pub fn pick_rotation<'a>(snapshots: &'a [Turn], latest: &str) -> Option<&'a Turn> {
+    snapshots
+        .iter()
+        .filter(|t| t.id != latest)
+        .min_by_key(|t| (t.last_drill.unwrap_or(t.created_at), t.created_at, &t.id))
+}
+
+fn latest<'a>(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    catalog: &'a catalog::Catalog,
+) -> Result<&'a catalog::SnapshotEntry> {
+    catalog.usable().next().ok_or_else(|| {
+        Error::NoGoodSnapshot(format!(
+            "no usable snapshot of {} to drill in {}; take one with `guardian backup --db {}`",
+            db.name,
+            store.location(),
+            db.name
+        ))
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // the one place a drill is assembled from its parts
+async fn drill_one(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    staging_dir: &Path,
+    entry: &catalog::SnapshotEntry,
+    selected_by: Selection,
+    run_at: DateTime<Utc>,
+    keys: &Keys,
+) -> Result<DrillReport> {
     let started_at = Utc::now();
     let t0 = Instant::now();
     info!(id = %entry.key.id, "drill started");
@@ -131,6 +277,8 @@ pub async fn run(
         checks: Vec::new(),
         problems: Vec::new(),
         warnings: Vec::new(),
+        selected_by,
+        previous_drill_at: entry.last_drill.as_ref().map(|d| d.at),
         record: Err("not recorded".into()),
     };
     match &entry.manifest {
@@ -148,7 +296,7 @@ pub async fn run(
     if !r.ok {
         still_there(store, &entry.key).await?;
     }
-    r.record = record(store, &entry.key, &r).await;
+    r.record = record(store, &entry.key, run_at, &r).await;
     info!(id = %entry.key.id, ok = r.ok, seconds = format_args!("{:.2}", r.seconds), "drill finished");
     Ok(r)
 }
@@ -165,12 +313,14 @@ async fn still_there(store: &Arc<dyn Storage>, key: &SnapshotKey) -> Result<()> 
     }
 }
 
+/// Store the report as `drill-{run_at}-{ok|failed}.json` next to the snapshot.
 async fn record(
     store: &Arc<dyn Storage>,
     key: &SnapshotKey,
+    run_at: DateTime<Utc>,
     r: &DrillReport,
 ) -> std::result::Result<String, String> {
-    let rk = key.drill(r.finished_at, r.ok);
+    let rk = key.drill(run_at, r.ok);
     let mut body = serde_json::to_vec_pretty(r).expect("drill report serializes");
     body.push(b'\n');
     match store

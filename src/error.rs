@@ -81,6 +81,17 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
 
+    /// The source database file was deleted, renamed away or replaced while it was being
+    /// backed up. The snapshot was published (it is a consistent copy of the file as it was),
+    /// but the database the application uses is not where the config says: a human must look.
+    #[error("database file {path} was {how} during the backup; snapshot {id} was published anyway: it is a consistent copy of the database as it was when the copy started (restore it if the file was lost by mistake, and find out what happened to it before the application recreates an empty one)", path = path.display())]
+    SourceGone {
+        path: PathBuf,
+        /// The snapshot that was published.
+        id: String,
+        how: SourceChange,
+    },
+
     /// The operation was cancelled (shutdown).
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -88,6 +99,24 @@ pub enum Error {
     /// Failures were already reported one by one (e.g. one line per database); exit with this code.
     #[error("one or more operations failed (see above)")]
     Reported(u8),
+}
+
+/// What happened to a source database file during its backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceChange {
+    /// Nothing is at the configured path any more.
+    DeletedOrRenamed,
+    /// Another file is at the configured path.
+    Replaced,
+}
+
+impl std::fmt::Display for SourceChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SourceChange::DeletedOrRenamed => "deleted or renamed away",
+            SourceChange::Replaced => "replaced by another file",
+        })
+    }
 }
 
 impl Error {
@@ -104,6 +133,7 @@ impl Error {
             | Error::Sqlite { .. }
             | Error::Io { .. }
             | Error::InUse(_)
+            | Error::SourceGone { .. }
             | Error::Cancelled(_) => 2,
             Error::Busy(_) => 3,
             Error::Reported(code) => *code,

@@ -22,6 +22,7 @@
 //! - [`metrics`]: the service's Prometheus metrics and `/healthz`.
 //! - [`notify`]: webhook and heartbeat alerts.
 //! - [`doctor`]: checks of config, databases, credentials and the store, one line each.
+//! - [`output`]: result lines on stdout, error lines on stderr; a closed pipe never panics.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
 //! - [`crypto`]: optional age encryption keys.
 //! - [`durable`]: exclusive temp files, fsync, atomic rename.
@@ -42,6 +43,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod progress;
 pub mod restore;
 pub mod retention;

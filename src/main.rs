@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 use guardian::cli::{self, App, Cli, Command, LogFormat};
 use guardian::config::Config;
 use guardian::error::{chain, Error};
+use guardian::output;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -21,13 +22,24 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
-    match run(cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(Error::Reported(code)) => ExitCode::from(code),
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(Error::Reported(code)) => code,
         Err(e) => {
-            eprintln!("guardian: error: {}", chain(&e));
-            ExitCode::from(e.exit_code())
+            output::error_line(format_args!("guardian: error: {}", chain(&e)));
+            e.exit_code()
         }
+    };
+    // A reader that went away (EPIPE) is not an error; any other failed write of the results
+    // is (the output is incomplete), so it is said, and the run fails.
+    match output::finish() {
+        Some(why) => {
+            output::error_line(format_args!(
+                "guardian: error: write results to stdout: {why}; the output above is incomplete"
+            ));
+            ExitCode::from(code.max(2))
+        }
+        None => ExitCode::from(code),
     }
 }
 

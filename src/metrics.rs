@@ -89,11 +89,18 @@ impl Metrics {
             .snapshots
             .iter()
             .filter_map(|s| s.last_drill.as_ref());
+        // A drill run records all its verdicts under one time (see `drill::run_with_rotation`):
+        // it passed only if every one of them did.
         let newest_drill = drills
             .clone()
-            .max_by_key(|d| d.at)
+            .max_by_key(|d| (d.at, !d.ok))
             .map(|d| (secs(d.at), d.ok));
-        let newest_ok = drills.filter(|d| d.ok).map(|d| secs(d.at)).reduce(f64::max);
+        let failed_runs: Vec<DateTime<Utc>> =
+            drills.clone().filter(|d| !d.ok).map(|d| d.at).collect();
+        let newest_ok = drills
+            .filter(|d| d.ok && !failed_runs.contains(&d.at))
+            .map(|d| secs(d.at))
+            .reduce(f64::max);
         self.with(&catalog.db, |v| {
             v.snapshots = Some(count);
             v.snapshot_bytes = Some(bytes);
@@ -333,4 +340,86 @@ fn respond(
         .header(hyper::header::CONTENT_TYPE, ctype)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{DrillMark, SnapshotEntry};
+    use crate::manifest::{SnapshotId, SnapshotKey};
+
+    fn snapshot(created: &str, drill: Option<(&str, bool)>) -> SnapshotEntry {
+        let created_at: DateTime<Utc> = created.parse().unwrap();
+        let key = SnapshotKey {
+            db: "market".into(),
+            id: SnapshotId::new(created_at),
+        };
+        let last_drill = drill.map(|(at, ok)| {
+            let at: DateTime<Utc> = at.parse().unwrap();
+            DrillMark {
+                at,
+                ok,
+                key: key.drill(at, ok),
+            }
+        });
+        SnapshotEntry {
+            status: match &last_drill {
+                Some(d) if !d.ok => SnapshotStatus::Failed,
+                Some(_) => SnapshotStatus::Verified,
+                None => SnapshotStatus::Unverified,
+            },
+            key,
+            manifest: None,
+            created_at,
+            data_size: Some(10),
+            last_drill,
+            problem: None,
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_drill_run_fails_as_a_whole_when_its_older_snapshot_fails() {
+        // One run at 04:30 passed the newest and failed the older one in rotation; the run
+        // before, at 04:00, passed.
+        let catalog = Catalog {
+            db: "market".into(),
+            snapshots: vec![
+                snapshot("2026-11-24T03:00:00Z", Some(("2026-11-24T04:30:00Z", true))),
+                snapshot(
+                    "2026-11-20T03:00:00Z",
+                    Some(("2026-11-24T04:30:00Z", false)),
+                ),
+                snapshot("2026-11-10T03:00:00Z", Some(("2026-11-24T04:00:00Z", true))),
+            ],
+            orphans: Vec::new(),
+        };
+        let m = Metrics::new(["market"]);
+        m.observe_catalog(&catalog);
+        let text = m.render();
+        let run_0430 = secs("2026-11-24T04:30:00Z".parse().unwrap());
+        let run_0400 = secs("2026-11-24T04:00:00Z".parse().unwrap());
+        assert_eq!(
+            value(&text, "guardian_drill_last_result{db=\"market\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "guardian_drill_last_timestamp_seconds{db=\"market\"}"
+            ),
+            Some(run_0430)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "guardian_drill_last_success_timestamp_seconds{db=\"market\"}"
+            ),
+            Some(run_0400)
+        );
+    }
 }

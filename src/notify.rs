@@ -1,6 +1,10 @@
-//! Alerts: a webhook POST on every failure (optionally on success) and a heartbeat ping after
-//! every backup (healthchecks.io style: `<url>` on success, `<url>/fail` on failure), so that
-//! both a failure and silence raise an alarm.
+//! Alerts: a webhook POST on every failure (optionally on success) and heartbeat pings around
+//! every backup (healthchecks.io style: `<url>/start` when it begins, `<url>` once its manifest
+//! is stored, `<url>/fail` when it failed), so that a failure, a backup that never ends, and
+//! silence all raise an alarm.
+//!
+//! The `/start` ping never delays a backup: it is sent alongside it, and the outcome ping waits
+//! for it to be done (delivered or given up), so the two always arrive in order.
 //!
 //! Sending never fails the caller: each attempt has a time limit, transient failures (network,
 //! 5xx, 429) are retried, and what still fails is logged. The URLs usually carry a token, so they
@@ -304,7 +308,8 @@ impl Notifier {
                     url,
                     http::Method::POST,
                     Bytes::from(body),
-                    event,
+                    event.name(),
+                    event.db(),
                 )
                 .await;
             }
@@ -321,13 +326,37 @@ impl Notifier {
                 &url,
                 http::Method::GET,
                 Bytes::new(),
-                event,
+                event.name(),
+                event.db(),
             )
             .await;
         };
         tokio::join!(webhook, heartbeat);
     }
 
+    /// A backup of `db` begins: ping `<heartbeat_url>/start` in the background. Await
+    /// [`StartPing::done`] before sending the backup's outcome, so the pings arrive in order.
+    pub fn backup_started(&self, db: &str) -> StartPing {
+        let (Some(client), Some(url)) = (self.client.clone(), self.heartbeat.as_ref()) else {
+            return StartPing::default();
+        };
+        let url = url.with_suffix("start");
+        let (this, db) = (self.clone(), db.to_string());
+        StartPing(Some(tokio::spawn(async move {
+            this.deliver(
+                &client,
+                "heartbeat",
+                &url,
+                http::Method::GET,
+                Bytes::new(),
+                "backup_started",
+                &db,
+            )
+            .await;
+        })))
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call per kind of notification, each spelled out
     async fn deliver(
         &self,
         client: &HttpClient,
@@ -335,7 +364,8 @@ impl Notifier {
         url: &SecretUrl,
         method: http::Method,
         body: Bytes,
-        event: &Event,
+        event: &str,
+        db: &str,
     ) {
         let target = url.redacted();
         let mut last = String::new();
@@ -358,7 +388,7 @@ impl Notifier {
                 .expect("request parts are valid");
             let retry = match tokio::time::timeout(self.timeout, client.request(req)).await {
                 Ok(Ok(resp)) if resp.status().is_success() => {
-                    debug!(what, target = %target, event = event.name(), db = event.db(), "notification sent");
+                    debug!(what, target = %target, event, db, "notification sent");
                     return;
                 }
                 Ok(Ok(resp)) => {
@@ -390,7 +420,21 @@ impl Notifier {
                 warn!(what, target = %target, attempt, error = %last, "notification failed; retrying");
             }
         }
-        error!(what, target = %target, event = event.name(), db = event.db(), error = %last, "notification could not be delivered");
+        error!(what, target = %target, event, db, error = %last, "notification could not be delivered");
+    }
+}
+
+/// The `/start` ping of a backup, in flight (see [`Notifier::backup_started`]).
+#[derive(Debug, Default)]
+#[must_use = "await done() before sending the backup's outcome, so the pings arrive in order"]
+pub struct StartPing(Option<tokio::task::JoinHandle<()>>);
+
+impl StartPing {
+    /// Wait until the ping was delivered or given up (each attempt has its time limit).
+    pub async fn done(self) {
+        if let Some(task) = self.0 {
+            let _ = task.await;
+        }
     }
 }
 

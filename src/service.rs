@@ -26,7 +26,7 @@ use crate::cli::App;
 use crate::config::DatabaseConfig;
 use crate::error::{chain, Error, Result};
 use crate::metrics::{self, Metrics};
-use crate::notify::{Event, Notifier};
+use crate::notify::{Event, Notifier, StartPing};
 use crate::schedule::{self, JobKind, OnTick, Scheduler, Tick};
 use crate::{backup, drill, retention};
 
@@ -193,6 +193,10 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             () = s.stop.cancelled() => return,
         };
         s.metrics.running(&db.name, job, true);
+        let start_ping = match tick.kind {
+            JobKind::Backup => s.notifier.backup_started(&db.name),
+            JobKind::Drill => StartPing::default(),
+        };
         // Its own task, so that a panic in a job is reported like any failure and never takes
         // the service (or this database's locks) down with it.
         let mut work = {
@@ -212,6 +216,14 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             }
         };
         s.metrics.running(&db.name, job, false);
+        // The outcome ping must not overtake `/start`. (A cancelled backup sends no outcome:
+        // the heartbeat service sees a backup that began and never ended, which is the truth.)
+        if done.is_some() {
+            tokio::select! {
+                () = start_ping.done() => {}
+                () = s.cancel.cancelled() => return,
+            }
+        }
         match done {
             Some(Ok(events)) => events,
             Some(Err(e)) => {
@@ -296,43 +308,43 @@ async fn backup_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
     events
 }
 
-/// Drill the newest usable snapshot. Returns what to notify.
+/// Drill the newest usable snapshot and an older one in rotation. Returns what to notify.
 #[instrument(skip_all, fields(db = %db.name, job = "drill"))]
 async fn drill_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
     let started = Instant::now();
     let staging = s.app.config.backup.staging_dir();
-    let result = drill::run(&s.app.store, db, &staging, None, &s.app.keys).await;
+    let result = drill::run_with_rotation(&s.app.store, db, &staging, &s.app.keys).await;
     let seconds = started.elapsed().as_secs_f64();
     let mut events = Vec::new();
     match result {
-        Ok(r) => {
-            s.metrics.drill_finished(&db.name, r.ok);
-            if r.ok {
-                info!(outcome = "ok", snapshot = %r.snapshot, seconds = format_args!("{seconds:.2}"), "scheduled drill passed");
-                events.push(Event::DrillOk {
-                    db: db.name.clone(),
-                    snapshot: r.snapshot.clone(),
-                    seconds,
-                });
-            } else {
-                error!(outcome = "failed", snapshot = %r.snapshot, problems = %r.problems.join("; "), "scheduled drill FAILED: the snapshot is marked failed");
-                events.push(Event::DrillFailed {
-                    db: db.name.clone(),
-                    snapshot: Some(r.snapshot.clone()),
-                    detail: r.problems.join("; "),
-                });
+        Ok(d) => {
+            let mut reports = vec![&d.latest];
+            match &d.older {
+                Some(Ok(r)) => reports.push(r),
+                Some(Err(e)) => {
+                    error!(outcome = "failed", error = %chain(e), "the drill of an older snapshot in rotation could not run");
+                    events.push(Event::DrillFailed {
+                        db: db.name.clone(),
+                        snapshot: None,
+                        detail: format!("drill of an older snapshot in rotation: {}", chain(e)),
+                    });
+                }
+                None => {}
             }
-            for w in &r.warnings {
-                warn!(snapshot = %r.snapshot, warning = %w, "drill warning");
-            }
-            if let Err(why) = &r.record {
-                s.metrics.outcome(&db.name, "drill", "failed");
-                error!(error = %why, "the drill's verdict could not be stored; other guardians will not see it");
-                events.push(Event::DrillFailed {
-                    db: db.name.clone(),
-                    snapshot: Some(r.snapshot.clone()),
-                    detail: why.clone(),
-                });
+            // One verdict for the job: a damaged older snapshot fails it like a damaged newest.
+            let all_ok = reports.iter().all(|r| r.ok) && !matches!(d.older, Some(Err(_)));
+            s.metrics.drill_finished(&db.name, all_ok);
+            for r in reports {
+                drill_events(db, r, seconds, &mut events);
+                if let Err(why) = &r.record {
+                    s.metrics.outcome(&db.name, "drill", "failed");
+                    error!(snapshot = %r.snapshot, error = %why, "the drill's verdict could not be stored; other guardians will not see it");
+                    events.push(Event::DrillFailed {
+                        db: db.name.clone(),
+                        snapshot: Some(r.snapshot.clone()),
+                        detail: why.clone(),
+                    });
+                }
             }
         }
         Err(e) => {
@@ -347,6 +359,37 @@ async fn drill_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
     }
     refresh(s, db).await;
     events
+}
+
+/// Log one drill verdict and add its event.
+fn drill_events(
+    db: &DatabaseConfig,
+    r: &drill::DrillReport,
+    seconds: f64,
+    events: &mut Vec<Event>,
+) {
+    let which = match r.selected_by {
+        drill::Selection::Rotation => "older snapshot in rotation",
+        _ => "newest snapshot",
+    };
+    if r.ok {
+        info!(outcome = "ok", snapshot = %r.snapshot, which, seconds = format_args!("{seconds:.2}"), "scheduled drill passed");
+        events.push(Event::DrillOk {
+            db: db.name.clone(),
+            snapshot: r.snapshot.clone(),
+            seconds: r.seconds,
+        });
+    } else {
+        error!(outcome = "failed", snapshot = %r.snapshot, which, problems = %r.problems.join("; "), "scheduled drill FAILED: the snapshot is marked failed");
+        events.push(Event::DrillFailed {
+            db: db.name.clone(),
+            snapshot: Some(r.snapshot.clone()),
+            detail: r.problems.join("; "),
+        });
+    }
+    for w in &r.warnings {
+        warn!(snapshot = %r.snapshot, warning = %w, "drill warning");
+    }
 }
 
 /// What a crashed job task said.

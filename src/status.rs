@@ -8,6 +8,7 @@ use crate::catalog::{self, human_age, human_bytes, rfc3339, Catalog, SnapshotSta
 use crate::cli::App;
 use crate::config::DatabaseConfig;
 use crate::error::Result;
+use crate::output::outln;
 
 /// The status of one database (a contract for `status --json`: fields are only ever added).
 #[derive(Debug, Serialize)]
@@ -77,7 +78,9 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
         .snapshots
         .iter()
         .filter_map(|s| s.last_drill.as_ref().map(|d| (s, d)))
-        .max_by_key(|(_, d)| d.at)
+        // A drill run records all its verdicts (newest snapshot and the older one in rotation)
+        // under one time: the run failed if any of them did, and then that one is shown.
+        .max_by_key(|(s, d)| (d.at, !d.ok, s.created_at))
         .map(|(s, d)| LastDrill {
             snapshot: s.key.id.to_string(),
             at: rfc3339(d.at),
@@ -133,21 +136,21 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
         all.push(summarize(db, &catalog, app.store.location()));
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&all).expect("status serializes")
         );
     } else {
         for s in &all {
-            println!(
+            outln!(
                 "{}: {}",
                 s.db,
                 if s.healthy { "healthy" } else { "UNHEALTHY" }
             );
-            println!("  database   {}", s.path);
-            println!("  storage    {}", s.location);
+            outln!("  database   {}", s.path);
+            outln!("  storage    {}", s.location);
             match &s.last_snapshot {
-                Some(l) => println!(
+                Some(l) => outln!(
                     "  last       {} at {} ({} ago), {} (stored {}), {}",
                     l.id,
                     l.created_at,
@@ -156,22 +159,22 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
                     human_bytes(l.stored_bytes),
                     l.status.as_str()
                 ),
-                None => println!("  last       none"),
+                None => outln!("  last       none"),
             }
-            println!(
+            outln!(
                 "  snapshots  {} ({} stored)",
                 s.snapshot_count,
                 human_bytes(s.stored_bytes)
             );
             match &s.last_drill {
-                Some(d) => println!(
+                Some(d) => outln!(
                     "  drill      {} ({} ago) on {}: {}",
                     d.at,
                     human_age(d.age_seconds),
                     d.snapshot,
                     if d.ok { "ok" } else { "FAILED" }
                 ),
-                None => println!("  drill      never"),
+                None => outln!("  drill      never"),
             }
             let plan = |what: &str, cron: &Option<String>, next: &Option<String>| match (cron, next)
             {
@@ -179,17 +182,17 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
                 (Some(c), None) => format!("{what} \"{c}\""),
                 (None, _) => format!("no {what} schedule"),
             };
-            println!(
+            outln!(
                 "  schedule   {}, {} [{}]",
                 plan("backup", &s.backup_schedule, &s.next_backup_at),
                 plan("drill", &s.drill_schedule, &s.next_drill_at),
                 s.timezone
             );
             if s.orphans > 0 {
-                println!("  orphans    {} interrupted backup(s) without a manifest (prune removes them after a day)", s.orphans);
+                outln!("  orphans    {} interrupted backup(s) without a manifest (prune removes them after a day)", s.orphans);
             }
             for p in &s.problems {
-                println!("  problem    {p}");
+                outln!("  problem    {p}");
             }
         }
     }

@@ -199,3 +199,111 @@ fn json_logs_are_json_lines() {
     }
     assert!(n >= 2, "start and end lines expected: {}", r.stderr);
 }
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+#[test]
+fn a_closed_stdout_never_panics_and_never_stops_the_work() {
+    let env = TestEnv::new();
+    let first = env.backup();
+    for args in [
+        &["backup"][..],
+        &["list"],
+        &["list", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["verify", "--all"],
+        &["drill"],
+        &["drill", "--json"],
+        &["prune", "--dry-run"],
+        &["restore", "--latest", "--dry-run"],
+        &["doctor"],
+        &["--help"],
+        &["--version"],
+    ] {
+        let out = env
+            .command()
+            .args(args)
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}:\n{stderr}");
+        assert!(!stderr.contains("guardian: error"), "{args:?}:\n{stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}:\n{stderr}");
+    }
+    // The work was done although nobody read its results: a new snapshot, and a drill record.
+    let list = env.list();
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert_eq!(
+        util::status_of(&env, list[0]["id"].as_str().unwrap()),
+        "verified"
+    );
+    assert!(list.iter().any(|s| s["id"] == first.as_str()));
+
+    // stderr closed as well: a failing command still exits with its own code, silently.
+    std::fs::rename(&env.db, env.path("away.db")).unwrap();
+    let out = env
+        .command()
+        .arg("backup")
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::rename(env.path("away.db"), &env.db).unwrap();
+
+    // `guardian list --json | head -1`: the reader leaves mid-way through a long output.
+    for i in 0..300 {
+        util::plant_snapshot(
+            &env,
+            &first,
+            &format!("2026-01-01T00:{:02}:{:02}Z", i / 60, i % 60),
+        );
+    }
+    let mut child = env
+        .command()
+        .args(["list", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "[");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn a_failed_write_of_the_results_is_an_error_not_a_short_success() {
+    // /dev/full: every write fails with ENOSPC, as under `guardian list --json > file` on a
+    // full disk. A truncated listing must not exit 0.
+    let env = TestEnv::new();
+    env.backup();
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = env
+        .command()
+        .args(["list", "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let r = util::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    fails_cleanly(r, 2, &["write results to stdout", "incomplete"]);
+}

@@ -12,7 +12,7 @@ use sha2::Digest;
 use crate::util::{self, TestEnv};
 
 /// A database of about `mib` MiB, so a backup takes long enough to be killed in every step.
-fn make_big(path: &Path, mib: usize, tag: &str) {
+pub(crate) fn make_big(path: &Path, mib: usize, tag: &str) {
     let c = Connection::open(path).unwrap();
     c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS blobs (id INTEGER PRIMARY KEY, tag TEXT, body BLOB);").unwrap();
     let tx = c.unchecked_transaction().unwrap();
@@ -77,7 +77,7 @@ fn kill_sweep_with(
 }
 
 /// Every listed snapshot's object matches its manifest (nothing partial is listed).
-fn listed_snapshots_are_complete(env: &TestEnv) -> usize {
+pub(crate) fn listed_snapshots_are_complete(env: &TestEnv) -> usize {
     let list = env.list();
     for s in &list {
         let id = s["id"].as_str().unwrap();

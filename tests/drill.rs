@@ -1,10 +1,13 @@
 //! The restore drill through the real binary: a good snapshot is verified; damaged ones (bit
 //! rot, a corrupt database behind valid checksums, counts that do not match) exit 1, are
-//! recorded as failed, and `restore --latest` then skips them.
+//! recorded as failed, and `restore --latest` then skips them. The rotation of older snapshots:
+//! a property test of the pure choice, and drills through the binary reading every snapshot.
 
 use std::io::Write;
 
 use sha2::{Digest, Sha256};
+
+use guardian::drill::{pick_rotation, Turn};
 
 use crate::util::{self, fixture, TestEnv};
 
@@ -67,7 +70,14 @@ fn drill_on_a_bit_flipped_snapshot_fails_and_restore_latest_skips_it() {
         r.stdout
     );
     assert_eq!(util::status_of(&env, &bad), "failed");
-    assert_eq!(util::status_of(&env, &good), "unverified");
+    // The same drill read the older snapshot in rotation, and it passed.
+    assert!(
+        r.stdout
+            .contains(&format!("drill of market snapshot {good}")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(util::status_of(&env, &good), "verified");
     // status says so, and exits 1 for cron or a monitor.
     let st = env.run(&["status"]).expect_code(1);
     assert!(
@@ -89,9 +99,15 @@ fn drill_on_a_bit_flipped_snapshot_fails_and_restore_latest_skips_it() {
     );
     assert_eq!(util::integrity(&to), "ok");
 
-    // The next drill picks the newest usable snapshot: the good one.
+    // The next drill picks the newest usable snapshot: the good one; the failed one is out of
+    // the rotation.
     let r = env.run(&["drill"]).ok();
     assert!(r.stdout.contains(&good), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("rotation: no older usable snapshot"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(util::status_of(&env, &good), "verified");
 }
 
@@ -236,4 +252,214 @@ fn drill_decrypts_encrypted_snapshots_and_fails_closed_without_the_identity() {
         r.stderr
     );
     assert_eq!(util::status_of(&env, &second), "unverified");
+}
+
+fn at(secs: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+}
+
+/// Up to 40 snapshots, created at random times (ties included), each never drilled or last
+/// drilled at a random earlier time.
+fn histories() -> impl proptest::strategy::Strategy<Value = Vec<Turn>> {
+    use proptest::prelude::*;
+    prop::collection::vec((0i64..100_000, prop::option::of(0i64..100_000)), 1..40).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (created, drilled))| Turn {
+                id: format!("s{i:02}"),
+                created_at: at(created),
+                last_drill: drilled.map(|d| at(created.max(d))),
+            })
+            .collect()
+    })
+}
+
+/// One drill as the binary does it: the newest snapshot (newest first by time, then id), then
+/// the pick; both get a drill record at `now`. Returns what was read.
+fn simulate_drill(turns: &mut [Turn], now: i64) -> Vec<String> {
+    let latest = turns
+        .iter()
+        .max_by_key(|t| (t.created_at, t.id.clone()))
+        .unwrap()
+        .id
+        .clone();
+    let mut read = vec![latest.clone()];
+    if let Some(p) = pick_rotation(turns, &latest) {
+        read.push(p.id.clone());
+    }
+    for t in turns.iter_mut().filter(|t| read.contains(&t.id)) {
+        t.last_drill = Some(at(now));
+    }
+    read
+}
+
+proptest::proptest! {
+    #[test]
+    fn over_as_many_drills_as_there_are_snapshots_every_snapshot_is_drilled(mut turns in histories()) {
+        let n = turns.len();
+        let mut drilled = std::collections::BTreeSet::new();
+        for k in 0..n {
+            drilled.extend(simulate_drill(&mut turns, 200_000 + k as i64));
+        }
+        proptest::prop_assert_eq!(drilled.len(), n, "{:?}", turns);
+    }
+
+    #[test]
+    fn the_older_snapshots_take_turns_each_read_once_per_round(mut turns in histories()) {
+        // K older snapshots: K drills read each exactly once; the pick is never the latest,
+        // and there is none only when there is nothing older.
+        let older = turns.len() - 1;
+        let mut picks = Vec::new();
+        for k in 0..older {
+            let read = simulate_drill(&mut turns, 200_000 + k as i64);
+            proptest::prop_assert_eq!(read.len(), 2);
+            proptest::prop_assert_ne!(&read[0], &read[1]);
+            picks.push(read[1].clone());
+        }
+        let distinct: std::collections::BTreeSet<_> = picks.iter().collect();
+        proptest::prop_assert_eq!(distinct.len(), older, "{:?}", picks);
+        if older == 0 {
+            proptest::prop_assert_eq!(simulate_drill(&mut turns, 300_000).len(), 1);
+        }
+    }
+}
+
+#[test]
+fn a_drilled_snapshot_waits_behind_one_unread_for_longer_and_never_starves() {
+    // A monthly drilled 60 days ago goes before a daily taken 3 days ago and never drilled.
+    let day = 86_400;
+    let turns = [
+        Turn {
+            id: "monthly".into(),
+            created_at: at(0),
+            last_drill: Some(at(30 * day)),
+        },
+        Turn {
+            id: "daily".into(),
+            created_at: at(87 * day),
+            last_drill: None,
+        },
+        Turn {
+            id: "newest".into(),
+            created_at: at(90 * day),
+            last_drill: Some(at(90 * day)),
+        },
+    ];
+    assert_eq!(pick_rotation(&turns, "newest").unwrap().id, "monthly");
+    // Never drilled and older than the last proof of the other: its turn first.
+    let turns = [
+        Turn {
+            last_drill: Some(at(88 * day)),
+            ..turns[0].clone()
+        },
+        turns[1].clone(),
+        turns[2].clone(),
+    ];
+    assert_eq!(pick_rotation(&turns, "newest").unwrap().id, "daily");
+    assert!(pick_rotation(&turns[2..], "newest").is_none());
+}
+
+#[test]
+fn each_drill_reads_the_newest_and_an_older_snapshot_in_turn_until_all_are_verified() {
+    let env = TestEnv::new();
+    let template = env.backup();
+    let older: Vec<String> = [
+        "2026-01-01T03:00:00Z",
+        "2026-01-08T03:00:00Z",
+        "2026-01-15T03:00:00Z",
+    ]
+    .iter()
+    .map(|t| util::plant_snapshot(&env, &template, t))
+    .collect();
+    let mut rotated = Vec::new();
+    for round in 0..older.len() {
+        let r = env.run(&["drill", "--json"]).ok();
+        let reports: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(
+            reports.as_array().unwrap().len(),
+            1,
+            "one report per database"
+        );
+        let latest = &reports[0];
+        assert_eq!(latest["snapshot"], template.as_str());
+        assert_eq!(latest["selected_by"], "latest");
+        assert_eq!(latest["ok"], true);
+        let rotation = &latest["rotation"];
+        assert_eq!(rotation["selected_by"], "rotation", "{latest}");
+        assert_eq!(rotation["ok"], true);
+        assert!(
+            rotation["previous_drill_at"].is_null(),
+            "round {round}: {rotation}"
+        );
+        assert!(rotation["record"].as_str().unwrap().ends_with("-ok.json"));
+        // The stored record says why the snapshot was drilled.
+        let id = rotation["snapshot"].as_str().unwrap().to_string();
+        let record = util::walk(&env.snapshot_dir(&id))
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains("drill-"))
+            .unwrap();
+        let stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+        assert_eq!(stored["selected_by"], "rotation");
+        rotated.push(id);
+    }
+    // Oldest first, each once: after 3 drills, all 4 snapshots are verified.
+    assert_eq!(rotated, older);
+    assert!(env.list().iter().all(|s| s["status"] == "verified"));
+    // The 4th drill starts the next round with the one proven longest ago. (Drill records
+    // have second precision: drills in the same second would tie.)
+    let next_second = || std::thread::sleep(std::time::Duration::from_millis(1100));
+    next_second();
+    let r = env.run(&["drill"]).ok();
+    assert!(
+        r.stdout
+            .contains("rotation: 3 older snapshot(s) take turns"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("drill of market snapshot {}", older[0])),
+        "{}",
+        r.stdout
+    );
+
+    // Bit rot in an older snapshot: the rotation finds it, exit 1, it is marked failed (and
+    // skipped by restore), while the newest stays verified.
+    util::flip_byte(&env.snapshot_dir(&older[1]).join("db.sqlite.gz"), 300);
+    let mut found = false;
+    for _ in 0..older.len() {
+        next_second();
+        let r = env.run(&["drill"]);
+        if r.code == 1 {
+            assert!(
+                r.stdout.contains(&older[1]) && r.stdout.contains("FAILED"),
+                "{}",
+                r.stdout
+            );
+            found = true;
+            break;
+        }
+        r.ok();
+    }
+    assert!(found, "the rotation never read the damaged snapshot");
+    assert_eq!(util::status_of(&env, &older[1]), "failed");
+    assert_eq!(util::status_of(&env, &template), "verified");
+    // The run failed as a whole: the newest's pass in the same run does not hide it.
+    let st = env.run(&["status"]).expect_code(1);
+    assert!(
+        st.stdout.contains("last drill failed") && st.stdout.contains(&older[1]),
+        "{}",
+        st.stdout
+    );
+    // The next run passes (the failed snapshot is out of the rotation): healthy again.
+    next_second();
+    let r = env.run(&["drill"]).ok();
+    assert!(!r.stdout.contains(&older[1]), "{}", r.stdout);
+    env.run(&["status"]).ok();
+    // A named snapshot is drilled alone.
+    let r = env.run(&["drill", "--snapshot", &older[2], "--json"]).ok();
+    let reports: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(reports[0]["selected_by"], "requested");
+    assert!(reports[0].get("rotation").is_none(), "{reports}");
 }

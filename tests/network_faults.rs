@@ -304,7 +304,12 @@ fn the_service_rides_out_a_store_outage_and_the_next_scheduled_run_succeeds() {
     .unwrap();
     // The store is down before the service starts, and stays down for a few runs.
     proxy.refuse(true);
-    let mut svc = Service::start_with(&env, |cmd| target.credentials_env(cmd));
+    let mut cmd = env.command();
+    target.credentials_env(&mut cmd);
+    let mut svc = Service::spawn(
+        cmd.args(["--log-format", "json", "run"])
+            .stdout(std::process::Stdio::null()),
+    );
     let addr = svc.addr();
     let fails = "guardian_failures_total{db=\"market\",job=\"backup\"}";
     let ok_runs = "guardian_job_runs_total{db=\"market\",job=\"backup\",outcome=\"ok\"}";

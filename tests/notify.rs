@@ -1,6 +1,7 @@
 //! Notifications against a local HTTP listener: the webhook body (Slack `text`), heartbeat
-//! pings and `/fail`, retries, time limits (with paused time), secrets never printed, and a
-//! dead webhook never failing a backup.
+//! pings (`/start`, then `<url>` or `/fail`, in order, from the CLI and the service), retries,
+//! time limits (with paused time), secrets never printed, and a dead webhook or heartbeat never
+//! changing a backup's outcome.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,6 +24,8 @@ pub(crate) struct Hit {
     pub(crate) method: String,
     pub(crate) path: String,
     pub(crate) body: String,
+    /// When the request arrived.
+    pub(crate) at: std::time::SystemTime,
 }
 
 /// A local HTTP listener on 127.0.0.1:0, served by its own thread, answering with the
@@ -63,6 +66,7 @@ impl Hook {
                                     method,
                                     path,
                                     body: String::from_utf8_lossy(&body).into_owned(),
+                                    at: std::time::SystemTime::now(),
                                 });
                                 let status = script.lock().unwrap().pop_front().unwrap_or(200);
                                 Ok::<_, Infallible>(
@@ -378,4 +382,104 @@ fn secrets_in_files_readable_by_others_are_warned_about_without_the_secret() {
     assert!(line.contains("notify.heartbeat_url"), "{line}");
     chmod(&env.config, 0o600);
     assert!(!env.run(&["backup"]).ok().stderr.contains(warning));
+}
+
+/// The heartbeat pings the hook received, in order.
+fn pings(hook: &Hook) -> Vec<String> {
+    hook.hits()
+        .into_iter()
+        .filter(|h| h.method == "GET" && h.path.starts_with("/ping/"))
+        .map(|h| h.path)
+        .collect()
+}
+
+#[test]
+fn heartbeat_pings_start_then_success_once_the_manifest_is_stored_or_fail() {
+    let hook = Hook::start(&[]);
+    let env = TestEnv::new();
+    // A healthchecks.io run id in the query: the suffixes go before it.
+    env.write_config(&format!(
+        "\n[notify]\nheartbeat_url = \"{}\"\n",
+        hook.url("/ping/uuid?rid=7")
+    ));
+    let id = env.backup();
+    assert_eq!(pings(&hook), ["/ping/uuid/start?rid=7", "/ping/uuid?rid=7"]);
+    // The success ping left only after the manifest was stored.
+    let manifest = env.snapshot_dir(&id).join("manifest.json");
+    let stored = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    let success = hook.hits().into_iter().last().unwrap();
+    assert!(stored <= success.at, "{stored:?} > {:?}", success.at);
+
+    std::fs::rename(&env.db, env.path("away.db")).unwrap();
+    env.run(&["backup"]).expect_code(2);
+    assert_eq!(
+        pings(&hook)[2..],
+        ["/ping/uuid/start?rid=7", "/ping/uuid/fail?rid=7"]
+    );
+    std::fs::rename(env.path("away.db"), &env.db).unwrap();
+}
+
+#[test]
+fn failing_heartbeat_pings_never_change_the_exit_code() {
+    // Every ping is refused (404 is not retried: a wrong URL).
+    let hook = Hook::start(&[404; 8]);
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "\n[notify]\nheartbeat_url = \"{}\"\n",
+        hook.url("/ping/uuid")
+    ));
+    let r = env.run(&["backup"]).ok();
+    assert_eq!(r.stdout.trim().lines().count(), 1, "{}", r.stdout);
+    assert_eq!(
+        r.stderr
+            .matches("notification could not be delivered")
+            .count(),
+        2,
+        "{}",
+        r.stderr
+    );
+    std::fs::rename(&env.db, env.path("away.db")).unwrap();
+    let r = env.run(&["backup"]).expect_code(2);
+    assert!(r.error_line().contains("does not exist"), "{}", r.stderr);
+    assert_eq!(
+        pings(&hook),
+        [
+            "/ping/uuid/start",
+            "/ping/uuid",
+            "/ping/uuid/start",
+            "/ping/uuid/fail"
+        ]
+    );
+}
+
+#[test]
+fn scheduled_backups_ping_start_then_their_outcome_in_order() {
+    let hook = Hook::start(&[]);
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n\n[notify]\nheartbeat_url = \"{}\"\n",
+        hook.url("/ping/svc")
+    ));
+    let mut svc = crate::util::Service::start(&env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pings(&hook).iter().filter(|p| *p == "/ping/svc").count() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}\n{}",
+            pings(&hook),
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(20), 0, "{}", svc.log());
+    // start, outcome, start, outcome, ... (a backup cut short by the stop may end the list
+    // with a start that has no outcome).
+    let got = pings(&hook);
+    for (i, pair) in got.chunks(2).enumerate() {
+        assert_eq!(pair[0], "/ping/svc/start", "ping {}: {got:?}", 2 * i);
+        if let Some(outcome) = pair.get(1) {
+            assert_eq!(outcome, "/ping/svc", "ping {}: {got:?}", 2 * i + 1);
+        }
+    }
 }

@@ -442,3 +442,47 @@ fn a_corrupted_source_is_refused_alerted_and_retention_deletes_nothing() {
         "retention must not run while the source is refused"
     );
 }
+
+#[test]
+fn a_scheduled_drill_whose_older_snapshot_in_rotation_is_damaged_fails_as_a_whole() {
+    let env = TestEnv::new();
+    let newest = env.backup();
+    let older = util::plant_snapshot(&env, &newest, "2026-01-01T03:00:00Z");
+    util::flip_byte(&env.snapshot_dir(&older).join("db.sqlite.gz"), 300);
+    env.write_config("drill = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n");
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+    let failed = svc.wait_for_line("scheduled drill FAILED", 30);
+    assert!(
+        failed.contains("older snapshot in rotation") && failed.contains(&older),
+        "{failed}"
+    );
+    svc.wait_for_line("scheduled drill passed", 30);
+    let (_, text) = util::http_get(&addr, "/metrics");
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+    // The newest passed in the same run, yet the run is failed; later runs (the damaged one is
+    // out of the rotation) pass again.
+    let log = svc.log();
+    let first_run: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("scheduled drill"))
+        .take(2)
+        .collect();
+    assert!(
+        first_run[0].contains("scheduled drill passed") && first_run[0].contains(&newest),
+        "{first_run:?}"
+    );
+    assert!(first_run[1].contains("FAILED"), "{first_run:?}");
+    assert!(
+        metric(
+            &text,
+            "guardian_failures_total{db=\"market\",job=\"drill\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{text}"
+    );
+    assert_eq!(util::status_of(&env, &older), "failed");
+    assert_eq!(util::status_of(&env, &newest), "verified");
+}

@@ -11,7 +11,8 @@ mod cli;
 mod config;
 // SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
 mod crash;
-// The restore drill: verified on success; bit rot, corruption and count mismatches fail it.
+// The restore drill: verified on success; bit rot, corruption and count mismatches fail it;
+// the rotation of older snapshots (property tests of the choice, drills through the binary).
 mod drill;
 // age encryption: ciphertext only in the store, fail closed without the right key.
 mod encryption;
@@ -23,9 +24,11 @@ mod notify;
 mod prune;
 // Retention as a pure function: table tests and safety properties.
 mod retention;
+// The canary sweep: no secret in any output, stored object or metric, at trace level.
+mod secrets;
 // `guardian run`: schedules, metrics, SIGTERM, grace period, second signal, config errors.
 mod service;
-// Hard sources: another process committing hundreds of times a second, open write transactions.
+// Hard sources: fast writers in another process, open write transactions, a source removed mid-backup.
 mod sources;
 // `verify`: bit rot found without SQLite, per snapshot.
 mod verify;
@@ -35,7 +38,7 @@ mod s3_server;
 mod storage;
 // S3-only: wire format, faults in transit, throttling, cancellation, error hints, sweep.
 mod s3_storage;
-// The CLI against S3: backup, list, restore, damage fallback, doctor, secrets never printed.
+// The CLI against S3: backup, list, restore, damage fallback, doctor.
 mod s3_cli;
 // guardian against S3 under stress: bounded memory for a large database, SIGKILL mid-upload.
 mod s3_limits;

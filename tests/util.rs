@@ -309,20 +309,18 @@ pub struct Service {
 impl Service {
     /// Start `guardian --log-format json run` in `env`.
     pub fn start(env: &TestEnv) -> Service {
-        Service::start_with(env, |_| {})
+        Service::spawn(
+            env.command()
+                .args(["--log-format", "json", "run"])
+                .stdout(std::process::Stdio::null()),
+        )
     }
 
-    /// The same, with the command adjusted first (e.g. S3 credentials in its environment).
-    pub fn start_with(env: &TestEnv, adjust: impl FnOnce(&mut Command)) -> Service {
+    /// Start `cmd` (a `guardian ... run` command the caller built: its own environment,
+    /// flags and stdout), collecting its stderr lines.
+    pub fn spawn(cmd: &mut Command) -> Service {
         use std::io::BufRead;
-        let mut cmd = env.command();
-        adjust(&mut cmd);
-        let mut child = cmd
-            .args(["--log-format", "json", "run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&lines);

@@ -96,8 +96,9 @@ pub struct NotifyConfig {
     /// Also POST to the webhook when a backup or drill succeeds. Default: false.
     #[serde(default)]
     pub notify_on_success: bool,
-    /// Heartbeat pinged (GET) after each successful backup, `<url>/fail` after a failed one
-    /// (healthchecks.io style), so that silence itself raises an alarm.
+    /// Heartbeat pinged (GET) at `<url>/start` when each backup begins, at `<url>` once its
+    /// snapshot is stored, at `<url>/fail` when it failed (healthchecks.io style), so that
+    /// silence and a backup that never ends raise an alarm too.
     pub heartbeat_url: Option<String>,
     /// File holding the heartbeat URL (first line).
     pub heartbeat_url_file: Option<PathBuf>,
