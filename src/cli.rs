@@ -215,12 +215,31 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
 async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let dbs = app.config.select(args.db.as_deref())?;
     let notifier = crate::notify::Notifier::from_config(&app.config.notify)?;
-    let mut worst: Option<Error> = None;
+    let staging = app.config.backup.staging_dir();
+    // With several databases, one failure must not stop the others: each is reported as it
+    // happens, and the worst decides the exit code.
+    let mut worst = 0;
     for db in dbs {
+        let lock = match crate::lock::DbLock::acquire(&staging, &db.name, "backup") {
+            Ok(lock) => lock,
+            Err(e) => {
+                // Another guardian is backing it up (or drilling, pruning) and reports its own
+                // outcome: no alert from here; exit 3 tells the caller nothing was done.
+                let verb = if e.is_busy() { "skipped" } else { "failed" };
+                errln!(
+                    "guardian: backup of {} {verb}: {}",
+                    db.name,
+                    crate::error::chain(&e)
+                );
+                worst = crate::error::worst_exit_code(worst, e.exit_code());
+                continue;
+            }
+        };
         let started = std::time::Instant::now();
         let start_ping = notifier.backup_started(&db.name);
         let result = crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await;
         start_ping.done().await;
+        drop(lock);
         let event = match &result {
             Ok(m) => crate::notify::Event::BackupOk {
                 db: db.name.clone(),
@@ -241,22 +260,18 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
                 if let Error::SourceGone { id, .. } = &e {
                     outln!("{id}");
                 }
-                // With several databases, one failure must not stop the others: report it now
-                // and return the worst at the end.
                 errln!(
                     "guardian: backup of {} failed: {}",
                     db.name,
                     crate::error::chain(&e)
                 );
-                if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
-                    worst = Some(e);
-                }
+                worst = crate::error::worst_exit_code(worst, e.exit_code());
             }
         }
     }
     match worst {
-        None => Ok(0),
-        Some(e) => Err(Error::Reported(e.exit_code())),
+        0 => Ok(0),
+        code => Err(Error::Reported(code)),
     }
 }
 

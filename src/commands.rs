@@ -11,6 +11,7 @@ use crate::cli::{App, DrillArgs, PruneArgs, VerifyArgs};
 use crate::config::DatabaseConfig;
 use crate::drill::{self, DrillReport};
 use crate::error::{chain, Error, Result};
+use crate::lock::DbLock;
 use crate::notify::{Event, Notifier};
 use crate::output::{errln, outln};
 use crate::retention::{self, PruneReport};
@@ -22,11 +23,12 @@ struct Worst(u8);
 
 impl Worst {
     fn add(&mut self, code: u8) {
-        self.0 = self.0.max(code);
+        self.0 = crate::error::worst_exit_code(self.0, code);
     }
 
     fn failed(&mut self, what: &str, db: &str, e: &Error) {
-        errln!("guardian: {what} of {db} failed: {}", chain(e));
+        let verb = if e.is_busy() { "skipped" } else { "failed" };
+        errln!("guardian: {what} of {db} {verb}: {}", chain(e));
         self.add(e.exit_code());
     }
 
@@ -51,16 +53,24 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     let mut worst = Worst::default();
     let mut json = Vec::new();
     for db in dbs {
-        let outcome = match args.snapshot.as_deref() {
-            Some(id) => drill::run(&app.store, db, &staging, Some(id), &app.keys)
-                .await
-                .map(|r| (r, None)),
-            None => drill::run_with_rotation(&app.store, db, &staging, &app.keys)
-                .await
-                .map(|d| (d.latest, Some((d.older, d.older_count)))),
-        };
+        let outcome = async {
+            let _lock = DbLock::acquire(&staging, &db.name, "drill")?;
+            match args.snapshot.as_deref() {
+                Some(id) => drill::run(&app.store, db, &staging, Some(id), &app.keys)
+                    .await
+                    .map(|r| (r, None)),
+                None => drill::run_with_rotation(&app.store, db, &staging, &app.keys)
+                    .await
+                    .map(|d| (d.latest, Some((d.older, d.older_count)))),
+            }
+        }
+        .await;
         let (latest, rotation) = match outcome {
             Ok(o) => o,
+            Err(e) if e.is_busy() => {
+                worst.failed("drill", &db.name, &e);
+                continue;
+            }
             Err(e) => {
                 notifier
                     .send(&Event::DrillFailed {
@@ -263,8 +273,18 @@ pub async fn prune(app: &App, args: PruneArgs) -> Result<u8> {
     let notifier = Notifier::from_config(&app.config.notify)?;
     let mut worst = Worst::default();
     let mut all = Vec::new();
+    let staging = app.config.backup.staging_dir();
     for db in app.config.select(args.db.as_deref())? {
-        match retention::prune(&app.store, db, args.dry_run).await {
+        let outcome = async {
+            // A dry run deletes nothing: it needs no lock.
+            let _lock = match args.dry_run {
+                true => None,
+                false => Some(DbLock::acquire(&staging, &db.name, "prune")?),
+            };
+            retention::prune(&app.store, db, args.dry_run).await
+        }
+        .await;
+        match outcome {
             Ok(r) => {
                 if !args.json {
                     print_prune(&r);
@@ -272,7 +292,7 @@ pub async fn prune(app: &App, args: PruneArgs) -> Result<u8> {
                 all.push(r);
             }
             Err(e) => {
-                if !args.dry_run {
+                if !args.dry_run && !e.is_busy() {
                     notifier
                         .send(&Event::PruneFailed {
                             db: db.name.clone(),

@@ -140,6 +140,12 @@ impl Error {
         }
     }
 
+    /// True when another guardian holds the database's lock: nothing was done, and the other
+    /// process reports its own outcome (so this one sends no alert).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Busy(_))
+    }
+
     /// True when the error says the data itself is bad (exit code 1).
     pub fn is_data_error(&self) -> bool {
         self.exit_code() == 1
@@ -180,4 +186,21 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         cur = src.source();
     }
     out
+}
+
+/// The exit code of a run that had outcomes `a` and `b` (one per database): an operational
+/// error (2) outranks bad data (1), which outranks "another guardian was busy" (3), which
+/// outranks ok (0).
+pub fn worst_exit_code(a: u8, b: u8) -> u8 {
+    let rank = |c: u8| match c {
+        0 => 0,
+        3 => 1,
+        1 => 2,
+        _ => 3,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
 }

@@ -192,6 +192,33 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             g = locks.exclusive.lock() => g,
             () = s.stop.cancelled() => return,
         };
+        // And across processes: a one-shot command or another service may be at it.
+        let staging = s.app.config.backup.staging_dir();
+        let _flock = match crate::lock::DbLock::acquire(&staging, &db.name, job) {
+            Ok(l) => l,
+            Err(e) if e.is_busy() => {
+                warn!(db = %db.name, job, error = %chain(&e), "skipping this tick");
+                s.metrics.outcome(&db.name, job, "skipped");
+                return;
+            }
+            Err(e) => {
+                error!(db = %db.name, job, error = %chain(&e), "scheduled {job} failed");
+                s.metrics.outcome(&db.name, job, "failed");
+                let event = match tick.kind {
+                    JobKind::Backup => Event::BackupFailed {
+                        db: db.name.clone(),
+                        error: chain(&e),
+                    },
+                    JobKind::Drill => Event::DrillFailed {
+                        db: db.name.clone(),
+                        snapshot: None,
+                        detail: chain(&e),
+                    },
+                };
+                s.notifier.send(&event).await;
+                return;
+            }
+        };
         s.metrics.running(&db.name, job, true);
         let start_ping = match tick.kind {
             JobKind::Backup => s.notifier.backup_started(&db.name),

@@ -486,3 +486,106 @@ fn a_scheduled_drill_whose_older_snapshot_in_rotation_is_damaged_fails_as_a_whol
     assert_eq!(util::status_of(&env, &older), "failed");
     assert_eq!(util::status_of(&env, &newest), "verified");
 }
+
+/// A `guardian backup` of `env` that stays in flight, holding the database's lock, for as long
+/// as the returned connection holds an exclusive lock on the source. Returns it with its pid.
+fn held_backup(env: &TestEnv) -> (rusqlite::Connection, std::process::Child, u32) {
+    let source_lock = rusqlite::Connection::open(&env.db).unwrap();
+    source_lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let child = env
+        .command()
+        .arg("backup")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let lock_file = env.path("staging/guardian-market.lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&lock_file).is_ok_and(|t| t.contains(&format!("pid {pid} "))) {
+        assert!(Instant::now() < deadline, "the backup never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (source_lock, child, pid)
+}
+
+#[test]
+fn one_job_per_database_at_a_time_across_processes_and_a_killed_holder_frees_it() {
+    let hook = crate::notify::Hook::start(&[]);
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[databases.retention]\nkeep_last = 1\n\n[notify]\nwebhook_url = \"{}\"\nheartbeat_url = \"{}\"\n",
+        hook.url("/hook"),
+        hook.url("/ping")
+    ));
+    let first = env.backup();
+    let (source_lock, mut holder, pid) = held_backup(&env);
+    // Every other job that works on market's snapshots is refused at once: exit 3, one line
+    // naming the holder, no alert (the holder reports its own outcome).
+    for args in [&["backup"][..], &["drill"], &["prune"]] {
+        let t0 = Instant::now();
+        let r = env.run(args).expect_code(3);
+        let line = r.error_line();
+        assert!(
+            line.contains("skipped") && line.contains(&format!("pid {pid} (backup)")),
+            "{args:?}: {line}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{args:?} waited");
+    }
+    let hits = hook.hits();
+    assert!(
+        !hits
+            .iter()
+            .any(|h| h.method == "POST" || h.path.ends_with("/fail"))
+            && hits.iter().filter(|h| h.path == "/ping/start").count() <= 2,
+        "only the first backup and the holder may ping: {hits:?}"
+    );
+    // Reading is never blocked: the 3 a.m. restore must not wait for a backup.
+    env.run(&["list"]).ok();
+    env.run(&["prune", "--dry-run"]).ok();
+    let out = env.path("restored.db");
+    env.run(&["restore", "--latest", "--to", out.to_str().unwrap()])
+        .ok();
+    assert_eq!(util::integrity(&out), "ok");
+    // SIGKILL the holder: the kernel frees the lock; nothing is left to clear by hand.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    drop(source_lock);
+    let second = env.backup();
+    assert_ne!(first, second);
+    env.run(&["drill"]).ok();
+}
+
+#[test]
+fn the_service_skips_ticks_while_another_process_holds_the_database() {
+    let env = TestEnv::new();
+    env.write_config("backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n");
+    let (source_lock, mut holder, _pid) = held_backup(&env);
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+    let skipped = "guardian_job_runs_total{db=\"market\",job=\"backup\",outcome=\"skipped\"}";
+    let ok = "guardian_job_runs_total{db=\"market\",job=\"backup\",outcome=\"ok\"}";
+    let fails = "guardian_failures_total{db=\"market\",job=\"backup\"}";
+    let wait_for = |series: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, text) = util::http_get(&addr, "/metrics");
+            if metric(&text, series).unwrap_or(0.0) >= 2.0 {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{series}:\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let text = wait_for(skipped);
+    assert_eq!(metric(&text, fails).unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(metric(&text, ok).unwrap_or(0.0), 0.0, "{text}");
+    svc.wait_for_line("another guardian", 1);
+    // The other process goes away: the next ticks back up.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    drop(source_lock);
+    wait_for(ok);
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+}
