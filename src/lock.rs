@@ -35,36 +35,61 @@ impl DbLock {
         std::fs::create_dir_all(staging_dir)
             .map_err(|e| Error::io("create staging folder", staging_dir, e))?;
         let path = lock_path(staging_dir, db);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io("open lock file", &path, e))?;
+        // World-readable (it holds a pid, nothing secret), so that a guardian running as another
+        // user (root once by hand, the service's own user) can still take the lock, read-only.
+        let open = |write: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .create(write)
+                .truncate(false)
+                .mode(0o644)
+                .open(&path)
+        };
+        let (file, writable) = match open(true) {
+            Ok(f) => (f, true),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => (
+                open(false).map_err(|e| Error::io("open lock file", &path, e))?,
+                false,
+            ),
+            Err(e) => return Err(Error::io("open lock file", &path, e)),
+        };
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut held) => {
-                // Who holds it, for the message of whoever finds it taken.
-                let who = format!("pid {} ({job})\n", std::process::id());
-                let _ = held
-                    .set_len(0)
-                    .and_then(|()| held.rewind())
-                    .and_then(|()| held.write_all(who.as_bytes()));
+                if writable {
+                    // Who holds it, for the message of whoever finds it taken.
+                    let who = format!("{} {job}\n", std::process::id());
+                    let _ = held
+                        .set_len(0)
+                        .and_then(|()| held.rewind())
+                        .and_then(|()| held.write_all(who.as_bytes()));
+                }
                 Ok(DbLock { _file: held })
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
                 Err(Error::Busy(format!(
                     "another guardian ({}) is working on {db} (lock {}); nothing was done: try again when it has finished",
-                    if holder.is_empty() { "a process" } else { holder },
+                    holder(&text),
                     path.display()
                 )))
             }
             Err((_, errno)) => Err(Error::io("lock", &path, errno.into())),
         }
+    }
+}
+
+/// "pid N (job)" from the lock file's `N job` line, when that process is alive (the line may
+/// be older than the lock, if the holder could only open the file read-only).
+fn holder(text: &str) -> String {
+    let mut words = text.split_whitespace();
+    match (
+        words.next().and_then(|p| p.parse::<i32>().ok()),
+        words.next(),
+    ) {
+        (Some(pid), Some(job)) if crate::durable::pid_alive(pid) => format!("pid {pid} ({job})"),
+        _ => "a process".to_string(),
     }
 }
 
@@ -94,6 +119,13 @@ mod tests {
         let _other = DbLock::acquire(dir.path(), "shop", "backup").unwrap();
         drop(held);
         let _again = DbLock::acquire(dir.path(), "market", "prune").unwrap();
+        // The holder is named only while that process lives (the line may be stale).
+        assert_eq!(
+            holder(&format!("{} drill\n", std::process::id())),
+            format!("pid {} (drill)", std::process::id())
+        );
+        assert_eq!(holder("2147483646 backup\n"), "a process");
+        assert_eq!(holder(""), "a process");
         // Never swept as a staging leftover.
         assert!(crate::durable::dead_leftovers(dir.path(), "guardian-market-").is_empty());
     }

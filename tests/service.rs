@@ -502,7 +502,7 @@ fn held_backup(env: &TestEnv) -> (rusqlite::Connection, std::process::Child, u32
     let pid = child.id();
     let lock_file = env.path("staging/guardian-market.lock");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&lock_file).is_ok_and(|t| t.contains(&format!("pid {pid} "))) {
+    while !std::fs::read_to_string(&lock_file).is_ok_and(|t| t.starts_with(&format!("{pid} "))) {
         assert!(Instant::now() < deadline, "the backup never took the lock");
         std::thread::sleep(Duration::from_millis(20));
     }
