@@ -39,9 +39,6 @@ pub async fn run(
     let started = Instant::now();
     let staging_root = opts.staging_dir();
     sweep_staging(&staging_root, &db.name);
-    if let Err(e) = store.sweep(&crate::manifest::db_prefix(&db.name)).await {
-        tracing::warn!(error = %crate::error::chain(&e), "could not clean leftovers of interrupted uploads");
-    }
 
     let created_at = Utc::now();
     let key = SnapshotKey {
@@ -221,6 +218,11 @@ pub async fn run(
         )
         .await?;
     drop(staging);
+    // Clean up after interrupted runs once this one is safe, so that a store that is down
+    // fails the backup after one round of retries, not two.
+    if let Err(e) = store.sweep(&crate::manifest::db_prefix(&db.name)).await {
+        tracing::warn!(error = %crate::error::chain(&e), "could not clean leftovers of interrupted uploads");
+    }
     info!(
         id = %key.id,
         raw_bytes = manifest.raw_len,
