@@ -111,11 +111,7 @@ fn sigkill_during_backup_never_leaves_a_partial_snapshot() {
 
     // The next backup succeeds and cleans the leftovers of the killed runs.
     let id = env.backup();
-    let staging_left: Vec<_> = fs::read_dir(env.path("staging"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let staging_left = util::staging_leftovers(&env);
     assert!(
         staging_left.is_empty(),
         "staging leftovers: {staging_left:?}"

@@ -211,10 +211,7 @@ fn drill_of_a_named_snapshot_and_its_errors() {
         r.stderr
     );
     // The scratch copy is gone; the live database was never touched.
-    let staging: Vec<_> = std::fs::read_dir(env.path("staging"))
-        .unwrap()
-        .flatten()
-        .collect();
+    let staging = util::staging_leftovers(&env);
     assert!(staging.is_empty(), "{staging:?}");
     assert_eq!(
         std::fs::read(&env.db).unwrap(),

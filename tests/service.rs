@@ -201,10 +201,7 @@ fn a_second_signal_cancels_the_backup_at_once_and_leaves_no_partial_snapshot() {
         "{:?}",
         util::leftovers(&env)
     );
-    let staging: Vec<_> = std::fs::read_dir(env.path("staging"))
-        .unwrap()
-        .flatten()
-        .collect();
+    let staging = util::staging_leftovers(&env);
     assert!(staging.is_empty(), "{staging:?}");
 }
 

@@ -278,6 +278,19 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
+/// What is left in `env`'s staging folder besides the databases' lock files (which stay, by
+/// design: a lock file that is deleted while held would let a second holder in).
+pub fn staging_leftovers(env: &TestEnv) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(env.path("staging")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !(n.starts_with("guardian-") && n.ends_with(".lock")))
+        .collect()
+}
+
 /// Snapshot folders in the store that have no manifest (orphans), and dot-named temp files.
 pub fn leftovers(env: &TestEnv) -> Vec<PathBuf> {
     let mut out = Vec::new();
