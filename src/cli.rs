@@ -216,22 +216,15 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let dbs = app.config.select(args.db.as_deref())?;
     let notifier = crate::notify::Notifier::from_config(&app.config.notify)?;
     let staging = app.config.backup.staging_dir();
-    // With several databases, one failure must not stop the others: each is reported as it
-    // happens, and the worst decides the exit code.
-    let mut worst = 0;
+    // With several databases, one failure must not stop the others.
+    let mut worst = crate::commands::Worst::default();
     for db in dbs {
         let lock = match crate::lock::DbLock::acquire(&staging, &db.name, "backup") {
             Ok(lock) => lock,
             Err(e) => {
                 // Another guardian is backing it up (or drilling, pruning) and reports its own
                 // outcome: no alert from here; exit 3 tells the caller nothing was done.
-                let verb = if e.is_busy() { "skipped" } else { "failed" };
-                errln!(
-                    "guardian: backup of {} {verb}: {}",
-                    db.name,
-                    crate::error::chain(&e)
-                );
-                worst = crate::error::worst_exit_code(worst, e.exit_code());
+                worst.failed("backup", &db.name, &e);
                 continue;
             }
         };
@@ -260,19 +253,11 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
                 if let Error::SourceGone { id, .. } = &e {
                     outln!("{id}");
                 }
-                errln!(
-                    "guardian: backup of {} failed: {}",
-                    db.name,
-                    crate::error::chain(&e)
-                );
-                worst = crate::error::worst_exit_code(worst, e.exit_code());
+                worst.failed("backup", &db.name, &e);
             }
         }
     }
-    match worst {
-        0 => Ok(0),
-        code => Err(Error::Reported(code)),
-    }
+    worst.finish()
 }
 
 async fn list(app: &App, args: ListArgs) -> Result<u8> {

@@ -17,22 +17,24 @@ use crate::output::{errln, outln};
 use crate::retention::{self, PruneReport};
 use crate::verify::{self, Outcome};
 
-/// The exit code and error of the worst outcome so far.
+/// The exit code of the worst outcome so far, over the databases a command works on: each
+/// failure is reported as it happens, so that one database never hides another.
 #[derive(Default)]
-struct Worst(u8);
+pub(crate) struct Worst(u8);
 
 impl Worst {
     fn add(&mut self, code: u8) {
         self.0 = crate::error::worst_exit_code(self.0, code);
     }
 
-    fn failed(&mut self, what: &str, db: &str, e: &Error) {
+    /// Report `what` of `db` as failed (or skipped, when another guardian holds the database).
+    pub(crate) fn failed(&mut self, what: &str, db: &str, e: &Error) {
         let verb = if e.is_busy() { "skipped" } else { "failed" };
         errln!("guardian: {what} of {db} {verb}: {}", chain(e));
         self.add(e.exit_code());
     }
 
-    fn finish(self) -> Result<u8> {
+    pub(crate) fn finish(self) -> Result<u8> {
         match self.0 {
             0 => Ok(0),
             // Outcomes were printed as they happened.
