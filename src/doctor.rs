@@ -149,6 +149,15 @@ pub async fn check(cfg: &Config) -> Report {
             Err(e) => r.fail(name, format!("open {}: {e}", db.path.display())),
         }
     }
+    // The alert settings load (URLs valid, files readable, each given once); nothing is sent.
+    match crate::notify::Notifier::from_config(&cfg.notify).map(|n| n.targets()) {
+        Ok(Some(targets)) => r.pass("notify", targets),
+        Ok(None) => r.warn(
+            "notify",
+            "no webhook_url or heartbeat_url: failures show only in logs, metrics and exit codes",
+        ),
+        Err(e) => r.fail("notify", e.to_string()),
+    }
 
     let s3 = match cfg.storage.kind {
         StorageKind::Local => {

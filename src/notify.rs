@@ -281,6 +281,18 @@ impl Notifier {
         self.client.is_some()
     }
 
+    /// Where alerts go, redacted (`scheme://host/…`), for `doctor`; `None` when nowhere.
+    pub fn targets(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(w) = &self.webhook {
+            parts.push(format!("webhook {}", w.redacted()));
+        }
+        if let Some(h) = &self.heartbeat {
+            parts.push(format!("heartbeat {}", h.redacted()));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
     /// Report `event`: the webhook (failures always, successes if asked) and, for backups, the
     /// heartbeat. Never fails; problems are logged.
     pub async fn send(&self, event: &Event) {

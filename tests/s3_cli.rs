@@ -341,6 +341,37 @@ fn doctor_checks_a_local_store() {
     let r = env.run(&["doctor"]).ok();
     assert!(line(&r, "folder").starts_with("pass"), "{}", r.stdout);
     assert!(walk(&env.store).is_empty(), "the probe left files");
+    // No alerts configured: a warning, not a failure.
+    assert!(line(&r, "notify").starts_with("warn"), "{}", r.stdout);
+    // Alerts configured: where they go, redacted; given twice: a failure naming the key. The
+    // token is never printed.
+    std::fs::write(
+        env.path("hook.url"),
+        "https://hooks.example.com/T0/s3cr3t\n",
+    )
+    .unwrap();
+    env.write_config("\n[notify]\nwebhook_url_file = \"hook.url\"\n");
+    let r = env.run(&["doctor"]).ok();
+    assert!(
+        line(&r, "notify").starts_with("pass")
+            && line(&r, "notify").contains("https://hooks.example.com/…"),
+        "{}",
+        r.stdout
+    );
+    let r = util::run(env.command().arg("doctor").env(
+        "GUARDIAN_WEBHOOK_URL",
+        "https://hooks.example.com/T1/s3cr3t",
+    ))
+    .expect_code(1);
+    assert!(
+        line(&r, "notify").starts_with("fail") && line(&r, "notify").contains("notify.webhook_url"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !format!("{}{}", r.stdout, r.stderr).contains("s3cr3t"),
+        "{r:?}"
+    );
     // A database that is missing fails its check.
     std::fs::remove_file(&env.db).unwrap();
     let r = env.run(&["doctor"]).expect_code(1);
