@@ -269,8 +269,9 @@ impl CheckKind {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
-    /// Folder for the temporary copy (needs room for one raw database). Default: `$TMPDIR`,
-    /// else `/var/tmp` (disk-backed, unlike a tmpfs `/tmp`).
+    /// Folder for the temporary copy (needs room for one raw database), and for the
+    /// databases' job locks (see `lock`). Default: `$TMPDIR`, else `/var/tmp` (disk-backed,
+    /// unlike a tmpfs `/tmp`).
     pub staging_dir: Option<PathBuf>,
     /// gzip level 1-9.
     pub compression_level: Option<u32>,
