@@ -220,19 +220,22 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     let mut worst = crate::commands::Worst::default();
     for db in dbs {
         let lock = match crate::lock::DbLock::acquire(&staging, &db.name, "backup") {
-            Ok(lock) => lock,
-            Err(e) => {
-                // Another guardian is backing it up (or drilling, pruning) and reports its own
-                // outcome: no alert from here; exit 3 tells the caller nothing was done.
+            // Another guardian is backing it up (or drilling, pruning) and reports its own
+            // outcome: no alert from here; exit 3 tells the caller nothing was done.
+            Err(e) if e.is_busy() => {
                 worst.failed("backup", &db.name, &e);
                 continue;
             }
+            // Any other failure to take the lock is a failed backup, alerted like one.
+            other => other,
         };
         let started = std::time::Instant::now();
         let start_ping = notifier.backup_started(&db.name);
-        let result = crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await;
+        let result = match lock {
+            Ok(_lock) => crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await,
+            Err(e) => Err(e),
+        };
         start_ping.done().await;
-        drop(lock);
         let event = match &result {
             Ok(m) => crate::notify::Event::BackupOk {
                 db: db.name.clone(),

@@ -204,18 +204,9 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             Err(e) => {
                 error!(db = %db.name, job, error = %chain(&e), "scheduled {job} failed");
                 s.metrics.outcome(&db.name, job, "failed");
-                let event = match tick.kind {
-                    JobKind::Backup => Event::BackupFailed {
-                        db: db.name.clone(),
-                        error: chain(&e),
-                    },
-                    JobKind::Drill => Event::DrillFailed {
-                        db: db.name.clone(),
-                        snapshot: None,
-                        detail: chain(&e),
-                    },
-                };
-                s.notifier.send(&event).await;
+                s.notifier
+                    .send(&failure_event(tick.kind, &db.name, chain(&e)))
+                    .await;
                 return;
             }
         };
@@ -257,18 +248,11 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
                 let why = panic_message(e);
                 error!(db = %db.name, job, error = %why, "job crashed (a bug in guardian); the service goes on");
                 s.metrics.outcome(&db.name, job, "failed");
-                let detail = format!("internal error: {why}");
-                vec![match tick.kind {
-                    JobKind::Backup => Event::BackupFailed {
-                        db: db.name.clone(),
-                        error: detail,
-                    },
-                    JobKind::Drill => Event::DrillFailed {
-                        db: db.name.clone(),
-                        snapshot: None,
-                        detail,
-                    },
-                }]
+                vec![failure_event(
+                    tick.kind,
+                    &db.name,
+                    format!("internal error: {why}"),
+                )]
             }
             None => {
                 warn!(db = %db.name, job, "cancelled by shutdown; an interrupted backup leaves no snapshot");
@@ -282,6 +266,21 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
             () = s.notifier.send(&event) => {}
             () = s.cancel.cancelled() => return,
         }
+    }
+}
+
+/// The alert for a `kind` job of `db` that failed before it could report for itself.
+fn failure_event(kind: JobKind, db: &str, detail: String) -> Event {
+    match kind {
+        JobKind::Backup => Event::BackupFailed {
+            db: db.to_string(),
+            error: detail,
+        },
+        JobKind::Drill => Event::DrillFailed {
+            db: db.to_string(),
+            snapshot: None,
+            detail,
+        },
     }
 }
 

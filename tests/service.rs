@@ -586,3 +586,46 @@ fn the_service_skips_ticks_while_another_process_holds_the_database() {
     svc.signal(Signal::SIGTERM);
     assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
 }
+
+#[test]
+fn a_lock_that_cannot_be_taken_is_a_failed_job_and_alerted() {
+    let hook = crate::notify::Hook::start(&[]);
+    let env = TestEnv::new();
+    // The staging folder (where the lock lives) is a plain file: nothing can be created there.
+    std::fs::write(env.path("staging"), "not a folder").unwrap();
+    env.write_config(&format!(
+        "backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n\n[notify]\nwebhook_url = \"{}\"\nheartbeat_url = \"{}\"\n",
+        hook.url("/hook"),
+        hook.url("/ping")
+    ));
+    // By hand: exit 2 (not 3: nobody else is doing the work), one line, alerted.
+    let r = env.run(&["backup"]).expect_code(2);
+    assert!(
+        r.error_line().contains("failed") && r.error_line().contains("staging"),
+        "{}",
+        r.stderr
+    );
+    let posted = |n: usize| hook.hits().iter().filter(|h| h.method == "POST").count() >= n;
+    assert!(posted(1), "{:?}", hook.hits());
+    assert!(
+        hook.hits().iter().any(|h| h.path == "/ping/fail"),
+        "{:?}",
+        hook.hits()
+    );
+    // On schedule: a failure, counted and alerted, never a quiet skip.
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+    let fails = "guardian_failures_total{db=\"market\",job=\"backup\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&util::http_get(&addr, "/metrics").1, fails).unwrap_or(0.0) < 2.0 || !posted(3) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            hook.hits(),
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+}
