@@ -56,6 +56,11 @@ fn assert_nothing_partial(env: &TestEnv, target: &S3Target) -> Vec<String> {
         .collect()
 }
 
+/// `guardian backup`, expected to succeed: the new snapshot's id.
+fn backup(env: &TestEnv, target: &S3Target) -> String {
+    run(env, target, &["backup"]).ok().stdout.trim().to_string()
+}
+
 /// A snapshot's status in `list --json`.
 fn status_of(env: &TestEnv, target: &S3Target, id: &str) -> String {
     let r = run(env, target, &["list", "--json"]).ok();
@@ -207,11 +212,7 @@ fn transient_network_faults_are_retried_against_the_external_server() {
 fn persistent_network_faults_fail_in_bounded_time_with_one_line() {
     let server = S3Server::start();
     let (proxy, target, env) = proxied(&server.target, "net-persistent");
-    let first = run(&env, &target, &["backup"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let first = backup(&env, &target);
     let forever = usize::MAX;
     let scenarios: Vec<(&str, Option<Rule>, &[&str])> = vec![
         ("port closed", None, &["refused"]),
@@ -276,11 +277,7 @@ fn persistent_network_faults_fail_in_bounded_time_with_one_line() {
     let status: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(status[0]["orphans"], 1, "{status:#}");
     // The store is back: the next backup works and restores.
-    let second = run(&env, &target, &["backup"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let second = backup(&env, &target);
     let mut listed = assert_nothing_partial(&env, &target);
     listed.sort();
     assert_eq!(listed, vec![first, second]);
@@ -362,11 +359,7 @@ fn the_service_rides_out_a_store_outage_and_the_next_scheduled_run_succeeds() {
 fn restores_and_drills_ride_out_download_faults_and_never_call_a_good_snapshot_damaged() {
     let server = S3Server::start();
     let (proxy, target, env) = proxied(&server.target, "net-download");
-    let id = run(&env, &target, &["backup"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let id = backup(&env, &target);
     let mib = 1 << 20;
     let scenarios = [
         (
