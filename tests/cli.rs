@@ -307,3 +307,31 @@ fn a_failed_write_of_the_results_is_an_error_not_a_short_success() {
     };
     fails_cleanly(r, 2, &["write results to stdout", "incomplete"]);
 }
+
+/// A test whose server is missing says so, and under `CI=true` fails instead of passing: run
+/// one external-server test of this very binary both ways, with no server configured.
+#[test]
+fn a_test_without_its_server_says_skipped_and_fails_under_ci() {
+    // Inside the child run this test is not selected, so it cannot recurse.
+    let test = "s3_cli::backup_list_restore_and_fallback_on_the_external_server";
+    let run = |ci: &str| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--test-threads=1"])
+            .env("CI", ci)
+            .env_remove("GUARDIAN_TEST_S3_ENDPOINT")
+            .output()
+            .unwrap()
+    };
+    let local = run("false");
+    let stderr = String::from_utf8_lossy(&local.stderr);
+    assert!(local.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SKIPPED (part of) s3_cli::backup_list_restore_and_fallback_on_the_external_server")
+            && stderr.contains("GUARDIAN_TEST_S3_ENDPOINT is not set"),
+        "{stderr}"
+    );
+    let ci = run("true");
+    let stdout = String::from_utf8_lossy(&ci.stdout);
+    assert!(!ci.status.success(), "a skip passed under CI=true:\n{stdout}");
+    assert!(stdout.contains("cannot skip under CI=true"), "{stdout}");
+}

@@ -202,7 +202,6 @@ fn transient_network_faults_are_retried_and_every_backup_succeeds() {
 #[test]
 fn transient_network_faults_are_retried_against_the_external_server() {
     let Some(target) = external() else {
-        eprintln!("skipped: GUARDIAN_TEST_S3_ENDPOINT is not set");
         return;
     };
     transient_faults_are_retried(&target);

@@ -147,9 +147,8 @@ fn backup_list_restore_and_fallback_on_the_in_process_server() {
 
 #[test]
 fn backup_list_restore_and_fallback_on_the_external_server() {
-    match external() {
-        Some(target) => backup_list_restore_and_fallback(&target),
-        None => eprintln!("skipped: GUARDIAN_TEST_S3_ENDPOINT is not set (see tests/README.md)"),
+    if let Some(target) = external() {
+        backup_list_restore_and_fallback(&target);
     }
 }
 

@@ -80,7 +80,7 @@ fn a_full_local_store_fails_cleanly_and_keeps_nothing_partial() {
     let env = TestEnv::empty();
     incompressible_db(&env, 512);
     let Some(_m) = mount_tmpfs(&env.store, "size=256k") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        util::skip("cannot mount a tmpfs here (needs root and a kernel that allows it)");
         return;
     };
     let r = env.run(&["backup"]).expect_code(2);
@@ -102,7 +102,7 @@ fn a_full_local_store_fails_cleanly_and_keeps_nothing_partial() {
 fn a_read_only_local_store_fails_with_one_line() {
     let env = TestEnv::new();
     let Some(_m) = mount_tmpfs(&env.store, "size=1m,ro") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        util::skip("cannot mount a tmpfs here (needs root and a kernel that allows it)");
         return;
     };
     let r = env.run(&["backup"]).expect_code(2);
@@ -122,7 +122,7 @@ fn a_source_on_a_read_only_filesystem_is_backed_up() {
     let env = TestEnv::new();
     let ro = env.path("ro");
     let Some(_m) = mount_tmpfs(&ro, "size=4m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        util::skip("cannot mount a tmpfs here (needs root and a kernel that allows it)");
         return;
     };
     std::fs::copy(&env.db, ro.join("market.db")).unwrap();
@@ -149,7 +149,7 @@ fn a_wal_source_with_a_hot_wal_on_a_read_only_filesystem_is_refused_clearly() {
     let env = TestEnv::new();
     let ro = env.path("ro");
     let Some(_m) = mount_tmpfs(&ro, "size=4m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        util::skip("cannot mount a tmpfs here (needs root and a kernel that allows it)");
         return;
     };
     // A WAL database whose last commit lives only in its -wal (as a crashed app leaves it).

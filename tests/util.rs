@@ -8,6 +8,28 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
+/// Say that (part of) a test could not run here, where it is seen: on the test binary's own
+/// stderr, which the harness does not capture, so `cargo test` shows it beside `ok`. Under
+/// `CI=true` a skip is a failure instead: in CI every test must really run.
+#[track_caller]
+pub fn skip(why: &str) {
+    if in_ci() {
+        panic!("cannot skip under CI=true: {why}");
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    // Not eprintln!: the harness captures that and shows it only for failed tests.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED (part of) {test}: {why}");
+}
+
+/// Whether this is a CI run (`CI=true`, as CI services and `.ci/run` set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// Path of a file in `fixtures/` (never write there: copy first).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
