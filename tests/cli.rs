@@ -326,12 +326,16 @@ fn a_test_without_its_server_says_skipped_and_fails_under_ci() {
     let stderr = String::from_utf8_lossy(&local.stderr);
     assert!(local.status.success(), "{stderr}");
     assert!(
-        stderr.contains("SKIPPED (part of) s3_cli::backup_list_restore_and_fallback_on_the_external_server")
-            && stderr.contains("GUARDIAN_TEST_S3_ENDPOINT is not set"),
+        stderr.contains(
+            "SKIPPED (part of) s3_cli::backup_list_restore_and_fallback_on_the_external_server"
+        ) && stderr.contains("GUARDIAN_TEST_S3_ENDPOINT is not set"),
         "{stderr}"
     );
     let ci = run("true");
     let stdout = String::from_utf8_lossy(&ci.stdout);
-    assert!(!ci.status.success(), "a skip passed under CI=true:\n{stdout}");
+    assert!(
+        !ci.status.success(),
+        "a skip passed under CI=true:\n{stdout}"
+    );
     assert!(stdout.contains("cannot skip under CI=true"), "{stdout}");
 }
