@@ -14,6 +14,7 @@ use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
+use crate::durable::read_full;
 use crate::manifest::Sha256Hex;
 use crate::storage::{Body, CHUNK_SIZE};
 
@@ -459,20 +460,6 @@ pub fn digest(mut src: impl Read) -> io::Result<(u64, Sha256Hex)> {
         len += n as u64;
     }
     Ok((len, Sha256Hex::from_digest(&hash.finalize())))
-}
-
-/// Read until `buf` is full or the source ends.
-pub fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match src.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

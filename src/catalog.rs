@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::human::rfc3339;
 use crate::manifest::{self, Manifest, ObjectRole, SnapshotKey, MAX_MANIFEST_BYTES};
 use crate::storage::{ObjectKey, ObjectMeta, Storage, StorageError};
 
@@ -286,49 +287,6 @@ impl SnapshotEntry {
             last_drill_at: self.last_drill.as_ref().map(|d| rfc3339(d.at)),
             problem: self.problem.as_deref(),
         }
-    }
-}
-
-/// RFC 3339 in UTC with a `Z`, second precision.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// "3h 12m", "2d 4h", "45s": an age for humans.
-pub fn human_age(secs: i64) -> String {
-    if secs < 0 {
-        return "in the future".into();
-    }
-    let (d, h, m, s) = (
-        secs / 86400,
-        secs % 86400 / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-    );
-    if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else if m > 0 {
-        format!("{m}m {s}s")
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// "1.2 GiB": a size for humans.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::catalog::{self, human_age, human_bytes, rfc3339};
+use crate::catalog;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
+use crate::human::{human_age, human_bytes, rfc3339};
 use crate::output::{errln, outln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;

@@ -6,11 +6,11 @@
 
 use chrono::Utc;
 
-use crate::catalog::{human_age, human_bytes, rfc3339};
 use crate::cli::{App, DrillArgs, PruneArgs, VerifyArgs};
 use crate::config::DatabaseConfig;
 use crate::drill::{self, DrillReport};
 use crate::error::{chain, Error, Result};
+use crate::human::{human_age, human_bytes, rfc3339};
 use crate::lock::DbLock;
 use crate::notify::{Event, Notifier};
 use crate::output::{errln, outln};

@@ -2,7 +2,8 @@
 //!
 //! `Config::parse_str` is pure; `Config::load` adds the file I/O. Every struct denies unknown
 //! keys, and every error names the dotted key (`databases[0].name`) so the fix is obvious.
-//! Secrets never live here: S3 credentials come from the AWS chain (see `docs/CONFIG.md`).
+//! Secrets never live here: S3 credentials come from the AWS chain (see `docs/S3.md`). Every
+//! key is documented in `config/guardian.example.toml`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 mod service;
+pub(crate) use service::check_url;
 pub use service::{
     NotifyConfig, RetentionConfig, ServiceConfig, DEFAULT_LISTEN, DEFAULT_SHUTDOWN_TIMEOUT,
     HEARTBEAT_ENV, WEBHOOK_ENV,
@@ -164,7 +166,7 @@ impl StorageConfig {
                 let prefix = self.s3_prefix();
                 if !prefix.is_empty() {
                     for part in prefix.split('/') {
-                        crate::storage::validate_component(part).map_err(|r| {
+                        crate::names::validate_component(part).map_err(|r| {
                             (
                                 "storage.prefix",
                                 format!("{r} in {prefix:?} (use folders of [A-Za-z0-9._-], e.g. \"prod/guardian\")"),
@@ -575,7 +577,7 @@ impl Config {
             );
         }
         for (i, db) in self.databases.iter().enumerate() {
-            if let Err(reason) = validate_name(&db.name) {
+            if let Err(reason) = crate::names::validate_name(&db.name) {
                 return invalid(format!("databases[{i}].name"), reason);
             }
             if let Some(j) = self.databases[..i].iter().position(|d| d.name == db.name) {
@@ -649,20 +651,6 @@ fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
-}
-
-/// Database names end up in object keys: keep them to `[a-z0-9_-]+`.
-pub fn validate_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(format!("must be 1 to 64 characters (got {name:?})"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return Err(format!("must match [a-z0-9_-]+ (got {name:?})"));
-    }
-    Ok(())
 }
 
 /// TOML errors span several lines (a caret diagram); keep the message on one.

@@ -16,9 +16,9 @@ use aws_sdk_s3::config::{ConfigBag, Intercept, ProvideCredentials, RuntimeCompon
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::catalog::human_bytes;
 use crate::config::{Config, StorageKind};
 use crate::error::chain;
+use crate::human::human_bytes;
 use crate::output::outln;
 use crate::storage::s3::{Failure, S3Options, S3Storage};
 use crate::storage::{self, body_channel, ObjectKey, PutMode, Storage, StorageError};

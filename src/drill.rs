@@ -378,8 +378,8 @@ async fn run_steps(
                 secs,
                 format!(
                     "{} stored, {} raw; both sha256 match the manifest",
-                    crate::catalog::human_bytes(d.stored_len),
-                    crate::catalog::human_bytes(d.raw_len)
+                    crate::human::human_bytes(d.stored_len),
+                    crate::human::human_bytes(d.raw_len)
                 ),
             ));
         }

@@ -17,6 +17,9 @@ use std::path::PathBuf;
 
 use crate::storage::StorageError;
 
+/// Every error report renders the cause chain with this (it lives with the other formatting).
+pub use crate::human::chain;
+
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -170,22 +173,6 @@ impl Error {
             source,
         }
     }
-}
-
-/// Render an error and its whole cause chain on one line: `a: b: c`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(src) = cur {
-        let s = src.to_string();
-        // Some errors (e.g. the AWS SDK's) repeat their source in their own message.
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = src.source();
-    }
-    out
 }
 
 /// The exit code of a run that had outcomes `a` and `b` (one per database): an operational

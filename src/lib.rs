@@ -25,7 +25,9 @@
 //! - [`output`]: result lines on stdout, error lines on stderr; a closed pipe never panics.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
 //! - [`crypto`]: optional age encryption keys.
-//! - [`durable`]: exclusive temp files, fsync, atomic rename.
+//! - [`durable`]: exclusive temp files, fsync, atomic rename, full reads.
+//! - [`names`]: the rules for database names and object-key components (a leaf).
+//! - [`human`]: times, ages, sizes and error chains for humans (a leaf).
 //! - [`lock`]: one backup, drill or prune per database at a time, across processes.
 
 pub mod archive;
@@ -39,9 +41,11 @@ pub mod doctor;
 pub mod drill;
 pub mod durable;
 pub mod error;
+pub mod human;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;
+pub mod names;
 pub mod notify;
 pub mod output;
 pub mod progress;

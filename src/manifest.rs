@@ -233,8 +233,7 @@ impl Manifest {
                 self.id, key.id
             ));
         }
-        if crate::storage::validate_component(&self.object).is_err()
-            || self.object == MANIFEST_OBJECT
+        if crate::names::validate_component(&self.object).is_err() || self.object == MANIFEST_OBJECT
         {
             return Err(format!(
                 "manifest names an invalid data object {:?}",
@@ -336,7 +335,7 @@ pub fn parse_key(key: &ObjectKey) -> Option<(SnapshotKey, ObjectRole)> {
     let db = parts.next()?;
     let id = parts.next()?;
     let name = parts.next()?;
-    if parts.next().is_some() || crate::config::validate_name(db).is_err() {
+    if parts.next().is_some() || crate::names::validate_name(db).is_err() {
         return None;
     }
     let id: SnapshotId = id.parse().ok()?;

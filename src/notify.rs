@@ -70,17 +70,6 @@ impl std::fmt::Debug for SecretUrl {
     }
 }
 
-/// Check that `url` is an absolute http(s) URL. The reason never contains the URL.
-pub fn check_url(url: &str) -> std::result::Result<(), String> {
-    let uri: http::Uri = url.trim().parse().map_err(|_| {
-        "is not a valid URL (the value is not shown: it may hold a token)".to_string()
-    })?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
-        _ => Err("must be an absolute http:// or https:// URL with a host (the value is not shown: it may hold a token)".into()),
-    }
-}
-
 /// Something worth telling a human about.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -152,7 +141,7 @@ impl Event {
                 stored_bytes,
             } => format!(
                 "guardian on {host}: backup of {db} ok: snapshot {id}, {} stored in {seconds:.1}s",
-                crate::catalog::human_bytes(*stored_bytes)
+                crate::human::human_bytes(*stored_bytes)
             ),
             Event::BackupFailed { db, error } => {
                 format!("guardian on {host}: backup of {db} FAILED: {error}")
@@ -310,7 +299,7 @@ impl Notifier {
                         ok: event.ok(),
                         db: event.db(),
                         host: &self.host,
-                        at: crate::catalog::rfc3339(chrono::Utc::now()),
+                        at: crate::human::rfc3339(chrono::Utc::now()),
                     },
                 };
                 let body = serde_json::to_vec(&payload).expect("payload serializes");
@@ -485,7 +474,8 @@ fn resolve(
     } else {
         format!("${env}")
     };
-    check_url(&value).map_err(|reason| Error::Config(format!("{origin}: {reason}")))?;
+    crate::config::check_url(&value)
+        .map_err(|reason| Error::Config(format!("{origin}: {reason}")))?;
     Ok(Some(SecretUrl(value)))
 }
 
@@ -533,9 +523,9 @@ mod tests {
     #[test]
     fn bad_urls_are_refused_without_echo() {
         for bad in ["hooks.slack.com/x", "ftp://host/x", "", "https://"] {
-            let e = check_url(bad).unwrap_err();
+            let e = crate::config::check_url(bad).unwrap_err();
             assert!(bad.is_empty() || !e.contains(bad), "{e}");
         }
-        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
+        assert!(crate::config::check_url("http://127.0.0.1:8080/hook").is_ok());
     }
 }

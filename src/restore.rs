@@ -224,7 +224,7 @@ fn no_snapshot_message(db: &str, sel: &Selector, skipped: &[(String, String)]) -
     let what = match sel {
         Selector::Before(t) => format!(
             "no good snapshot of {db} taken before {}",
-            catalog::rfc3339(*t)
+            crate::human::rfc3339(*t)
         ),
         _ => format!("no good snapshot of {db}"),
     };

@@ -26,9 +26,10 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use tracing::{info, instrument};
 
-use crate::catalog::{self, rfc3339, Catalog, SnapshotStatus};
+use crate::catalog::{self, Catalog, SnapshotStatus};
 use crate::config::{DatabaseConfig, RetentionConfig};
 use crate::error::Result;
+use crate::human::rfc3339;
 use crate::manifest::{self, ObjectRole};
 use crate::storage::Storage;
 

@@ -22,7 +22,6 @@ use croner::Cron;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
 use crate::error::{Error, Result};
 
 /// What a scheduled job does.
@@ -130,25 +129,6 @@ pub fn next_run(expr: &str, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Every schedule in the config (validated at load).
-pub fn entries(config: &Config) -> Vec<Entry> {
-    let mut out = Vec::new();
-    for db in &config.databases {
-        for (kind, expr) in [(JobKind::Backup, &db.backup), (JobKind::Drill, &db.drill)] {
-            if let Some(expr) = expr {
-                out.push(Entry {
-                    db: db.name.clone(),
-                    kind,
-                    cron: parse_cron(expr).expect("validated config: cron strings parse"),
-                    tz: db.timezone(),
-                    jitter: db.jitter(),
-                });
-            }
-        }
-    }
-    out
-}
-
 /// A random delay in `[0, jitter]`.
 pub fn jitter_delay(jitter: Duration) -> Duration {
     if jitter.is_zero() {
@@ -185,7 +165,7 @@ impl Scheduler {
                 job = entry.kind.as_str(),
                 cron = %entry.cron,
                 timezone = %entry.tz,
-                next = %next.map_or("never".into(), crate::catalog::rfc3339),
+                next = %next.map_or("never".into(), crate::human::rfc3339),
                 "scheduled"
             );
             jobs.push((id, offset_now(entry.tz), entry));

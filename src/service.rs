@@ -23,7 +23,7 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::catalog;
 use crate::cli::App;
-use crate::config::DatabaseConfig;
+use crate::config::{Config, DatabaseConfig};
 use crate::error::{chain, Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::notify::{Event, Notifier, StartPing};
@@ -67,7 +67,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     abort: impl Future<Output = ()>,
 ) -> Result<()> {
-    let entries = schedule::entries(&app.config);
+    let entries = entries(&app.config);
     if entries.is_empty() {
         return Err(Error::Config(
             "nothing to schedule: add backup = \"0 3 * * *\" (and drill = \"30 4 * * sun\") to a [[databases]] table"
@@ -153,6 +153,25 @@ pub async fn run(
     let _ = http.await;
     info!("guardian service stopped");
     Ok(())
+}
+
+/// Every schedule in the config (validated at load).
+fn entries(config: &Config) -> Vec<schedule::Entry> {
+    let mut out = Vec::new();
+    for db in &config.databases {
+        for (kind, expr) in [(JobKind::Backup, &db.backup), (JobKind::Drill, &db.drill)] {
+            if let Some(expr) = expr {
+                out.push(schedule::Entry {
+                    db: db.name.clone(),
+                    kind,
+                    cron: schedule::parse_cron(expr).expect("validated config: cron strings parse"),
+                    tz: db.timezone(),
+                    jitter: db.jitter(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// One firing of a schedule: skip if busy, wait out the jitter, take the database, run, report.

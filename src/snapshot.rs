@@ -55,7 +55,7 @@ pub fn check_source(path: &Path) -> Result<()> {
     })?;
     let mut header = [0u8; 16];
     let n =
-        crate::archive::read_full(&mut f, &mut header).map_err(|e| Error::io("read", path, e))?;
+        crate::durable::read_full(&mut f, &mut header).map_err(|e| Error::io("read", path, e))?;
     if n == 0 {
         return Err(Error::Usage(format!(
             "database file {} is empty (0 bytes); nothing to back up",

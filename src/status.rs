@@ -4,10 +4,11 @@
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::catalog::{self, human_age, human_bytes, rfc3339, Catalog, SnapshotStatus};
+use crate::catalog::{self, Catalog, SnapshotStatus};
 use crate::cli::App;
 use crate::config::DatabaseConfig;
 use crate::error::Result;
+use crate::human::{human_age, human_bytes, rfc3339};
 use crate::output::outln;
 
 /// The status of one database (a contract for `status --json`: fields are only ever added).

@@ -80,7 +80,7 @@ pub async fn run(store: &Arc<dyn Storage>, db: &str, all: bool) -> Result<Vec<Ve
         out.push(Verified {
             db: db.to_string(),
             id: s.key.id.to_string(),
-            created_at: catalog::rfc3339(s.created_at),
+            created_at: crate::human::rfc3339(s.created_at),
             stored_bytes: s.manifest.as_ref().map(|m| m.stored_len),
             outcome,
         });

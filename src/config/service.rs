@@ -196,12 +196,23 @@ pub(super) fn validate(cfg: &Config) -> Result<(), Invalid> {
         }
         if let Some(url) = inline {
             // Never echo the URL: it may carry a token.
-            if let Err(reason) = crate::notify::check_url(url) {
+            if let Err(reason) = check_url(url) {
                 return invalid(key.into(), reason);
             }
         }
     }
     Ok(())
+}
+
+/// Check that `url` is an absolute http(s) URL. The reason never contains the URL.
+pub(crate) fn check_url(url: &str) -> std::result::Result<(), String> {
+    let uri: http::Uri = url.trim().parse().map_err(|_| {
+        "is not a valid URL (the value is not shown: it may hold a token)".to_string()
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        _ => Err("must be an absolute http:// or https:// URL with a host (the value is not shown: it may hold a token)".into()),
+    }
 }
 
 #[cfg(test)]

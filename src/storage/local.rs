@@ -100,7 +100,7 @@ impl LocalStorage {
         let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let mut start = self.root.clone();
         for c in dir_part.split('/').filter(|c| !c.is_empty()) {
-            if super::validate_component(c).is_err() {
+            if crate::names::validate_component(c).is_err() {
                 return Ok(Vec::new());
             }
             start.push(c);
@@ -152,7 +152,10 @@ impl LocalStorage {
             .components()
             .map(|c| c.as_os_str().to_str())
             .collect::<Option<_>>()?;
-        if parts.iter().any(|p| super::validate_component(p).is_err()) {
+        if parts
+            .iter()
+            .any(|p| crate::names::validate_component(p).is_err())
+        {
             return None;
         }
         Some(parts.join("/"))
@@ -180,7 +183,7 @@ impl Storage for LocalStorage {
                     let chunk = chunk.map_err(|e| StorageError::Aborted {
                         key: key.to_string(),
                         location: this.location(),
-                        reason: crate::error::chain(&e),
+                        reason: crate::human::chain(&e),
                     })?;
                     file.write_all(&chunk)
                         .map_err(|e| this.io_err("write", &key, e))?;
@@ -217,7 +220,7 @@ impl Storage for LocalStorage {
         let (tx, rx) = body_channel();
         tokio::task::spawn_blocking(move || loop {
             let mut buf = vec![0u8; CHUNK_SIZE];
-            match crate::archive::read_full(&mut file, &mut buf) {
+            match crate::durable::read_full(&mut file, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     buf.truncate(n);
@@ -303,7 +306,7 @@ impl LocalStorage {
         start.extend(
             prefix
                 .split('/')
-                .filter(|c| !c.is_empty() && super::validate_component(c).is_ok()),
+                .filter(|c| !c.is_empty() && crate::names::validate_component(c).is_ok()),
         );
         let mut removed = 0;
         let mut stack = vec![start];

@@ -2,7 +2,7 @@
 //! validated [`ObjectKey`] every store uses.
 //!
 //! Stores are dumb byte stores: they know nothing of snapshots, manifests, naming or retention
-//! (that is `catalog` and `layout`). Every backend maps "absent" to [`StorageError::NotFound`],
+//! (that is `manifest` and `catalog`). Every backend maps "absent" to [`StorageError::NotFound`],
 //! so callers never match on SDK types. Bodies move as bounded channels of chunks, so a 10 GB
 //! snapshot streams through in constant memory and compression, hashing and upload overlap.
 
@@ -197,7 +197,7 @@ impl ObjectKey {
             return Err(invalid("too long"));
         }
         for part in key.split('/') {
-            validate_component(part).map_err(invalid)?;
+            crate::names::validate_component(part).map_err(invalid)?;
         }
         Ok(ObjectKey(key))
     }
@@ -216,26 +216,6 @@ impl ObjectKey {
     pub fn file_name(&self) -> &str {
         self.0.rsplit('/').next().expect("split yields one item")
     }
-}
-
-/// Check one `/`-separated key component.
-pub fn validate_component(part: &str) -> Result<(), &'static str> {
-    if part.is_empty() {
-        return Err("empty path component");
-    }
-    if part == "." || part == ".." {
-        return Err("relative path component");
-    }
-    if part.starts_with('.') {
-        return Err("component starts with a dot");
-    }
-    if !part
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err("character outside [A-Za-z0-9._-]");
-    }
-    Ok(())
 }
 
 impl fmt::Display for ObjectKey {

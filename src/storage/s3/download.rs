@@ -79,7 +79,7 @@ pub(super) async fn get_bytes(
                     }
                 }
                 Ok(Ok(None)) => return Ok(Bytes::from(buf)),
-                Ok(Err(e)) => break format!("body broke off: {}", crate::error::chain(&e)),
+                Ok(Err(e)) => break format!("body broke off: {}", crate::human::chain(&e)),
                 Err(_) => break format!("body stalled for {}s", s3.body_idle_timeout().as_secs()),
             }
         };
@@ -113,7 +113,7 @@ async fn pump(
             Ok(Ok(None)) => return,
             Ok(Err(e)) => format!(
                 "broke off after {offset} bytes: {}",
-                crate::error::chain(&e)
+                crate::human::chain(&e)
             ),
             Err(_) => format!(
                 "stalled after {offset} bytes: no data for {}s",
@@ -153,7 +153,7 @@ async fn resume(
         .if_match(etag)
         .send()
         .await
-        .map_err(|e| crate::error::chain(&s3.error("download", key.as_str(), e)))?;
+        .map_err(|e| crate::human::chain(&s3.error("download", key.as_str(), e)))?;
     let range = out.content_range().unwrap_or("");
     if !range.starts_with(&format!("bytes {offset}-")) {
         return Err(format!(

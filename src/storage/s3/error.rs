@@ -38,7 +38,7 @@ impl Failure {
             // A success status we could not parse (or an error without a code): say what the
             // SDK saw rather than "no error code".
             SdkError::ServiceError(_) if code.is_none() && status.is_some_and(|s| s < 300) => (
-                format!("unreadable answer: {}", crate::error::chain(err)),
+                format!("unreadable answer: {}", crate::human::chain(err)),
                 false,
             ),
             SdkError::ServiceError(_) => {
@@ -202,7 +202,7 @@ pub(crate) fn hint(f: &Failure, ctx: &HintContext) -> Option<&'static str> {
 /// A transport failure in a few words: the credential chain's report lists every provider it
 /// tried, which the hint already covers.
 fn transport_message(err: &(dyn std::error::Error + 'static)) -> String {
-    let text = crate::error::chain(err);
+    let text = crate::human::chain(err);
     if text.contains("no credentials found in chain") || text.contains("credentials not loaded") {
         return "no AWS credentials found (tried: environment, profile, web identity, ECS, instance metadata)"
             .to_string();

@@ -83,7 +83,7 @@ pub(super) async fn put_stream(
                 return Err(StorageError::Aborted {
                     key: key.to_string(),
                     location: s3.location.clone(),
-                    reason: crate::error::chain(&e),
+                    reason: crate::human::chain(&e),
                 });
             }
         };
