@@ -343,6 +343,10 @@ pub struct DatabaseConfig {
     pub jitter: Option<String>,
     /// Which snapshots to keep; without this table nothing is ever deleted.
     pub retention: Option<RetentionConfig>,
+    /// Mode of a database file that `restore` creates (none was at the target), as an octal
+    /// string such as "0640"; it must give the owner read and write. A replaced file keeps its
+    /// own mode and owner. Default: "0600".
+    pub mode: Option<String>,
 }
 
 /// `max_age` when none is configured: a daily backup plus two hours of slack.
@@ -363,6 +367,14 @@ impl DatabaseConfig {
             .as_deref()
             .and_then(|s| s.parse().ok())
             .unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The mode of a file `restore` creates (validated at load; 0600 when unset).
+    pub fn mode(&self) -> u32 {
+        self.mode
+            .as_deref()
+            .and_then(|m| parse_mode(m).ok())
+            .unwrap_or(0o600)
     }
 
     /// The jitter (zero when unset).
@@ -590,11 +602,30 @@ impl Config {
                 );
             }
             if let Some(age) = &db.max_age {
-                if let Err(e) = humantime::parse_duration(age) {
-                    return invalid(
-                        format!("databases[{i}].max_age"),
-                        format!("{e} (e.g. \"26h\", \"90m\")"),
-                    );
+                match humantime::parse_duration(age) {
+                    Err(e) => {
+                        return invalid(
+                            format!("databases[{i}].max_age"),
+                            format!("{e} (e.g. \"26h\", \"90m\")"),
+                        )
+                    }
+                    // Every snapshot would be stale the moment it is taken.
+                    Ok(d) if d.is_zero() => {
+                        return invalid(
+                            format!("databases[{i}].max_age"),
+                            format!(
+                                "{age:?} would call every snapshot stale at once; give the longest \
+                                 time a snapshot may be old, a little over the backup interval \
+                                 (e.g. \"26h\" for a daily backup), or remove the key for the default 26h"
+                            ),
+                        )
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if let Some(mode) = &db.mode {
+                if let Err(reason) = parse_mode(mode) {
+                    return invalid(format!("databases[{i}].mode"), reason);
                 }
             }
             if let Some(j) = self.databases[..i].iter().position(|d| d.path == db.path) {
@@ -651,6 +682,27 @@ fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// An octal file mode like "0640" (or "640"): permission bits only, owner read and write
+/// included (the application must be able to open its restored database).
+fn parse_mode(text: &str) -> std::result::Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|_| !digits.is_empty() && digits.len() <= 4)
+        .ok_or_else(|| format!("{text:?} is not an octal file mode like \"0640\""))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{text:?} sets setuid, setgid or sticky bits; give permission bits only, like \"0640\""
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{text:?} does not let the owner read and write the database; use at least \"0600\""
+        ));
+    }
+    Ok(mode)
 }
 
 /// TOML errors span several lines (a caret diagram); keep the message on one.

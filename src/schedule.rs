@@ -129,6 +129,30 @@ pub fn next_run(expr: &str, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The shortest time between two consecutive firings of a (validated) cron string read in
+/// `tz`, over its next 1,000 firings or the next year, whichever comes first (enough to meet
+/// every pattern of minutes, hours, weekdays and months, and a daylight-saving change).
+/// `None` when it fires less than twice in that sample.
+pub fn shortest_interval(expr: &str, tz: Tz, from: DateTime<Utc>) -> Option<Duration> {
+    let normalised = parse_cron(expr).ok()?;
+    let cron: Cron = parser().parse(&normalised).ok()?;
+    let end = from + chrono::Duration::days(366);
+    let mut shortest: Option<Duration> = None;
+    let mut prev: Option<DateTime<Tz>> = None;
+    for t in cron.iter_after(from.with_timezone(&tz)).take(1000) {
+        if t.with_timezone(&Utc) > end {
+            break;
+        }
+        if let Some(p) = prev {
+            if let Ok(gap) = (t.clone() - p).to_std() {
+                shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+            }
+        }
+        prev = Some(t);
+    }
+    shortest
+}
+
 /// A random delay in `[0, jitter]`.
 pub fn jitter_delay(jitter: Duration) -> Duration {
     if jitter.is_zero() {

@@ -50,6 +50,7 @@ fn the_example_documents_every_key() {
         "drill",
         "timezone",
         "jitter",
+        "mode",
         "[databases.retention]",
         "keep_last",
         "daily",
@@ -90,6 +91,20 @@ const INVALID: &[(&str, &str)] = &[
     ),
     ("{S}\n{D}jitter = \"7h\"\n", "databases[0].jitter"),
     ("{S}\n{D}max_age = \"yesterday\"\n", "databases[0].max_age"),
+    ("{S}\n{D}max_age = \"0s\"\n", "databases[0].max_age"),
+    // The mode of a file a restore creates: octal permission bits, owner read+write.
+    ("{S}\n{D}mode = \"rw-r-----\"\n", "databases[0].mode"),
+    ("{S}\n{D}mode = \"0440\"\n", "databases[0].mode"),
+    ("{S}\n{D}mode = \"4755\"\n", "databases[0].mode"),
+    // A jitter as long as the schedule's interval would make (almost) every tick skip.
+    (
+        "{S}\n{D}backup = \"0 * * * *\"\njitter = \"1h\"\n",
+        "databases[0].jitter",
+    ),
+    (
+        "{S}\n{D}backup = \"0 3 * * *\"\ndrill = \"*/5 * * * *\"\njitter = \"20m\"\n",
+        "databases[0].jitter",
+    ),
     // Names and paths.
     (
         "{S}\n{D}[[databases]]\nname = \"market\"\npath = \"b.db\"\n",

@@ -142,6 +142,31 @@ pub(super) fn validate_database(i: usize, db: &DatabaseConfig) -> Result<(), Inv
                     "must be at most 6h".into(),
                 )
             }
+            Ok(jitter) if !jitter.is_zero() => {
+                // A delay as long as the time to the next tick makes that tick find the job
+                // still waiting, and skip: with a long enough jitter, every tick but one skips.
+                let now = chrono::Utc::now();
+                for (key, cron) in [("backup", &db.backup), ("drill", &db.drill)] {
+                    let Some(expr) = cron else { continue };
+                    let Some(gap) = crate::schedule::shortest_interval(expr, db.timezone(), now)
+                    else {
+                        continue;
+                    };
+                    if jitter >= gap {
+                        return invalid(
+                            format!("databases[{i}].jitter"),
+                            format!(
+                                "{j:?} is not shorter than the shortest time between two runs of \
+                                 databases[{i}].{key} ({expr:?}: {}), so delayed runs would overlap the \
+                                 next tick and skip it; use a jitter well under {} (e.g. a tenth of it), \
+                                 or a less frequent schedule",
+                                humantime::format_duration(gap),
+                                humantime::format_duration(gap)
+                            ),
+                        );
+                    }
+                }
+            }
             Ok(_) => {}
         }
     }
@@ -266,6 +291,11 @@ mod tests {
     fn service_key_errors_name_the_key() {
         for (extra, key) in [
             ("jitter = \"7h\"\n", "databases[0].jitter"),
+            (
+                "backup = \"*/10 * * * *\"\njitter = \"10m\"\n",
+                "databases[0].jitter",
+            ),
+            ("max_age = \"0s\"\n", "databases[0].max_age"),
             (
                 "[databases.retention]\nkeep_last = 0\n",
                 "databases[0].retention",
