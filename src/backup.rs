@@ -39,6 +39,7 @@ pub async fn run(
     let started = Instant::now();
     let staging_root = opts.staging_dir();
     sweep_staging(&staging_root, &db.name);
+    crate::target::sweep_dead_staging(&db.path);
 
     let created_at = Utc::now();
     let key = SnapshotKey {

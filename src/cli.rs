@@ -220,7 +220,7 @@ async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
     // With several databases, one failure must not stop the others.
     let mut worst = crate::commands::Worst::default();
     for db in dbs {
-        let lock = match crate::lock::DbLock::acquire(&staging, &db.name, "backup") {
+        let lock = match crate::lock::DbLock::acquire(&staging, db, "backup") {
             // Another guardian is backing it up (or drilling, pruning) and reports its own
             // outcome: no alert from here; exit 3 tells the caller nothing was done.
             Err(e) if e.is_busy() => {
@@ -346,8 +346,9 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         force: args.force,
         dry_run: args.dry_run,
         keys: app.keys.clone(),
+        protected: app.config.storage.path.iter().cloned().collect(),
     };
-    let r = restore::run(&app.store, db, &opts).await?;
+    let r = restore::run_interruptible(&app.store, db, &opts).await?;
     let now = Utc::now();
     let m = &r.manifest;
     let when = format!(
@@ -375,7 +376,7 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
             outln!("  would move aside {}", p.display());
         }
         if let Some(who) = &r.forced_over {
-            outln!("  target is in use: {who}");
+            outln!("  target is in use ({who}); --force would replace it anyway");
         }
         outln!("  nothing was written");
         return Ok(0);

@@ -56,7 +56,7 @@ pub async fn drill(app: &App, args: DrillArgs) -> Result<u8> {
     let mut json = Vec::new();
     for db in dbs {
         let outcome = async {
-            let _lock = DbLock::acquire(&staging, &db.name, "drill")?;
+            let _lock = DbLock::acquire(&staging, db, "drill")?;
             match args.snapshot.as_deref() {
                 Some(id) => drill::run(&app.store, db, &staging, Some(id), &app.keys)
                     .await
@@ -281,7 +281,7 @@ pub async fn prune(app: &App, args: PruneArgs) -> Result<u8> {
             // A dry run deletes nothing: it needs no lock.
             let _lock = match args.dry_run {
                 true => None,
-                false => Some(DbLock::acquire(&staging, &db.name, "prune")?),
+                false => Some(DbLock::acquire(&staging, db, "prune")?),
             };
             retention::prune(&app.store, db, args.dry_run).await
         }

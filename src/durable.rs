@@ -34,6 +34,48 @@ pub fn create_temp(dir: &Path, stem: &str, tag: &str, mode: u32) -> io::Result<(
     ))
 }
 
+/// What kind of file `m` describes, for messages: "a directory", "a FIFO (named pipe)", ...
+pub fn kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Open `path` read-only, following symlinks, and fail with [`io::ErrorKind::InvalidInput`]
+/// ("is a FIFO (named pipe), not a regular file") unless it is a regular file. `O_NONBLOCK`
+/// makes opening a FIFO or a device return at once instead of waiting for a writer forever;
+/// it changes nothing for a regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let m = file.metadata()?;
+    if !m.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {}, not a regular file", kind(&m)),
+        ));
+    }
+    Ok(file)
+}
+
 /// fsync a directory so that renames and creations inside it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

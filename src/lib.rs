@@ -13,6 +13,7 @@
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
+//! - [`target`]: what a restore may write to: target checks, in-use detection, its staging files.
 //! - [`status`]: health per database.
 //! - [`drill`]: the restore drill: restore into scratch, check everything, record the verdict.
 //! - [`verify`]: re-read stored snapshots and check their checksums (bit rot), no SQLite.
@@ -56,6 +57,7 @@ pub mod service;
 pub mod snapshot;
 pub mod status;
 pub mod storage;
+pub mod target;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -63,6 +63,8 @@ fn run(cli: Cli) -> guardian::Result<u8> {
     // Blocking work a stopped service cancelled (e.g. a SQLite copy in progress) must not hold
     // the exit: the manifest-last design makes abandoning it safe.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    // An interrupted restore's abandoned check may have re-created a sidecar of its staging file.
+    guardian::restore::remove_interrupted_staging();
     outcome
 }
 

@@ -30,6 +30,7 @@ use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::snapshot;
 use crate::storage::Storage;
+use crate::target;
 
 /// Which snapshot to restore.
 #[derive(Debug, Clone)]
@@ -54,6 +55,8 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Keys to decrypt encrypted snapshots with.
     pub keys: Keys,
+    /// Folders a restore never writes into (the local store): a target inside one is refused.
+    pub protected: Vec<PathBuf>,
 }
 
 /// What a restore did (or, with `dry_run`, would do).
@@ -73,6 +76,76 @@ pub struct RestoreReport {
     pub dry_run: bool,
 }
 
+/// Staging files this process's restores have created and not yet renamed into place: what a
+/// signal must remove (see [`run_interruptible`]).
+static STAGING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn staging_registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    STAGING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Remove every staging file (and its `-wal`/`-shm`/`-journal`) of this process's restores
+/// that was not renamed into place (dropping the restore has usually removed the file itself
+/// already); returns those that are gone now. For an interrupted restore, and once more just
+/// before the process exits, after blocking work that was abandoned may have re-created a
+/// sidecar.
+pub fn remove_interrupted_staging() -> Vec<PathBuf> {
+    let paths = std::mem::take(&mut *staging_registry());
+    let mut removed = Vec::new();
+    for p in paths {
+        let _ = fs::remove_file(&p);
+        remove_sidecars(&p);
+        if fs::symlink_metadata(&p).is_err() {
+            removed.push(p);
+        }
+    }
+    removed
+}
+
+/// [`run`], unless SIGINT, SIGTERM or SIGHUP comes first: then the restore is abandoned before
+/// it touches the target (the swap itself is never interrupted: it has no await point), its
+/// staging file is removed, and the error says so.
+///
+/// # Errors
+/// Those of [`run`]; [`Error::Cancelled`] (exit 2) on a signal.
+pub async fn run_interruptible(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
+    let mut int = install(SignalKind::interrupt())?;
+    let mut term = install(SignalKind::terminate())?;
+    let mut hup = install(SignalKind::hangup())?;
+    let sig = tokio::select! {
+        r = run(store, db, opts) => return r,
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    };
+    let removed = remove_interrupted_staging();
+    let target = opts.to.as_deref().unwrap_or(&db.path);
+    Err(Error::Cancelled(format!(
+        "restore of {} to {} interrupted by {sig}; the target was not changed{}",
+        db.name,
+        target.display(),
+        match removed.as_slice() {
+            [] => String::new(),
+            files => format!(
+                " and the staging file {} was removed",
+                files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    )))
+}
+
 /// A candidate snapshot's verification failed because of its data; try the next one.
 struct Skip(String);
 
@@ -84,30 +157,28 @@ pub async fn run(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let target = opts.to.clone().unwrap_or_else(|| db.path.clone());
-    let dir = durable::parent_dir(&target).to_path_buf();
-    if !dir.is_dir() {
-        return Err(Error::Usage(format!(
-            "restore target folder {} does not exist; create it first (mkdir -p)",
-            dir.display()
-        )));
-    }
-    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(Error::Usage(format!(
-            "restore target {} is a symlink; pass the real file with --to",
-            target.display()
-        )));
-    }
-    let holder = in_use(&target);
+    // Before anything opens it: a FIFO would block the open, a folder would be moved aside.
+    target::check(&target, &opts.protected)?;
+    let holder = target::in_use(&target);
     if let Some(who) = &holder {
-        if !opts.force && !opts.dry_run {
-            return Err(Error::InUse(format!(
+        if !opts.force {
+            let refusal = format!(
                 "restore target {} is in use ({who}); stop the application first, or pass --force to replace it anyway",
                 target.display()
-            )));
+            );
+            return Err(Error::InUse(if opts.dry_run {
+                format!("dry run: would refuse: {refusal}")
+            } else {
+                refusal
+            }));
         }
-        warn!(target = %target.display(), holder = %who, "replacing a database that is in use (--force); restart the process that holds it");
+        if !opts.dry_run {
+            warn!(target = %target.display(), holder = %who, "replacing a database that is in use (--force); restart the process that holds it");
+        }
     }
-    sweep_restore_temps(&target);
+    if !opts.dry_run {
+        target::sweep_dead_staging(&target);
+    }
 
     let catalog = catalog::load(store, &db.name).await?;
     let candidates: Vec<&SnapshotEntry> = match &opts.selector {
@@ -177,7 +248,7 @@ pub async fn run(
                 dry_run: true,
             });
         }
-        match stage(store, &manifest, &target, check, &opts.keys).await? {
+        match stage(store, &manifest, &target, check, &opts.keys, db.mode()).await? {
             Err(Skip(why)) => {
                 warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
                 if let Selector::Snapshot(_) = opts.selector {
@@ -191,7 +262,7 @@ pub async fn run(
             Ok(staged) => {
                 // The target may have been opened while we downloaded: look again.
                 if !opts.force {
-                    if let Some(who) = in_use(&target) {
+                    if let Some(who) = target::in_use(&target) {
                         return Err(Error::InUse(format!(
                             "restore target {} became in use during the restore ({who}); nothing was replaced",
                             target.display()
@@ -240,13 +311,16 @@ fn no_snapshot_message(db: &str, sel: &Selector, skipped: &[(String, String)]) -
 }
 
 /// Download `m`'s data into a staging file next to `target`, verify both digests and run
-/// `check`. `Ok(Err(Skip))` means the snapshot's data is bad.
+/// `check`. `Ok(Err(Skip))` means the snapshot's data is bad. The restored file gets the mode
+/// and owner of the file it replaces; a new file gets `new_mode` and, when guardian runs as
+/// root, the owner and group of its folder (the application's user, not root).
 async fn stage(
     store: &Arc<dyn Storage>,
     m: &Manifest,
     target: &Path,
     check: CheckKind,
     keys: &Keys,
+    new_mode: u32,
 ) -> Result<std::result::Result<TempGuard, Skip>> {
     let dir = durable::parent_dir(target).to_path_buf();
     let name = target
@@ -254,12 +328,10 @@ async fn stage(
         .and_then(|n| n.to_str())
         .unwrap_or("db")
         .to_string();
-    let mode = fs::metadata(target)
-        .map(|md| md.permissions().mode() & 0o7777)
-        .unwrap_or(0o600);
-    let (file, path) = durable::create_temp(&dir, &name, &restore_tag(), 0o600)
+    let (file, path) = durable::create_temp(&dir, &name, &target::staging_tag(), 0o600)
         .map_err(|e| Error::io("create staging file in", &dir, e))?;
     let guard = TempGuard::new(path.clone());
+    staging_registry().push(path.clone());
     let file = match download_verified(store, m, file, &path, keys).await? {
         (file, Ok(_)) => file,
         (_, Err(why)) => return Ok(Err(Skip(why))),
@@ -284,14 +356,26 @@ async fn stage(
             Err(e) => return Err(e),
         }
         progress.finish(raw_len);
-        // Same mode (and owner, where permitted) as the file it replaces; 0600 for a new one.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("set mode of", &path, e))?;
-        if let Ok(old) = fs::metadata(&target_owned) {
-            if let Err(e) = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
-                warn!(error = %e, "could not give the restored file the old file's owner");
+        // Owner first: chown clears set-id bits that the mode may carry.
+        let old = fs::metadata(&target_owned).ok();
+        let owner = match &old {
+            Some(old) => Some((old.uid(), old.gid())),
+            // The staging file belongs to whoever guardian runs as: root may give it away.
+            None if file.metadata().is_ok_and(|m| m.uid() == 0) => {
+                fs::metadata(durable::parent_dir(&target_owned))
+                    .ok()
+                    .map(|d| (d.uid(), d.gid()))
+            }
+            None => None,
+        };
+        if let Some((uid, gid)) = owner {
+            if let Err(e) = std::os::unix::fs::fchown(&file, Some(uid), Some(gid)) {
+                warn!(error = %e, uid, gid, "could not give the restored file its owner");
             }
         }
+        let mode = old.map_or(new_mode, |m| m.permissions().mode() & 0o7777);
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set mode of", &path, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
         Ok(Ok(()))
     })
@@ -412,6 +496,8 @@ fn swap_into_place(staged: TempGuard, target: &Path) -> Result<Vec<PathBuf>> {
         fs::rename(target, &aside).map_err(|e| Error::io("move aside", target, e))?;
         moved.insert(0, aside.clone());
     }
+    // From here the staged name is the target's: never remove it on a signal.
+    staging_registry().retain(|p| p != staged.path());
     fs::rename(staged.path(), target)
         .map_err(|e| Error::io("rename restored file onto", target, e))?;
     staged.disarm();
@@ -444,50 +530,8 @@ fn existing_files(target: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn restore_tag() -> String {
-    format!("guardian-restore-{}", std::process::id())
-}
-
-/// Remove staging files of restores into this folder whose process is gone.
-fn sweep_restore_temps(target: &Path) {
-    let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
-        return;
-    };
-    let dir = durable::parent_dir(target);
-    for path in durable::dead_leftovers(dir, &format!(".{name}.guardian-restore-")) {
-        if fs::remove_file(&path).is_ok() {
-            info!(path = %path.display(), "removed staging file of an interrupted restore");
-        }
-    }
-}
-
 fn remove_sidecars(path: &Path) {
     for p in snapshot::sidecars(path) {
         let _ = fs::remove_file(p);
     }
-}
-
-/// Does another process hold a SQLite lock on `db`? Returns who, e.g. "pid 1234 holds a lock".
-///
-/// SQLite uses POSIX advisory locks: on the database file at the lock bytes from 0x40000000
-/// (<https://www.sqlite.org/lockingv3.html>, `os_unix.c`), and in WAL mode on the `-shm` file
-/// at bytes 120..=128, where every open connection holds a shared lock on byte 128 for as long
-/// as it is open. `F_GETLK` asks without taking anything, so this never disturbs the database.
-pub fn in_use(db: &Path) -> Option<String> {
-    const PENDING_BYTE: i64 = 0x4000_0000;
-    let probe = |path: &Path, start: i64, len: i64, what: &str| -> Option<String> {
-        let file = File::open(path).ok()?;
-        let mut fl = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: start,
-            l_len: len,
-            l_pid: 0,
-        };
-        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETLK(&mut fl)).ok()?;
-        (fl.l_type != libc::F_UNLCK as libc::c_short)
-            .then(|| format!("process {} holds a lock on its {what}", fl.l_pid))
-    };
-    let [_, shm, _] = snapshot::sidecars(db);
-    probe(db, PENDING_BYTE, 512, "database file").or_else(|| probe(&shm, 120, 9, "-shm file"))
 }

@@ -213,7 +213,7 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
         };
         // And across processes: a one-shot command or another service may be at it.
         let staging = s.app.config.backup.staging_dir();
-        let _flock = match crate::lock::DbLock::acquire(&staging, &db.name, job) {
+        let _flock = match crate::lock::DbLock::acquire(&staging, db, job) {
             Ok(l) => l,
             Err(e) if e.is_busy() => {
                 warn!(db = %db.name, job, error = %chain(&e), "skipping this tick");

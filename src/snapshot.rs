@@ -40,18 +40,33 @@ pub struct Inspection {
 /// The outcome of `PRAGMA quick_check` / `integrity_check`: `Ok(())` or the first problems.
 pub type CheckOutcome = std::result::Result<(), Vec<String>>;
 
-/// Check that `path` exists and starts with the SQLite header, so that "not a database" is a
-/// clear message instead of a SQLite error code.
+/// Check that `path` is a regular file that starts with the SQLite header, so that "not a
+/// database" is a clear message instead of a SQLite error code, and so that a FIFO, socket or
+/// device at the path is refused at once instead of blocking the open forever.
 pub fn check_source(path: &Path) -> Result<()> {
-    let mut f = std::fs::File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Usage(format!(
-                "database file {} does not exist (check databases[].path in the config)",
-                path.display()
-            ))
-        } else {
-            Error::io("open database file", path, e)
+    let not_regular = |what: &str| {
+        Error::Usage(format!(
+            "database file {} {what}; point databases[].path at the SQLite database file",
+            path.display()
+        ))
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(not_regular(&format!(
+                "is {}, not a regular file",
+                crate::durable::kind(&m)
+            )))
         }
+        _ => {}
+    }
+    let mut f = crate::durable::open_regular(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Usage(format!(
+            "database file {} does not exist (check databases[].path in the config)",
+            path.display()
+        )),
+        // Replaced by a non-regular file since the check above.
+        std::io::ErrorKind::InvalidInput => not_regular(&e.to_string()),
+        _ => Error::io("open database file", path, e),
     })?;
     let mut header = [0u8; 16];
     let n =
@@ -298,8 +313,14 @@ fn on_read_only_fs(path: &Path) -> bool {
         .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }
 
-/// Map a SQLite error to ours: corruption is bad data (exit 1), "not a database" is bad input.
+/// Map a SQLite error to ours: corruption is bad data (exit 1), "not a database" and a hot
+/// journal are bad input (exit 2, with what to do).
 pub fn sqlite_error(op: &'static str, path: &Path, e: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if f.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK {
+            return hot_journal(path);
+        }
+    }
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseCorrupt) => Error::Integrity {
             what: path.display().to_string(),
@@ -311,6 +332,23 @@ pub fn sqlite_error(op: &'static str, path: &Path, e: rusqlite::Error) -> Error 
         )),
         _ => Error::sqlite(op, path, e),
     }
+}
+
+/// A rollback-journal database whose writer died mid-transaction: its `-journal` holds the
+/// pages to put back, and SQLite must roll it back (a write) before anyone can read the
+/// database (<https://www.sqlite.org/atomiccommit.html#hot_journals>). guardian opens sources
+/// read-only and never modifies them, so it says what to do instead of doing it.
+fn hot_journal(path: &Path) -> Error {
+    let [_, _, journal] = sidecars(path);
+    Error::Usage(format!(
+        "database {} has a hot journal ({}): a writer was interrupted in the middle of a transaction, \
+         and SQLite must roll that transaction back before the database can be read; guardian never \
+         writes to a source, so: open the database once with its application, or run \
+         `sqlite3 {} 'PRAGMA quick_check'` as its owner (which rolls it back), then run the backup again",
+        path.display(),
+        journal.display(),
+        path.display()
+    ))
 }
 
 /// True when `path` starts with the SQLite header (used to tell data from junk in tests/tools).

@@ -33,6 +33,10 @@ pub struct DbStatus {
     pub timezone: String,
     /// Folders with data but no manifest (interrupted backups); prune removes them after a day.
     pub orphans: usize,
+    /// Staging files left next to the database by interrupted restores (their process is
+    /// gone), each as large as the database: a warning, not a health problem; the next backup
+    /// or restore removes them.
+    pub restore_leftovers: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +130,10 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
         drill_schedule: db.drill.clone(),
         timezone: tz.to_string(),
         orphans: catalog.orphans.len(),
+        restore_leftovers: crate::target::dead_staging_files(&db.path)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
     }
 }
 
@@ -191,6 +199,9 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
             );
             if s.orphans > 0 {
                 outln!("  orphans    {} interrupted backup(s) without a manifest (prune removes them after a day)", s.orphans);
+            }
+            for p in &s.restore_leftovers {
+                outln!("  warning    {p} was left by an interrupted restore (the next backup or restore removes it)");
             }
             for p in &s.problems {
                 outln!("  problem    {p}");

@@ -403,8 +403,23 @@ fn restore_refuses_a_database_in_use_unless_forced() {
     let r = env.run(&["restore", "--latest"]).expect_code(2);
     assert!(r.stderr.contains("in use"), "{}", r.stderr);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
-    let r = env.run(&["restore", "--latest", "--dry-run"]).ok();
-    assert!(r.stdout.contains("would restore"), "{}", r.stdout);
+    // A dry run says it would refuse, and fails as the real run does.
+    let r = env
+        .run(&["restore", "--latest", "--dry-run"])
+        .expect_code(2);
+    assert!(
+        r.error_line().contains("dry run: would refuse"),
+        "{}",
+        r.stderr
+    );
+    let r = env
+        .run(&["restore", "--latest", "--dry-run", "--force"])
+        .ok();
+    assert!(
+        r.stdout.contains("would restore") && r.stdout.contains("--force would replace it"),
+        "{}",
+        r.stdout
+    );
     let r = env.run(&["restore", "--latest", "--force"]).ok();
     assert!(
         r.stdout.contains("warning: the target was in use"),

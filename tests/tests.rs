@@ -9,6 +9,9 @@ mod architecture;
 mod backup_restore;
 // Bad input: one clear line, the documented exit code, no panic; CLI contract fields.
 mod cli;
+// Hostile inputs: FIFOs, sockets, devices and folders as databases or targets, non-SQLite
+// files, hot journals, targets inside the store: refused at once, nothing hangs or changes.
+mod inputs;
 // Every config/*.toml parses and validates; the example documents every key.
 mod config;
 // SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
