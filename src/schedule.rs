@@ -144,7 +144,7 @@ pub fn shortest_interval(expr: &str, tz: Tz, from: DateTime<Utc>) -> Option<Dura
             break;
         }
         if let Some(p) = prev {
-            if let Ok(gap) = (t.clone() - p).to_std() {
+            if let Ok(gap) = (t - p).to_std() {
                 shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
             }
         }
