@@ -541,18 +541,32 @@ fn two_configs_with_different_staging_folders_never_back_up_one_database_at_once
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The first holds its locks once its lock file exists; the copy of 32 MiB takes longer
-    // than starting the second.
-    let lock_file = env.path("staging/guardian-market.lock");
+    // Start the second once the first holds a flock on the database file (the kernel lists
+    // it in /proc/locks by inode); the copy of 32 MiB takes longer than starting the second.
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&env.db).unwrap().ino()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !lock_file.exists() {
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.contains(" FLOCK ")
+                && l.contains(&format!(" {} ", first.id()))
+                && l.contains(&format!(":{ino} "))
+        })
+    {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first backup ended before it was seen holding the lock"
+        );
         assert!(
             Instant::now() < deadline,
             "the first backup never took its lock"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(20));
     let second = run_within(
         Command::new(env!("CARGO_BIN_EXE_guardian"))
             .arg("--config")
