@@ -1,22 +1,23 @@
 //! The command line (a contract: scripts and runbooks call it) and what each command prints.
 //!
-//! Results go to stdout (ids, tables, JSON); logs and progress go to stderr.
+//! Results go to stdout (ids, tables, JSON); logs and progress go to stderr. The top layer:
+//! it parses arguments, runs jobs through `jobs.rs` and prints; nothing else imports it.
+
+mod commands;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::app::App;
 use crate::catalog;
-use crate::config::Config;
-use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::human::{human_age, human_bytes, rfc3339};
+use crate::jobs::Runner;
 use crate::output::{errln, outln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
-use crate::storage::{self, Storage};
 
 /// SQLite backup and integrity guardian.
 #[derive(Debug, Parser)]
@@ -171,32 +172,11 @@ fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-24T03:00:00Z)"))
 }
 
-/// The loaded config and opened store every command works with.
-#[derive(Debug, Clone)]
-pub struct App {
-    pub config: Config,
-    pub store: Arc<dyn Storage>,
-    /// Encryption keys from `[encryption]` (empty when snapshots are not encrypted).
-    pub keys: Keys,
-}
-
-impl App {
-    pub async fn open(config: Config) -> Result<App> {
-        let keys = Keys::load(config.encryption.as_ref())?;
-        let store = storage::open(&config.storage).await?;
-        Ok(App {
-            config,
-            store,
-            keys,
-        })
-    }
-}
-
 /// Run a parsed command; returns the process exit code for outcomes that are not errors
 /// (e.g. `status` reporting an unhealthy database).
 pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
     match command {
-        Command::Backup(args) => backup(app, args).await,
+        Command::Backup(args) => commands::backup(&Runner::new(app.clone())?, args).await,
         Command::List(args) => list(app, args).await,
         Command::Restore(args) => restore(app, args).await,
         Command::Status(args) => status::print(app, args.db.as_deref(), args.json).await,
@@ -206,62 +186,11 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
                 .await
                 .map(|()| 0)
         }
-        Command::Drill(args) => crate::commands::drill(app, args).await,
-        Command::Verify(args) => crate::commands::verify(app, args).await,
-        Command::Prune(args) => crate::commands::prune(app, args).await,
+        Command::Drill(args) => commands::drill(&Runner::new(app.clone())?, args).await,
+        Command::Verify(args) => commands::verify(&Runner::new(app.clone())?, args).await,
+        Command::Prune(args) => commands::prune(&Runner::new(app.clone())?, args).await,
         Command::Doctor => Ok(crate::doctor::check(&app.config).await.print()),
     }
-}
-
-async fn backup(app: &App, args: BackupArgs) -> Result<u8> {
-    let dbs = app.config.select(args.db.as_deref())?;
-    let notifier = crate::notify::Notifier::from_config(&app.config.notify)?;
-    let staging = app.config.backup.staging_dir();
-    // With several databases, one failure must not stop the others.
-    let mut worst = crate::commands::Worst::default();
-    for db in dbs {
-        let lock = match crate::lock::DbLock::acquire(&staging, db, "backup") {
-            // Another guardian is backing it up (or drilling, pruning) and reports its own
-            // outcome: no alert from here; exit 3 tells the caller nothing was done.
-            Err(e) if e.is_busy() => {
-                worst.failed("backup", &db.name, &e);
-                continue;
-            }
-            // Any other failure to take the lock is a failed backup, alerted like one.
-            other => other,
-        };
-        let started = std::time::Instant::now();
-        let start_ping = notifier.backup_started(&db.name);
-        let result = match lock {
-            Ok(_lock) => crate::backup::run(&app.store, db, &app.config.backup, &app.keys).await,
-            Err(e) => Err(e),
-        };
-        start_ping.done().await;
-        let event = match &result {
-            Ok(m) => crate::notify::Event::BackupOk {
-                db: db.name.clone(),
-                id: m.id.to_string(),
-                seconds: started.elapsed().as_secs_f64(),
-                stored_bytes: m.stored_len,
-            },
-            Err(e) => crate::notify::Event::BackupFailed {
-                db: db.name.clone(),
-                error: crate::error::chain(e),
-            },
-        };
-        notifier.send(&event).await;
-        match result {
-            Ok(m) => outln!("{}", m.id),
-            Err(e) => {
-                // The snapshot exists (stdout lists every new snapshot); stderr says what is wrong.
-                if let Error::SourceGone { id, .. } = &e {
-                    outln!("{id}");
-                }
-                worst.failed("backup", &db.name, &e);
-            }
-        }
-    }
-    worst.finish()
 }
 
 async fn list(app: &App, args: ListArgs) -> Result<u8> {

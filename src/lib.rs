@@ -1,8 +1,11 @@
 //! guardian: online backups of live SQLite databases, restore drills, and safe restores.
 //!
 //! # Layout
-//! - [`cli`]: the command line (a contract) and what each command prints.
-//! - [`commands`]: the bodies of `drill`, `verify` and `prune` (run, print, exit code).
+//! - [`cli`]: the command line (a contract) and what each command prints (`cli/commands.rs`:
+//!   the database loop of each command); the top layer, imported by nothing.
+//! - [`app`]: the loaded config, the opened store and the keys every command works with.
+//! - [`jobs`]: the job runner: lock → run → metrics → alerts → outcome, for one job (backup,
+//!   drill, prune, verify) on one database, used by the commands and the service alike.
 //! - [`config`]: the TOML config: parsing, defaults, validation with dotted key paths.
 //! - [`error`]: the error type and the exit-code policy (0 ok, 1 bad data, 2 operational,
 //!   3 another guardian holds the database's lock).
@@ -19,7 +22,8 @@
 //! - [`verify`]: re-read stored snapshots and check their checksums (bit rot), no SQLite.
 //! - [`retention`]: which snapshots to keep (a pure function) and the prune that applies it.
 //! - [`schedule`]: cron strings → scheduler jobs; no business logic.
-//! - [`service`]: `guardian run`: locks, job outcomes, graceful shutdown.
+//! - [`service`]: `guardian run`: one run per database at a time, jitter, logging job
+//!   outcomes, graceful shutdown.
 //! - [`metrics`]: the service's Prometheus metrics and `/healthz`.
 //! - [`notify`]: webhook and heartbeat alerts.
 //! - [`doctor`]: checks of config, databases, credentials and the store, one line each.
@@ -31,11 +35,11 @@
 //! - [`human`]: times, ages, sizes and error chains for humans (a leaf).
 //! - [`lock`]: one backup, drill or prune per database at a time, across processes.
 
+pub mod app;
 pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod cli;
-pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod doctor;
@@ -43,6 +47,7 @@ pub mod drill;
 pub mod durable;
 pub mod error;
 pub mod human;
+pub mod jobs;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use guardian::cli::{self, App, Cli, Command, LogFormat};
+use guardian::app::App;
+use guardian::cli::{self, Cli, Command, LogFormat};
 use guardian::config::Config;
 use guardian::error::{chain, Error};
 use guardian::output;

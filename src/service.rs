@@ -1,7 +1,7 @@
-//! `guardian run`: the long-running service. It owns the job lifecycle: single-flight locks,
-//! jitter, logging each run's outcome once, metrics, notifications, and a graceful stop.
-//! What a job does is one call into `backup`, `retention` or `drill`; when it fires is
-//! `schedule.rs`.
+//! `guardian run`: the long-running service. It owns what is particular to running on a
+//! schedule: one run of a job per database at a time, jitter, the metrics listener, logging
+//! each run's outcome once, and a graceful stop. Each job runs through the job runner
+//! (`jobs.rs`: lock, run, metrics, alerts) like a command; when it fires is `schedule.rs`.
 //!
 //! Modelled on mini-redis `server::run`: [`run`] takes the shutdown as a future (`main` passes
 //! SIGINT|SIGTERM, tests pass a oneshot). On the first signal the scheduler stops and no new
@@ -14,21 +14,22 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
+use crate::app::App;
 use crate::catalog;
-use crate::cli::App;
-use crate::config::{Config, DatabaseConfig};
-use crate::error::{chain, Error, Result};
+use crate::config::Config;
+use crate::drill::{self, DrillReport};
+use crate::error::{Error, Result};
+use crate::human::chain;
+use crate::jobs::{Done, Ended, Job, Outcome, Runner};
 use crate::metrics::{self, Metrics};
-use crate::notify::{Event, Notifier, StartPing};
 use crate::schedule::{self, JobKind, OnTick, Scheduler, Tick};
-use crate::{backup, drill, retention};
 
 /// The locks of one database.
 #[derive(Default)]
@@ -44,16 +45,22 @@ struct DbLocks {
 
 /// What every job shares.
 struct Shared {
-    app: App,
+    /// Runs the jobs: lock → run → metrics → events → outcome.
+    runner: Runner,
     locks: HashMap<String, DbLocks>,
     metrics: Arc<Metrics>,
-    notifier: Notifier,
     /// Tasks of ticks in flight, so shutdown can wait for them.
     tracker: TaskTracker,
     /// Cancelled on the first stop signal: nothing new starts.
     stop: CancellationToken,
     /// Cancelled when the grace period ends (or on a second signal): jobs in flight are dropped.
     cancel: CancellationToken,
+}
+
+impl Shared {
+    fn app(&self) -> &App {
+        self.runner.app()
+    }
 }
 
 /// Run the service until `shutdown` completes, then stop gracefully; `abort` completing after
@@ -74,28 +81,12 @@ pub async fn run(
                 .into(),
         ));
     }
-    let notifier = Notifier::from_config(&app.config.notify)?;
-    let listen = app.config.service.listen();
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        Error::Config(format!(
-            "service.listen: cannot listen on {listen}: {e} (pick a free address, or \"127.0.0.1:0\" for any port)"
-        ))
-    })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("read address of listener", listen.to_string(), e))?;
-
+    let (listener, addr) = listen(&app).await?;
     let metrics = Arc::new(Metrics::new(
         app.config.databases.iter().map(|d| d.name.as_str()),
     ));
-    for db in &app.config.databases {
-        match catalog::load(&app.store, &db.name).await {
-            Ok(c) => metrics.observe_catalog(&c),
-            Err(e) => {
-                warn!(db = %db.name, error = %chain(&e), "cannot read the store yet; jobs will retry")
-            }
-        }
-    }
+    observe_store(&app, &metrics).await;
+    let cancel = CancellationToken::new();
     let shared = Arc::new(Shared {
         locks: app
             .config
@@ -103,12 +94,11 @@ pub async fn run(
             .iter()
             .map(|d| (d.name.clone(), DbLocks::default()))
             .collect(),
-        app,
+        runner: Runner::new(app)?.with_metrics(Arc::clone(&metrics), cancel.clone()),
         metrics: Arc::clone(&metrics),
-        notifier,
         tracker: TaskTracker::new(),
         stop: CancellationToken::new(),
-        cancel: CancellationToken::new(),
+        cancel,
     });
 
     let http = tokio::spawn(metrics::serve(listener, metrics, shared.stop.clone()));
@@ -121,8 +111,48 @@ pub async fn run(
     };
     let count = entries.len();
     let scheduler = Scheduler::start(entries, on_tick).await?;
-    info!(listen = %addr, schedules = count, store = %shared.app.store.location(), "guardian service started");
+    info!(listen = %addr, schedules = count, store = %shared.app().store.location(), "guardian service started");
 
+    stop(&shared, scheduler, shutdown, abort).await;
+    let _ = http.await;
+    info!("guardian service stopped");
+    Ok(())
+}
+
+/// Bind the `/metrics` and `/healthz` listener; returns it with its address.
+async fn listen(app: &App) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listen = app.config.service.listen();
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::Config(format!(
+            "service.listen: cannot listen on {listen}: {e} (pick a free address, or \"127.0.0.1:0\" for any port)"
+        ))
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("read address of listener", listen.to_string(), e))?;
+    Ok((listener, addr))
+}
+
+/// Start the metrics from what the store holds (a store that is down is retried by the jobs).
+async fn observe_store(app: &App, metrics: &Metrics) {
+    for db in &app.config.databases {
+        match catalog::load(&app.store, &db.name).await {
+            Ok(c) => metrics.observe_catalog(&c),
+            Err(e) => {
+                warn!(db = %db.name, error = %chain(&e), "cannot read the store yet; jobs will retry")
+            }
+        }
+    }
+}
+
+/// Wait for `shutdown`, then stop: no new job, the grace period for the one in flight (cut
+/// short by `abort`), then cancel what is left.
+async fn stop(
+    shared: &Shared,
+    scheduler: Scheduler,
+    shutdown: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
+) {
     tokio::pin!(abort);
     let aborted = tokio::select! {
         () = shutdown => false,
@@ -133,7 +163,7 @@ pub async fn run(
     shared.stop.cancel();
     shared.tracker.close();
     if !aborted && !shared.tracker.is_empty() {
-        let grace = shared.app.config.service.shutdown_timeout();
+        let grace = shared.app().config.service.shutdown_timeout();
         info!(grace = %humantime::format_duration(grace), "waiting for the job in flight");
         tokio::select! {
             () = shared.tracker.wait() => {}
@@ -150,9 +180,6 @@ pub async fn run(
     {
         warn!("some jobs did not end after cancellation; exiting anyway");
     }
-    let _ = http.await;
-    info!("guardian service stopped");
-    Ok(())
 }
 
 /// Every schedule in the config (validated at load).
@@ -174,7 +201,8 @@ fn entries(config: &Config) -> Vec<schedule::Entry> {
     out
 }
 
-/// One firing of a schedule: skip if busy, wait out the jitter, take the database, run, report.
+/// One firing of a schedule: skip if busy, wait out the jitter, take the database, run the
+/// job, log its outcome.
 async fn on_tick(s: Arc<Shared>, tick: Tick) {
     if s.stop.is_cancelled() {
         return;
@@ -184,276 +212,103 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
         return;
     };
     let (own, job) = match tick.kind {
-        JobKind::Backup => (&locks.backup, "backup"),
-        JobKind::Drill => (&locks.drill, "drill"),
+        JobKind::Backup => (&locks.backup, Job::Backup { prune_after: true }),
+        JobKind::Drill => (&locks.drill, Job::Drill { snapshot: None }),
     };
     let Ok(_own) = own.try_lock() else {
-        warn!(db = %tick.db, job, "the previous run is still going; skipping this tick");
-        s.metrics.outcome(&tick.db, job, "skipped");
+        warn!(db = %tick.db, job = job.name(), "the previous run is still going; skipping this tick");
+        s.metrics.outcome(&tick.db, job.name(), "skipped");
         return;
     };
     if !tick.delay.is_zero() {
-        debug!(db = %tick.db, job, delay_ms = tick.delay.as_millis() as u64, "waiting out the jitter");
+        debug!(db = %tick.db, job = job.name(), delay_ms = tick.delay.as_millis() as u64, "waiting out the jitter");
         tokio::select! {
             () = tokio::time::sleep(tick.delay) => {}
             () = s.stop.cancelled() => return,
         }
     }
     let db = s
-        .app
+        .app()
         .config
         .databases
         .iter()
         .find(|d| d.name == tick.db)
         .expect("locks exist only for configured databases");
-    let events = {
-        let _exclusive = tokio::select! {
-            g = locks.exclusive.lock() => g,
-            () = s.stop.cancelled() => return,
-        };
-        // And across processes: a one-shot command or another service may be at it.
-        let staging = s.app.config.backup.staging_dir();
-        let _flock = match crate::lock::DbLock::acquire(&staging, db, job) {
-            Ok(l) => l,
-            Err(e) if e.is_busy() => {
-                warn!(db = %db.name, job, error = %chain(&e), "skipping this tick");
-                s.metrics.outcome(&db.name, job, "skipped");
-                return;
-            }
-            Err(e) => {
-                error!(db = %db.name, job, error = %chain(&e), "scheduled {job} failed");
-                s.metrics.outcome(&db.name, job, "failed");
-                s.notifier
-                    .send(&failure_event(tick.kind, &db.name, chain(&e)))
-                    .await;
-                return;
-            }
-        };
-        s.metrics.running(&db.name, job, true);
-        let start_ping = match tick.kind {
-            JobKind::Backup => s.notifier.backup_started(&db.name),
-            JobKind::Drill => StartPing::default(),
-        };
-        // Its own task, so that a panic in a job is reported like any failure and never takes
-        // the service (or this database's locks) down with it.
-        let mut work = {
-            let (s, db, kind) = (Arc::clone(&s), db.clone(), tick.kind);
-            tokio::spawn(async move {
-                match kind {
-                    JobKind::Backup => backup_job(&s, &db).await,
-                    JobKind::Drill => drill_job(&s, &db).await,
-                }
-            })
-        };
-        let done = tokio::select! {
-            joined = &mut work => Some(joined),
-            () = s.cancel.cancelled() => {
-                work.abort();
-                None
-            }
-        };
-        s.metrics.running(&db.name, job, false);
-        // The outcome ping must not overtake `/start`. (A cancelled backup sends no outcome:
-        // the heartbeat service sees a backup that began and never ended, which is the truth.)
-        if done.is_some() {
-            tokio::select! {
-                () = start_ping.done() => {}
-                () = s.cancel.cancelled() => return,
-            }
-        }
-        match done {
-            Some(Ok(events)) => events,
-            Some(Err(e)) => {
-                let why = panic_message(e);
-                error!(db = %db.name, job, error = %why, "job crashed (a bug in guardian); the service goes on");
-                s.metrics.outcome(&db.name, job, "failed");
-                vec![failure_event(
-                    tick.kind,
-                    &db.name,
-                    format!("internal error: {why}"),
-                )]
-            }
-            None => {
-                warn!(db = %db.name, job, "cancelled by shutdown; an interrupted backup leaves no snapshot");
-                s.metrics.outcome(&db.name, job, "cancelled");
-                return;
-            }
-        }
+    let _exclusive = tokio::select! {
+        g = locks.exclusive.lock() => g,
+        () = s.stop.cancelled() => return,
     };
-    for event in events {
-        tokio::select! {
-            () = s.notifier.send(&event) => {}
-            () = s.cancel.cancelled() => return,
-        }
+    let span = tracing::info_span!("job", db = %db.name, job = job.name());
+    async {
+        let out = s.runner.run(db, job).await;
+        log_outcome(&out);
     }
+    .instrument(span)
+    .await;
 }
 
-/// The alert for a `kind` job of `db` that failed before it could report for itself.
-fn failure_event(kind: JobKind, db: &str, detail: String) -> Event {
-    match kind {
-        JobKind::Backup => Event::BackupFailed {
-            db: db.to_string(),
-            error: detail,
-        },
-        JobKind::Drill => Event::DrillFailed {
-            db: db.to_string(),
-            snapshot: None,
-            detail,
-        },
-    }
-}
-
-/// Back up, then prune. Returns what to notify.
-#[instrument(skip_all, fields(db = %db.name, job = "backup"))]
-async fn backup_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
-    let started = Instant::now();
-    let result = backup::run(&s.app.store, db, &s.app.config.backup, &s.app.keys).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let mut events = Vec::new();
-    match result {
-        Ok(m) => {
-            s.metrics.backup_finished(&db.name, true, seconds);
-            info!(outcome = "ok", id = %m.id, seconds = format_args!("{seconds:.2}"), "scheduled backup succeeded");
-            events.push(Event::BackupOk {
-                db: db.name.clone(),
-                id: m.id.to_string(),
-                seconds,
-                stored_bytes: m.stored_len,
-            });
-            if db.retention.is_some() {
-                // A failed prune is a warning: the backup itself is safe in the store.
-                match retention::prune(&s.app.store, db, false).await {
-                    Ok(r) => {
-                        s.metrics.outcome(&db.name, "prune", "ok");
-                        if !r.deleted.is_empty() {
-                            info!(deleted = r.deleted.len(), "pruned old snapshots");
-                        }
-                    }
-                    Err(e) => {
-                        s.metrics.outcome(&db.name, "prune", "failed");
-                        warn!(error = %chain(&e), "prune after the backup failed; the backup itself succeeded");
-                        events.push(Event::PruneFailed {
-                            db: db.name.clone(),
-                            error: chain(&e),
-                        });
-                    }
+/// Log how a scheduled job ended: the service is the only place job outcomes are logged.
+fn log_outcome(out: &Outcome) {
+    let job = out.job.name();
+    match &out.ended {
+        Ended::Done(Done::Backup {
+            manifest,
+            seconds,
+            prune,
+        }) => {
+            info!(outcome = "ok", id = %manifest.id, seconds = format_args!("{seconds:.2}"), "scheduled backup succeeded");
+            match prune {
+                Some(Ok(r)) if !r.deleted.is_empty() => {
+                    info!(deleted = r.deleted.len(), "pruned old snapshots");
                 }
+                Some(Err(e)) => {
+                    warn!(error = %chain(e), "prune after the backup failed; the backup itself succeeded");
+                }
+                _ => {}
             }
         }
-        Err(e) => {
-            s.metrics.backup_finished(&db.name, false, seconds);
-            error!(outcome = "failed", seconds = format_args!("{seconds:.2}"), error = %chain(&e), "scheduled backup failed");
-            events.push(Event::BackupFailed {
-                db: db.name.clone(),
-                error: chain(&e),
-            });
-        }
-    }
-    refresh(s, db).await;
-    events
-}
-
-/// Drill the newest usable snapshot and an older one in rotation. Returns what to notify.
-#[instrument(skip_all, fields(db = %db.name, job = "drill"))]
-async fn drill_job(s: &Shared, db: &DatabaseConfig) -> Vec<Event> {
-    let started = Instant::now();
-    let staging = s.app.config.backup.staging_dir();
-    let result = drill::run_with_rotation(&s.app.store, db, &staging, &s.app.keys).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let mut events = Vec::new();
-    match result {
-        Ok(d) => {
-            let mut reports = vec![&d.latest];
-            match &d.older {
-                Some(Ok(r)) => reports.push(r),
+        Ended::Done(Done::Drill { latest, rotation }) => {
+            log_drill(latest);
+            match rotation.as_ref().and_then(|r| r.older.as_ref()) {
+                Some(Ok(r)) => log_drill(r),
                 Some(Err(e)) => {
                     error!(outcome = "failed", error = %chain(e), "the drill of an older snapshot in rotation could not run");
-                    events.push(Event::DrillFailed {
-                        db: db.name.clone(),
-                        snapshot: None,
-                        detail: format!("drill of an older snapshot in rotation: {}", chain(e)),
-                    });
                 }
                 None => {}
             }
-            // One verdict for the job: a damaged older snapshot fails it like a damaged newest.
-            let all_ok = reports.iter().all(|r| r.ok) && !matches!(d.older, Some(Err(_)));
-            s.metrics.drill_finished(&db.name, all_ok);
-            for r in reports {
-                drill_events(db, r, seconds, &mut events);
-                if let Err(why) = &r.record {
-                    s.metrics.outcome(&db.name, "drill", "failed");
-                    error!(snapshot = %r.snapshot, error = %why, "the drill's verdict could not be stored; other guardians will not see it");
-                    events.push(Event::DrillFailed {
-                        db: db.name.clone(),
-                        snapshot: Some(r.snapshot.clone()),
-                        detail: why.clone(),
-                    });
-                }
-            }
         }
-        Err(e) => {
-            s.metrics.outcome(&db.name, "drill", "failed");
-            error!(outcome = "failed", seconds = format_args!("{seconds:.2}"), error = %chain(&e), "scheduled drill could not run");
-            events.push(Event::DrillFailed {
-                db: db.name.clone(),
-                snapshot: None,
-                detail: chain(&e),
-            });
+        Ended::Done(_) => info!(outcome = "ok", "scheduled {job} succeeded"),
+        Ended::Busy(e) => warn!(error = %chain(e), "skipping this tick"),
+        Ended::Failed(e) if matches!(out.job, Job::Drill { .. }) => {
+            error!(outcome = "failed", error = %chain(e), "scheduled drill could not run");
+        }
+        Ended::Failed(e) => error!(outcome = "failed", error = %chain(e), "scheduled {job} failed"),
+        Ended::Crashed(why) => {
+            error!(error = %why, "job crashed (a bug in guardian); the service goes on");
+        }
+        Ended::Cancelled => {
+            warn!("cancelled by shutdown; an interrupted backup leaves no snapshot");
         }
     }
-    refresh(s, db).await;
-    events
 }
 
-/// Log one drill verdict and add its event.
-fn drill_events(
-    db: &DatabaseConfig,
-    r: &drill::DrillReport,
-    seconds: f64,
-    events: &mut Vec<Event>,
-) {
+/// Log one drill verdict.
+fn log_drill(r: &DrillReport) {
     let which = match r.selected_by {
         drill::Selection::Rotation => "older snapshot in rotation",
         _ => "newest snapshot",
     };
+    let seconds = r.seconds;
     if r.ok {
         info!(outcome = "ok", snapshot = %r.snapshot, which, seconds = format_args!("{seconds:.2}"), "scheduled drill passed");
-        events.push(Event::DrillOk {
-            db: db.name.clone(),
-            snapshot: r.snapshot.clone(),
-            seconds: r.seconds,
-        });
     } else {
         error!(outcome = "failed", snapshot = %r.snapshot, which, problems = %r.problems.join("; "), "scheduled drill FAILED: the snapshot is marked failed");
-        events.push(Event::DrillFailed {
-            db: db.name.clone(),
-            snapshot: Some(r.snapshot.clone()),
-            detail: r.problems.join("; "),
-        });
     }
     for w in &r.warnings {
         warn!(snapshot = %r.snapshot, warning = %w, "drill warning");
     }
-}
-
-/// What a crashed job task said.
-fn panic_message(e: tokio::task::JoinError) -> String {
-    if !e.is_panic() {
-        return e.to_string();
-    }
-    let payload = e.into_panic();
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
-}
-
-async fn refresh(s: &Shared, db: &DatabaseConfig) {
-    match catalog::load(&s.app.store, &db.name).await {
-        Ok(c) => s.metrics.observe_catalog(&c),
-        Err(e) => debug!(db = %db.name, error = %chain(&e), "could not refresh snapshot metrics"),
+    if let Err(why) = &r.record {
+        error!(snapshot = %r.snapshot, error = %why, "the drill's verdict could not be stored; other guardians will not see it");
     }
 }
 

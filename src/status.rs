@@ -4,8 +4,8 @@
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::app::App;
 use crate::catalog::{self, Catalog, SnapshotStatus};
-use crate::cli::App;
 use crate::config::DatabaseConfig;
 use crate::error::Result;
 use crate::human::{human_age, human_bytes, rfc3339};

@@ -210,7 +210,7 @@ async fn service_run_returns_when_its_shutdown_future_completes() {
     let env = TestEnv::new();
     env.write_config(FAST);
     let config = guardian::config::Config::load(&env.config).unwrap();
-    let app = guardian::cli::App::open(config).await.unwrap();
+    let app = guardian::app::App::open(config).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(guardian::service::run(
         app,
@@ -243,7 +243,7 @@ async fn service_run_returns_when_its_shutdown_future_completes() {
 async fn service_refuses_to_start_without_schedules_or_with_a_busy_port() {
     let env = TestEnv::new();
     let config = guardian::config::Config::load(&env.config).unwrap();
-    let app = guardian::cli::App::open(config).await.unwrap();
+    let app = guardian::app::App::open(config).await.unwrap();
     let e = guardian::service::run(app, std::future::pending(), std::future::pending())
         .await
         .unwrap_err();

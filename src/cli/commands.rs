@@ -1,0 +1,322 @@
+//! What each command does and prints: the database loop, through the job runner (`jobs.rs`),
+//! and the lines on stdout. Part of the command line: only `cli.rs` uses it.
+//!
+//! Results go to stdout; a failure of one database is reported on stderr at once and the
+//! others still run; the exit code is the worst outcome (1 data bad, 2 operational, 3 busy).
+
+use chrono::Utc;
+
+use super::{BackupArgs, DrillArgs, PruneArgs, VerifyArgs};
+use crate::config::DatabaseConfig;
+use crate::drill::DrillReport;
+use crate::error::{Error, Result};
+use crate::human::{chain, human_age, human_bytes, rfc3339};
+use crate::jobs::{Done, Ended, Job, Outcome, Rotation, Runner};
+use crate::output::{errln, outln};
+use crate::retention::{self, PruneReport};
+use crate::verify::{self, Verified};
+
+/// The exit code of the worst outcome so far, over the databases a command works on: each
+/// failure is reported as it happens, so that one database never hides another.
+#[derive(Default)]
+struct Worst(u8);
+
+impl Worst {
+    fn add(&mut self, code: u8) {
+        self.0 = crate::error::worst_exit_code(self.0, code);
+    }
+
+    /// Report `what` of `db` as failed (or skipped, when another guardian holds the database).
+    fn failed(&mut self, what: &str, db: &str, e: &Error) {
+        let verb = if e.is_busy() { "skipped" } else { "failed" };
+        errln!("guardian: {what} of {db} {verb}: {}", chain(e));
+        self.add(e.exit_code());
+    }
+
+    /// Count `out`, and report it when it did not run to its end.
+    fn outcome(&mut self, out: &Outcome) {
+        let what = out.job.name();
+        match &out.ended {
+            Ended::Done(_) => self.add(out.exit_code()),
+            Ended::Busy(e) | Ended::Failed(e) => self.failed(what, &out.db, e),
+            Ended::Crashed(why) => {
+                errln!(
+                    "guardian: {what} of {} failed: internal error (a bug in guardian): {why}",
+                    out.db
+                );
+                self.add(out.exit_code());
+            }
+            Ended::Cancelled => {
+                errln!("guardian: {what} of {} was cancelled", out.db);
+                self.add(out.exit_code());
+            }
+        }
+    }
+
+    fn finish(self) -> Result<u8> {
+        match self.0 {
+            0 => Ok(0),
+            // Outcomes were printed as they happened.
+            code => Err(Error::Reported(code)),
+        }
+    }
+}
+
+/// `guardian backup`: prints each new snapshot id.
+pub(super) async fn backup(runner: &Runner, args: BackupArgs) -> Result<u8> {
+    let dbs = runner.app().config.select(args.db.as_deref())?;
+    // With several databases, one failure must not stop the others.
+    let mut worst = Worst::default();
+    for db in dbs {
+        let out = runner.run(db, Job::Backup { prune_after: false }).await;
+        match &out.ended {
+            Ended::Done(Done::Backup { manifest, .. }) => outln!("{}", manifest.id),
+            // The snapshot exists (stdout lists every new snapshot); stderr says what is wrong.
+            Ended::Failed(Error::SourceGone { id, .. }) => outln!("{id}"),
+            _ => {}
+        }
+        worst.outcome(&out);
+    }
+    worst.finish()
+}
+
+/// `guardian drill`: the newest usable snapshot and an older one in rotation (see
+/// `drill::run_with_rotation`), or only the snapshot named with `--snapshot`.
+pub(super) async fn drill(runner: &Runner, args: DrillArgs) -> Result<u8> {
+    let config = &runner.app().config;
+    let dbs: Vec<&DatabaseConfig> = match &args.snapshot {
+        Some(_) => vec![config.select_one(args.db.as_deref())?],
+        None => config.select(args.db.as_deref())?,
+    };
+    let mut worst = Worst::default();
+    let mut json = Vec::new();
+    for db in dbs {
+        let job = Job::Drill {
+            snapshot: args.snapshot.clone(),
+        };
+        let out = runner.run(db, job).await;
+        worst.outcome(&out);
+        let Ended::Done(Done::Drill { latest, rotation }) = &out.ended else {
+            continue;
+        };
+        let mut v = conclude(latest, args.json);
+        if let Some(rotation) = rotation {
+            v["rotation"] = serde_json::Value::Null;
+            print_rotation(&db.name, rotation, &mut v, args.json);
+        }
+        json.push(v);
+    }
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json).expect("reports serialize")
+        );
+    }
+    worst.finish()
+}
+
+/// Print (unless `json`) the drill of the older snapshot in rotation, and add it to `v`.
+fn print_rotation(db: &str, rotation: &Rotation, v: &mut serde_json::Value, json: bool) {
+    match &rotation.older {
+        None if !json => {
+            outln!("rotation: no older usable snapshot of {db} to drill");
+        }
+        None => {}
+        Some(Ok(r)) => {
+            if !json {
+                outln!(
+                    "rotation: {} older snapshot(s) take turns, one per drill; this one was {}",
+                    rotation.count,
+                    r.previous_drill_at
+                        .map_or("never drilled".to_string(), |t| format!(
+                            "last drilled {}",
+                            rfc3339(t)
+                        ))
+                );
+            }
+            v["rotation"] = conclude(r, json);
+        }
+        Some(Err(e)) => {
+            errln!("guardian: the rotation drill of {db} failed: {}", chain(e));
+            v["rotation_error"] = chain(e).into();
+        }
+    }
+}
+
+/// Print (unless `json`) one drill report; returns its JSON.
+fn conclude(r: &DrillReport, json: bool) -> serde_json::Value {
+    if !json {
+        print_drill(r);
+    }
+    if let Err(why) = &r.record {
+        errln!("guardian: {why}");
+    }
+    let mut v = serde_json::to_value(r).expect("report serializes");
+    v["record"] = serde_json::json!(r.record.as_ref().ok());
+    v
+}
+
+fn print_drill(r: &DrillReport) {
+    let age = human_age((Utc::now() - r.snapshot_created_at).num_seconds());
+    outln!(
+        "drill of {} snapshot {} (taken {}, {age} ago): {} in {:.2}s",
+        r.db,
+        r.snapshot,
+        rfc3339(r.snapshot_created_at),
+        if r.ok { "PASSED" } else { "FAILED" },
+        r.seconds
+    );
+    for s in &r.steps {
+        outln!(
+            "  {:<18} {:<6} {:>7.2}s  {}",
+            s.name,
+            if s.ok { "ok" } else { "FAILED" },
+            s.seconds,
+            s.detail
+        );
+    }
+    for w in &r.warnings {
+        outln!("  warning: {w}");
+    }
+    for p in &r.problems {
+        outln!("  problem: {p}");
+    }
+    match &r.record {
+        Ok(key) if r.ok => outln!("  recorded as {key}: the snapshot is now verified"),
+        Ok(key) => outln!(
+            "  recorded as {key}: the snapshot is now marked failed; restore --latest will skip it"
+        ),
+        Err(_) => outln!("  the verdict could NOT be recorded in the store (see below)"),
+    }
+}
+
+/// `guardian verify`.
+pub(super) async fn verify(runner: &Runner, args: VerifyArgs) -> Result<u8> {
+    let mut worst = Worst::default();
+    let mut all = Vec::new();
+    for db in runner.app().config.select(args.db.as_deref())? {
+        let out = runner.run(db, Job::Verify { all: args.all }).await;
+        worst.outcome(&out);
+        let Ended::Done(Done::Verify(results)) = out.ended else {
+            continue;
+        };
+        if results.is_empty() {
+            // Nothing verified is not a pass (the exit code says so too).
+            errln!(
+                "guardian: no snapshots of {} in {}; nothing to verify",
+                db.name,
+                runner.app().store.location()
+            );
+        }
+        if !args.json {
+            results.iter().for_each(print_verified);
+        }
+        all.extend(results);
+    }
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("results serialize")
+        );
+    }
+    worst.finish()
+}
+
+fn print_verified(v: &Verified) {
+    let (word, detail) = match &v.outcome {
+        verify::Outcome::Ok => ("ok", "size and sha256 match the manifest".to_string()),
+        verify::Outcome::Bad(why) => ("DAMAGED", why.clone()),
+        verify::Outcome::Error(why) => ("UNREADABLE", why.clone()),
+    };
+    outln!(
+        "{:<12} {:<26} {:>10}  {:<10} {detail}",
+        v.db,
+        v.id,
+        v.stored_bytes.map_or("-".into(), human_bytes),
+        word
+    );
+}
+
+/// `guardian prune`.
+pub(super) async fn prune(runner: &Runner, args: PruneArgs) -> Result<u8> {
+    let mut worst = Worst::default();
+    let mut all = Vec::new();
+    for db in runner.app().config.select(args.db.as_deref())? {
+        let job = Job::Prune {
+            dry_run: args.dry_run,
+        };
+        let out = runner.run(db, job).await;
+        worst.outcome(&out);
+        if let Ended::Done(Done::Prune(r)) = out.ended {
+            if !args.json {
+                print_prune(&r);
+            }
+            all.push(r);
+        }
+    }
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("reports serialize")
+        );
+    }
+    worst.finish()
+}
+
+fn print_prune(r: &PruneReport) {
+    let policy = match &r.policy {
+        Some(p) => format!(
+            "keep_last {}, daily {}, weekly {}, monthly {}, yearly {}",
+            p.keep_last, p.daily, p.weekly, p.monthly, p.yearly
+        ),
+        None => "no retention policy".into(),
+    };
+    outln!(
+        "prune {}{}: {policy}",
+        r.db,
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    if let Some(hold) = &r.plan.hold {
+        outln!("  nothing will be deleted: {hold}");
+    }
+    for d in &r.plan.decisions {
+        let verb = match (d.keep, r.dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would delete",
+            (false, false) => "deleted",
+        };
+        let reasons: Vec<String> = d
+            .reasons
+            .iter()
+            .filter(|x| **x != retention::Reason::Hold)
+            .map(ToString::to_string)
+            .collect();
+        outln!(
+            "  {verb:<12} {:<26} {}  {:<10} {}",
+            d.id,
+            rfc3339(d.created_at),
+            d.status.as_str(),
+            reasons.join(", ")
+        );
+    }
+    for o in &r.orphans {
+        let verb = match (o.delete, r.dry_run) {
+            (false, _) => "keep orphan",
+            (true, true) => "would delete",
+            (true, false) => "deleted",
+        };
+        outln!(
+            "  {verb:<12} {:<26} ({} objects, no manifest): {}",
+            o.id,
+            o.objects,
+            o.reason
+        );
+    }
+    let snaps = r.plan.deletions().count();
+    let orphans = r.orphans.iter().filter(|o| o.delete).count();
+    if r.dry_run {
+        outln!("would delete {snaps} snapshot(s) and {orphans} orphan(s); nothing was deleted (dry run)");
+    } else if r.plan.hold.is_none() {
+        outln!("deleted {snaps} snapshot(s) and {orphans} orphan(s)");
+    }
+}
