@@ -172,103 +172,121 @@ impl Metrics {
             .expect("metrics lock is never poisoned")
             .clone();
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        };
-        let per_db = |f: &dyn Fn(&DbValues) -> Option<f64>| -> Vec<(String, f64)> {
-            map.iter()
-                .filter_map(|(db, v)| f(v).map(|x| (format!("db=\"{db}\""), x)))
-                .collect()
-        };
         family(
-            "guardian_build_info",
-            "gauge",
+            &mut out,
+            ("guardian_build_info", "gauge"),
             "Always 1; the version label says which guardian runs.",
             vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1.0)],
         );
-        family(
-            "guardian_backup_last_success_timestamp_seconds",
-            "gauge",
-            "When the last successful backup finished (Unix time; at start-up, when the newest stored snapshot was taken); only a success moves it.",
-            per_db(&|v| v.backup_last_success),
-        );
-        family(
-            "guardian_backup_last_duration_seconds",
-            "gauge",
-            "How long the last backup run took, successful or not.",
-            per_db(&|v| v.backup_last_duration),
-        );
-        family(
-            "guardian_drill_last_success_timestamp_seconds",
-            "gauge",
-            "When a restore drill last passed (Unix time); only a success moves it.",
-            per_db(&|v| v.drill_last_success),
-        );
-        family(
-            "guardian_drill_last_result",
-            "gauge",
-            "Verdict of the newest restore drill: 1 passed, 0 failed (absent: never drilled).",
-            per_db(&|v| v.drill_last.map(|(_, ok)| f64::from(u8::from(ok)))),
-        );
-        family(
-            "guardian_drill_last_timestamp_seconds",
-            "gauge",
-            "When the newest restore drill reached its verdict (Unix time).",
-            per_db(&|v| v.drill_last.map(|(at, _)| at)),
-        );
-        family(
-            "guardian_snapshots",
-            "gauge",
-            "Usable (not failed) snapshots in the store.",
-            per_db(&|v| v.snapshots.map(|n| n as f64)),
-        );
-        family(
-            "guardian_snapshot_bytes",
-            "gauge",
-            "Stored bytes of the usable snapshots.",
-            per_db(&|v| v.snapshot_bytes.map(|n| n as f64)),
-        );
-        let mut rows = Vec::new();
-        for (db, v) in &map {
-            for (job, n) in &v.failures {
-                rows.push((format!("db=\"{db}\",job=\"{job}\""), *n as f64));
-            }
+        for (name, help, value) in gauges() {
+            let rows = map
+                .iter()
+                .filter_map(|(db, v)| value(v).map(|x| (format!("db=\"{db}\""), x)))
+                .collect();
+            family(&mut out, (name, "gauge"), help, rows);
         }
         family(
-            "guardian_failures_total",
-            "counter",
+            &mut out,
+            ("guardian_failures_total", "counter"),
             "Failed runs per job (backup, drill, prune).",
-            rows,
+            per_job(&map, |v| {
+                v.failures
+                    .iter()
+                    .map(|(job, n)| (format!("job=\"{job}\""), *n as f64))
+                    .collect()
+            }),
         );
-        let mut rows = Vec::new();
-        for (db, v) in &map {
-            for ((job, outcome), n) in &v.runs {
-                rows.push((
-                    format!("db=\"{db}\",job=\"{job}\",outcome=\"{outcome}\""),
-                    *n as f64,
-                ));
-            }
-        }
         family(
-            "guardian_job_runs_total",
-            "counter",
+            &mut out,
+            ("guardian_job_runs_total", "counter"),
             "Scheduled runs by outcome (ok, failed, skipped, cancelled).",
-            rows,
+            per_job(&map, |v| {
+                v.runs
+                    .iter()
+                    .map(|((job, outcome), n)| {
+                        (format!("job=\"{job}\",outcome=\"{outcome}\""), *n as f64)
+                    })
+                    .collect()
+            }),
         );
-        let mut rows = Vec::new();
-        for (db, v) in &map {
-            for (job, on) in &v.running {
-                rows.push((
-                    format!("db=\"{db}\",job=\"{job}\""),
-                    f64::from(u8::from(*on)),
-                ));
-            }
-        }
-        family("guardian_job_running", "gauge", "1 while a job runs.", rows);
+        family(
+            &mut out,
+            ("guardian_job_running", "gauge"),
+            "1 while a job runs.",
+            per_job(&map, |v| {
+                v.running
+                    .iter()
+                    .map(|(job, on)| (format!("job=\"{job}\""), f64::from(u8::from(*on))))
+                    .collect()
+            }),
+        );
         out
+    }
+}
+
+/// A per-database gauge: its name, its help, and its value (absent when unknown).
+type Gauge = (&'static str, &'static str, fn(&DbValues) -> Option<f64>);
+
+/// The per-database gauges, in the order they are rendered.
+fn gauges() -> [Gauge; 7] {
+    [
+        (
+            "guardian_backup_last_success_timestamp_seconds",
+            "When the last successful backup finished (Unix time; at start-up, when the newest stored snapshot was taken); only a success moves it.",
+            |v| v.backup_last_success,
+        ),
+        (
+            "guardian_backup_last_duration_seconds",
+            "How long the last backup run took, successful or not.",
+            |v| v.backup_last_duration,
+        ),
+        (
+            "guardian_drill_last_success_timestamp_seconds",
+            "When a restore drill last passed (Unix time); only a success moves it.",
+            |v| v.drill_last_success,
+        ),
+        (
+            "guardian_drill_last_result",
+            "Verdict of the newest restore drill: 1 passed, 0 failed (absent: never drilled).",
+            |v| v.drill_last.map(|(_, ok)| f64::from(u8::from(ok))),
+        ),
+        (
+            "guardian_drill_last_timestamp_seconds",
+            "When the newest restore drill reached its verdict (Unix time).",
+            |v| v.drill_last.map(|(at, _)| at),
+        ),
+        (
+            "guardian_snapshots",
+            "Usable (not failed) snapshots in the store.",
+            |v| v.snapshots.map(|n| n as f64),
+        ),
+        (
+            "guardian_snapshot_bytes",
+            "Stored bytes of the usable snapshots.",
+            |v| v.snapshot_bytes.map(|n| n as f64),
+        ),
+    ]
+}
+
+/// Rows of every database: its `db` label, then the labels and values `rows` gives.
+fn per_job(
+    map: &BTreeMap<String, DbValues>,
+    rows: impl Fn(&DbValues) -> Vec<(String, f64)>,
+) -> Vec<(String, f64)> {
+    map.iter()
+        .flat_map(|(db, v)| {
+            rows(v)
+                .into_iter()
+                .map(move |(labels, x)| (format!("db=\"{db}\",{labels}"), x))
+        })
+        .collect()
+}
+
+/// Write one metric family: `(name, type)`, its help, and its rows of labels and value.
+fn family(out: &mut String, (name, kind): (&str, &str), help: &str, rows: Vec<(String, f64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
     }
 }
 
