@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::storage::{StorageConfig, StorageTable};
 
 mod service;
 pub(crate) use service::check_url;
@@ -28,8 +29,11 @@ pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where snapshots are stored.
-    #[serde(default)]
+    /// `[storage]` as written; checked and turned into [`Config::storage`] at load.
+    #[serde(default, rename = "storage")]
+    storage_table: StorageTable,
+    /// Where snapshots are stored (from `[storage]`, checked by its backend).
+    #[serde(skip)]
     pub storage: StorageConfig,
     /// How snapshots are taken.
     #[serde(default)]
@@ -48,202 +52,6 @@ pub struct Config {
     /// The file this config was read from, if any (not a TOML key).
     #[serde(skip)]
     pub file: Option<PathBuf>,
-}
-
-/// Which kind of store holds the snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageKind {
-    /// A local directory (the default).
-    #[default]
-    Local,
-    /// An S3-compatible bucket (AWS S3, MinIO, Garage, R2, B2); see `docs/S3.md`.
-    S3,
-}
-
-/// `storage.timeout` when none is configured.
-pub const DEFAULT_S3_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// `[storage]`: where snapshots live.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageConfig {
-    /// `"local"` (default) or `"s3"`.
-    #[serde(default)]
-    pub kind: StorageKind,
-    /// Local store root (kind = "local"); relative to the config file's folder.
-    pub path: Option<PathBuf>,
-    /// Bucket name (kind = "s3", required).
-    pub bucket: Option<String>,
-    /// Folder inside the bucket that holds everything guardian writes (kind = "s3"); `/`-separated
-    /// components of `[A-Za-z0-9_][A-Za-z0-9._-]*`. Default: the bucket root.
-    pub prefix: Option<String>,
-    /// Region (kind = "s3"); `"auto"` for R2. Default: `AWS_REGION` or the profile's, else
-    /// `us-east-1`.
-    pub region: Option<String>,
-    /// Endpoint URL of an S3-compatible service (kind = "s3"), e.g. `http://127.0.0.1:9000`.
-    /// Default: AWS.
-    pub endpoint: Option<String>,
-    /// Address the bucket as `endpoint/bucket` instead of `bucket.endpoint` (kind = "s3");
-    /// needed by MinIO, Garage and most S3-compatible services. Default: false.
-    pub force_path_style: Option<bool>,
-    /// How long one S3 request may wait for its answer before it is given up and retried
-    /// (kind = "s3"), e.g. `"60s"`; a download may go twice that without data, and a part
-    /// upload gets at least the time a part needs at 64 KiB/s. A store that stays silent fails
-    /// after 4 attempts. 1s to 1h. Default: `"60s"`.
-    pub timeout: Option<String>,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            kind: StorageKind::Local,
-            path: Some(PathBuf::from("/var/backups/guardian")),
-            bucket: None,
-            prefix: None,
-            region: None,
-            endpoint: None,
-            force_path_style: None,
-            timeout: None,
-        }
-    }
-}
-
-impl StorageConfig {
-    /// The S3 prefix without leading or trailing `/` (empty for the bucket root).
-    pub fn s3_prefix(&self) -> &str {
-        self.prefix.as_deref().unwrap_or("").trim_matches('/')
-    }
-
-    /// The S3 request timeout (validated at load; [`DEFAULT_S3_TIMEOUT`] when unset).
-    pub fn timeout(&self) -> std::time::Duration {
-        self.timeout
-            .as_deref()
-            .and_then(|s| humantime::parse_duration(s).ok())
-            .unwrap_or(DEFAULT_S3_TIMEOUT)
-    }
-
-    /// Check the keys of `[storage]`; errors name the dotted key.
-    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        let s3_keys: [(&'static str, bool); 6] = [
-            ("storage.bucket", self.bucket.is_some()),
-            ("storage.prefix", self.prefix.is_some()),
-            ("storage.region", self.region.is_some()),
-            ("storage.endpoint", self.endpoint.is_some()),
-            ("storage.force_path_style", self.force_path_style.is_some()),
-            ("storage.timeout", self.timeout.is_some()),
-        ];
-        match self.kind {
-            StorageKind::Local => {
-                if self.path.is_none() {
-                    return Err((
-                        "storage.path",
-                        "required when storage.kind = \"local\"".into(),
-                    ));
-                }
-                if let Some((key, _)) = s3_keys.iter().find(|(_, set)| *set) {
-                    return Err((
-                        key,
-                        "only used when storage.kind = \"s3\"; remove it or set kind = \"s3\""
-                            .into(),
-                    ));
-                }
-            }
-            StorageKind::S3 => {
-                if self.path.is_some() {
-                    return Err((
-                        "storage.path",
-                        "only used when storage.kind = \"local\"; an S3 store uses storage.bucket and storage.prefix".into(),
-                    ));
-                }
-                let Some(bucket) = &self.bucket else {
-                    return Err((
-                        "storage.bucket",
-                        "required when storage.kind = \"s3\"".into(),
-                    ));
-                };
-                validate_bucket(bucket).map_err(|r| ("storage.bucket", r))?;
-                let prefix = self.s3_prefix();
-                if !prefix.is_empty() {
-                    for part in prefix.split('/') {
-                        crate::names::validate_component(part).map_err(|r| {
-                            (
-                                "storage.prefix",
-                                format!("{r} in {prefix:?} (use folders of [A-Za-z0-9._-], e.g. \"prod/guardian\")"),
-                            )
-                        })?;
-                    }
-                }
-                if let Some(region) = &self.region {
-                    if region.is_empty()
-                        || !region
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    {
-                        return Err(("storage.region", format!("{region:?} is not a region name (e.g. \"us-east-1\", \"auto\" for R2)")));
-                    }
-                }
-                if let Some(endpoint) = &self.endpoint {
-                    validate_endpoint(endpoint).map_err(|r| ("storage.endpoint", r))?;
-                }
-                if let Some(t) = &self.timeout {
-                    match humantime::parse_duration(t) {
-                        Err(e) => {
-                            return Err((
-                                "storage.timeout",
-                                format!("{t:?} is not a duration ({e}); e.g. \"60s\" or \"2m\""),
-                            ))
-                        }
-                        Ok(d)
-                            if d < std::time::Duration::from_secs(1)
-                                || d > std::time::Duration::from_secs(3600) =>
-                        {
-                            return Err((
-                                "storage.timeout",
-                                format!("{t:?} is out of range: use 1s to 1h"),
-                            ))
-                        }
-                        Ok(_) => {}
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// S3 bucket names: 3-63 characters of `[a-z0-9.-]` (plus `_` and capitals, which some
-/// S3-compatible services allow), no `/`.
-fn validate_bucket(name: &str) -> std::result::Result<(), String> {
-    if !(3..=63).contains(&name.len())
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    {
-        return Err(format!(
-            "{name:?} is not a bucket name (3 to 63 characters of a-z, 0-9, '.', '-'; put folders in storage.prefix)"
-        ));
-    }
-    Ok(())
-}
-
-/// An endpoint is `http(s)://host[:port][/path]`, and never carries credentials.
-fn validate_endpoint(url: &str) -> std::result::Result<(), String> {
-    if url.contains('@') {
-        // Never echo it: the part before '@' is most likely a credential.
-        return Err("must not contain credentials (user:password@); they come from the AWS credential chain".into());
-    }
-    let Some(rest) = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-    else {
-        return Err(format!("{url:?} must start with http:// or https://"));
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.is_empty() || url.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
-        return Err(format!("{url:?} is not a URL like http://127.0.0.1:9000"));
-    }
-    Ok(())
 }
 
 /// Which SQLite check a fresh copy must pass before it is published.
@@ -406,6 +214,8 @@ impl Config {
             )));
         }
         cfg.resolve_paths(base_dir);
+        cfg.storage = StorageConfig::from_table(&cfg.storage_table, "storage")
+            .map_err(|e| Error::Config(format!("{}: {}", e.key, e.reason)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -414,7 +224,7 @@ impl Config {
     fn empty_path(&self) -> Option<String> {
         let empty = |p: Option<&PathBuf>| p.is_some_and(|p| p.as_os_str().is_empty());
         let top = [
-            ("storage.path", empty(self.storage.path.as_ref())),
+            ("storage.path", empty(self.storage_table.path.as_ref())),
             (
                 "backup.staging_dir",
                 empty(self.backup.staging_dir.as_ref()),
@@ -529,7 +339,7 @@ impl Config {
         let abs = |p: &mut PathBuf| {
             *p = normalize(&base.join(&*p));
         };
-        if let Some(p) = self.storage.path.as_mut() {
+        if let Some(p) = self.storage_table.path.as_mut() {
             abs(p);
         }
         if let Some(p) = self.backup.staging_dir.as_mut() {
@@ -560,9 +370,6 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let invalid =
             |field: String, reason: String| Err(Error::Config(format!("{field}: {reason}")));
-        if let Err((field, reason)) = self.storage.validate() {
-            return invalid(field.into(), reason);
-        }
         if let Some(level) = self.backup.compression_level {
             if !(1..=9).contains(&level) {
                 return invalid(
@@ -750,8 +557,10 @@ mod tests {
         let c =
             parse("[storage]\npath = \"b\"\n[[databases]]\nname = \"market\"\npath = \"m.db\"\n")
                 .unwrap();
-        assert_eq!(c.storage.kind, StorageKind::Local);
-        assert_eq!(c.storage.path.unwrap(), Path::new("/etc/guardian/b"));
+        let StorageConfig::Local(local) = &c.storage else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(local.path, Path::new("/etc/guardian/b"));
         assert_eq!(c.databases[0].path, Path::new("/etc/guardian/m.db"));
         assert_eq!(c.backup.compression_level(), DEFAULT_COMPRESSION_LEVEL);
     }
@@ -804,14 +613,20 @@ mod tests {
             "[storage]\nkind = \"s3\"\nbucket = \"market-backups\"\nprefix = \"/prod/guardian/\"\nregion = \"auto\"\nendpoint = \"https://acc.r2.cloudflarestorage.com\"\nforce_path_style = true\ntimeout = \"90s\"\n{DB}"
         ))
         .unwrap();
-        assert_eq!(c.storage.kind, StorageKind::S3);
-        assert_eq!(c.storage.bucket.as_deref(), Some("market-backups"));
-        assert_eq!(c.storage.s3_prefix(), "prod/guardian");
-        assert_eq!(c.storage.force_path_style, Some(true));
-        assert_eq!(c.storage.timeout(), std::time::Duration::from_secs(90));
-        assert!(c.storage.path.is_none());
+        let StorageConfig::S3(s3) = &c.storage else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(s3.bucket, "market-backups");
+        assert_eq!(s3.prefix, "prod/guardian");
+        assert!(s3.force_path_style);
+        assert_eq!(s3.timeout, std::time::Duration::from_secs(90));
+        assert_eq!(s3.region.as_deref(), Some("auto"));
         let bare = parse(&format!("[storage]\nkind = \"s3\"\nbucket = \"b-1\"\n{DB}")).unwrap();
-        assert_eq!(bare.storage.s3_prefix(), "");
+        let StorageConfig::S3(s3) = &bare.storage else {
+            panic!()
+        };
+        assert_eq!(s3.prefix, "");
+        assert_eq!(s3.timeout, crate::storage::s3::DEFAULT_S3_TIMEOUT);
     }
 
     #[test]

@@ -13,8 +13,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use guardian::config::{StorageConfig, StorageKind};
-use guardian::storage::s3::{S3Options, S3Storage};
+use guardian::storage::s3::{S3Config, S3Options, S3Storage};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -47,17 +46,11 @@ pub struct S3Target {
 }
 
 impl S3Target {
-    /// A `[storage]` table for this target under `prefix`.
-    pub fn storage_config(&self, prefix: &str) -> StorageConfig {
-        StorageConfig {
-            kind: StorageKind::S3,
-            path: None,
-            bucket: Some(self.bucket.clone()),
-            prefix: Some(prefix.to_string()),
+    /// The S3 store config for this target under `prefix`.
+    pub fn storage_config(&self, prefix: &str) -> S3Config {
+        S3Config {
             region: Some(self.region.clone()),
-            endpoint: Some(self.endpoint.clone()),
-            force_path_style: Some(true),
-            timeout: None,
+            ..S3Config::new(&self.bucket, prefix, Some(&self.endpoint))
         }
     }
 
@@ -236,6 +229,15 @@ pub struct Faults {
     /// Overwrite despite `If-None-Match: *`, as Garage does. (The header is signed, so it
     /// cannot be dropped: the existing object is removed before the request is served.)
     pub ignore_if_none_match: bool,
+    /// Answer GetBucketVersioning with this status (`Enabled`, `Suspended`); s3s-fs itself
+    /// answers 501 NotImplemented.
+    pub versioning: Option<&'static str>,
+    /// Answer GetObjectLockConfiguration with object lock on, GOVERNANCE for 30 days; s3s-fs
+    /// itself answers 501 NotImplemented.
+    pub object_lock: bool,
+    /// Answer every DeleteObject with `403 AccessDenied`, as a bucket policy that protects
+    /// backups (or an object lock on the version) does.
+    pub deny_deletes: bool,
 }
 
 /// An in-process S3 server; stops when dropped.
@@ -361,6 +363,43 @@ async fn handle(
     log.lock().unwrap().push(entry);
     let (slow_down, corrupt, cut) = {
         let mut f = faults.lock().unwrap();
+        let asks = |sub: &str| {
+            req.uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .any(|kv| kv == sub || kv.starts_with(&format!("{sub}=")))
+        };
+        let bucket_config = |xml: String| {
+            Ok(Response::builder()
+                .status(200)
+                .header("content-type", "application/xml")
+                .body(boxed(s3s::Body::from(format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{xml}"
+                ))))
+                .unwrap())
+        };
+        const NS: &str = "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"";
+        if req.method() == hyper::Method::GET && asks("versioning") {
+            if let Some(status) = f.versioning {
+                return bucket_config(format!(
+                    "<VersioningConfiguration {NS}><Status>{status}</Status></VersioningConfiguration>"
+                ));
+            }
+        }
+        if req.method() == hyper::Method::GET && asks("object-lock") && f.object_lock {
+            return bucket_config(format!(
+                "<ObjectLockConfiguration {NS}><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>GOVERNANCE</Mode><Days>30</Days></DefaultRetention></Rule></ObjectLockConfiguration>"
+            ));
+        }
+        if req.method() == hyper::Method::DELETE && f.deny_deletes {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+            return Ok(Response::builder()
+                .status(403)
+                .header("content-type", "application/xml")
+                .body(boxed(s3s::Body::from(xml.to_string())))
+                .unwrap());
+        }
         if f.refuse_if_none_match && is_put && req.headers().contains_key("if-none-match") {
             let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>";
             return Ok(Response::builder()

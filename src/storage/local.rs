@@ -11,10 +11,43 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use super::config::{InvalidKey, StorageTable};
+use super::diagnose::{self, Checks};
 use super::{
     body_channel, Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError, CHUNK_SIZE,
 };
 use crate::durable::{self, TempGuard};
+
+/// `[storage]` with `kind = "local"`: a folder on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// The store's root folder (absolute once the config is loaded).
+    pub path: PathBuf,
+}
+
+impl LocalConfig {
+    /// The keys a local store uses.
+    const KEYS: &[&str] = &["path"];
+
+    /// Check the local keys of the table at `at`; keys of other kinds are refused.
+    pub(crate) fn from_table(t: &StorageTable, at: &str) -> Result<LocalConfig, InvalidKey> {
+        let Some(path) = &t.path else {
+            return Err(InvalidKey::new(
+                at,
+                "path",
+                format!("required when {at}.kind = \"local\""),
+            ));
+        };
+        if let Some(key) = t.foreign_key(Self::KEYS) {
+            return Err(InvalidKey::new(
+                at,
+                key,
+                format!("only used when {at}.kind = \"s3\"; remove it or set kind = \"s3\""),
+            ));
+        }
+        Ok(LocalConfig { path: path.clone() })
+    }
+}
 
 /// A store rooted at a local directory (created on first write).
 #[derive(Debug, Clone)]
@@ -272,6 +305,22 @@ impl Storage for LocalStorage {
         let dir = self.remove_empty_dirs(durable::parent_dir(&path));
         durable::sync_dir(&dir).map_err(|e| self.io_err("fsync folder of", key, e))?;
         Ok(())
+    }
+
+    async fn diagnose(&self, r: &mut Checks) {
+        let root = &self.root;
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => r.pass("folder", format!("{} exists", root.display())),
+            Ok(_) => r.fail(
+                "folder",
+                format!("{} exists but is not a folder", root.display()),
+            ),
+            Err(_) => r.warn(
+                "folder",
+                format!("{} does not exist yet; it is created now", root.display()),
+            ),
+        }
+        diagnose::objects(self, r).await;
     }
 
     async fn sweep(&self, prefix: &str) -> Result<u64, StorageError> {

@@ -13,10 +13,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use crate::config::{StorageConfig, StorageKind};
-
+pub mod config;
+pub mod diagnose;
 pub mod local;
 pub mod s3;
+
+pub use config::{StorageConfig, StorageKind, StorageTable};
+use diagnose::Checks;
 
 /// Size of the chunks bodies are cut into.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -94,20 +97,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn sweep(&self, _prefix: &str) -> Result<u64, StorageError> {
         Ok(0)
     }
+
+    /// `guardian doctor`'s checks of this store, appended to `r`: the shared object probes
+    /// ([`diagnose::objects`]) plus whatever this backend can check of its own.
+    async fn diagnose(&self, r: &mut Checks) {
+        diagnose::objects(self, r).await;
+    }
 }
 
 /// Open the store a config describes.
 pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
-    match cfg.kind {
-        StorageKind::Local => {
-            let path = cfg
-                .path
-                .clone()
-                .expect("validated config: local storage has a path");
-            Ok(Arc::new(local::LocalStorage::new(path)))
-        }
-        StorageKind::S3 => Ok(Arc::new(
-            s3::S3Storage::connect(cfg, s3::S3Options::default()).await?,
+    match cfg {
+        StorageConfig::Local(local) => Ok(Arc::new(local::LocalStorage::new(&local.path))),
+        StorageConfig::S3(s3) => Ok(Arc::new(
+            s3::S3Storage::connect(s3, s3::S3Options::default()).await?,
         )),
     }
 }

@@ -23,17 +23,22 @@ use aws_sdk_s3::config::{
     SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::list_multipart_uploads::ListMultipartUploadsOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use super::diagnose::Checks;
 use super::{Body, ObjectKey, ObjectMeta, PutMode, Storage, StorageError};
-use crate::config::StorageConfig;
 
+mod config;
+mod diagnose;
 mod download;
 mod error;
 mod upload;
+
+pub use config::{S3Config, DEFAULT_S3_TIMEOUT};
 
 pub(crate) use error::{Failure, HintContext};
 
@@ -94,13 +99,10 @@ impl fmt::Debug for S3Storage {
 }
 
 impl S3Storage {
-    /// Build a client for the `[storage]` table (kind = "s3"). Makes no request: problems
-    /// surface, with hints, on the first operation (or in `guardian doctor`).
-    pub async fn connect(cfg: &StorageConfig, opts: S3Options) -> Result<S3Storage, StorageError> {
-        let bucket = cfg
-            .bucket
-            .clone()
-            .expect("validated config: s3 storage has a bucket");
+    /// Build a client for an S3 store. Makes no request: problems surface, with hints, on the
+    /// first operation (or in `guardian doctor`).
+    pub async fn connect(cfg: &S3Config, opts: S3Options) -> Result<S3Storage, StorageError> {
+        let bucket = cfg.bucket.clone();
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(creds) = opts.credentials {
             loader = loader.credentials_provider(creds);
@@ -119,10 +121,10 @@ impl S3Storage {
                 .or_else(Region::new(FALLBACK_REGION))
         };
         let sdk = loader.region(region).load().await;
-        let timeout = cfg.timeout();
+        let timeout = cfg.timeout;
 
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(cfg.force_path_style.unwrap_or(false))
+            .force_path_style(cfg.force_path_style)
             // aws-sdk-rust#1240: the default (WhenSupported) adds CRC32 checksums that many
             // S3-compatible services reject; we send Content-MD5 ourselves instead.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -137,7 +139,7 @@ impl S3Storage {
         if let Some(endpoint) = &cfg.endpoint {
             conf = conf.endpoint_url(endpoint);
         }
-        let prefix = match cfg.s3_prefix() {
+        let prefix = match cfg.prefix.as_str() {
             "" => String::new(),
             p => format!("{p}/"),
         };
@@ -152,7 +154,7 @@ impl S3Storage {
             location,
             hints: HintContext {
                 custom_endpoint: cfg.endpoint.is_some(),
-                path_style: cfg.force_path_style.unwrap_or(false),
+                path_style: cfg.force_path_style,
             },
             sweep_grace: opts.sweep_grace,
             timeout,
@@ -250,36 +252,14 @@ impl S3Storage {
         prefix: &str,
         cutoff: DateTime<Utc>,
     ) -> Result<u64, StorageError> {
-        let full_prefix = self.s3_key(prefix);
         let mut removed = 0;
-        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        let mut marker = None;
         loop {
-            let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
-                .send()
-                .await;
-            let page = match page {
-                Ok(p) => p,
-                Err(e) => {
-                    let f = Failure::from_sdk(&e);
-                    if f.is_not_implemented() {
-                        // s3s-fs and some S3-compatibles: nothing to list, so nothing we can
-                        // clean; a lifecycle rule (docs/S3.md) covers it there.
-                        tracing::debug!(location = %self.location, "server does not list multipart uploads; skipping sweep");
-                        return Ok(removed);
-                    }
-                    return Err(f.into_error(
-                        "list incomplete uploads under",
-                        prefix,
-                        &self.location,
-                        &self.hints,
-                    ));
-                }
+            let Some(page) = self.list_uploads_page(prefix, marker.take()).await? else {
+                // s3s-fs and some S3-compatibles: nothing to list, so nothing we can clean; a
+                // lifecycle rule (docs/S3.md) covers it there.
+                tracing::debug!(location = %self.location, "server does not list multipart uploads; skipping sweep");
+                return Ok(removed);
             };
             for up in page.uploads() {
                 let (Some(key), Some(id)) = (up.key(), up.upload_id()) else {
@@ -291,40 +271,83 @@ impl S3Storage {
                 if started.is_none_or(|t| t > cutoff) {
                     continue;
                 }
-                match self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(id)
-                    .send()
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(key = %key, started = ?started, "aborted an incomplete multipart upload of an interrupted run");
-                        removed += 1;
-                    }
-                    Err(e) => {
-                        let f = Failure::from_sdk(&e);
-                        // Gone already (another sweeper, or it completed): nothing to do.
-                        if f.status != Some(404) {
-                            return Err(f.into_error(
-                                "abort incomplete upload of",
-                                key,
-                                &self.location,
-                                &self.hints,
-                            ));
-                        }
-                    }
+                if self.abort_upload(key, id).await? {
+                    tracing::info!(key = %key, started = ?started, "aborted an incomplete multipart upload of an interrupted run");
+                    removed += 1;
                 }
             }
             if page.is_truncated() != Some(true) {
                 return Ok(removed);
             }
-            key_marker = page.next_key_marker().map(str::to_string);
-            id_marker = page.next_upload_id_marker().map(str::to_string);
-            if key_marker.is_none() && id_marker.is_none() {
+            let next = (
+                page.next_key_marker().map(str::to_string),
+                page.next_upload_id_marker().map(str::to_string),
+            );
+            if next == (None, None) {
                 return Ok(removed);
+            }
+            marker = Some(next);
+        }
+    }
+
+    /// One page of the incomplete multipart uploads under `prefix`, after `marker` (key,
+    /// upload id). `None` when the server cannot list them (501).
+    async fn list_uploads_page(
+        &self,
+        prefix: &str,
+        marker: Option<(Option<String>, Option<String>)>,
+    ) -> Result<Option<ListMultipartUploadsOutput>, StorageError> {
+        let (key_marker, id_marker) = marker.unwrap_or_default();
+        let page = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(self.s3_key(prefix))
+            .set_key_marker(key_marker)
+            .set_upload_id_marker(id_marker)
+            .send()
+            .await;
+        match page {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => {
+                let f = Failure::from_sdk(&e);
+                if f.is_not_implemented() {
+                    return Ok(None);
+                }
+                Err(f.into_error(
+                    "list incomplete uploads under",
+                    prefix,
+                    &self.location,
+                    &self.hints,
+                ))
+            }
+        }
+    }
+
+    /// Abort one multipart upload (`key` is the full S3 key). False when it was gone already
+    /// (another sweeper, or it completed).
+    async fn abort_upload(&self, key: &str, id: &str) -> Result<bool, StorageError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let f = Failure::from_sdk(&e);
+                if f.status == Some(404) {
+                    return Ok(false);
+                }
+                Err(f.into_error(
+                    "abort incomplete upload of",
+                    key,
+                    &self.location,
+                    &self.hints,
+                ))
             }
         }
     }
@@ -467,6 +490,10 @@ impl Storage for S3Storage {
                 other => Err(other),
             },
         }
+    }
+
+    async fn diagnose(&self, r: &mut Checks) {
+        diagnose::run(self, r).await;
     }
 
     async fn sweep(&self, prefix: &str) -> Result<u64, StorageError> {

@@ -1,0 +1,252 @@
+//! The S3 backend's part of `guardian doctor`: credentials, the shared object probes (with the
+//! conditional write asked of the server itself), multipart upload, whether stale uploads can
+//! be listed, and clock skew.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, ProvideCredentials, RuntimeComponents};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::{Failure, S3Storage};
+use crate::human::human_bytes;
+use crate::human::chain;
+use crate::storage::diagnose::{self, Checks, Conditional};
+use crate::storage::{self, body_channel, ObjectKey, Storage, StorageError};
+
+/// Every S3 check, in order. Stops after the credentials when there are none.
+pub(super) async fn run(s3: &S3Storage, r: &mut Checks) {
+    if !credentials(s3, r).await {
+        return;
+    }
+    if let Some(probe) = diagnose::write_read_list(s3, r).await {
+        if diagnose::create_if_absent(s3, &probe, r).await {
+            let outcome = conditional(s3, &probe.key).await;
+            diagnose::report_conditional(r, outcome, true);
+        }
+        diagnose::delete(s3, &probe, r).await;
+        multipart(s3, &probe.sibling("multipart"), r).await;
+        upload_listing(s3, r).await;
+    }
+    clock(s3, r).await;
+}
+
+/// Ask the server directly whether it refuses a second `If-None-Match: *` PUT of `key`: the
+/// store falls back to check-then-write where conditional PUTs are refused, which would hide
+/// what the server does.
+async fn conditional(s3: &S3Storage, key: &ObjectKey) -> Conditional {
+    let other = Bytes::from_static(diagnose::OTHER_BODY);
+    match s3.put_object(key, &other, true).await {
+        Ok(()) => Conditional::Overwrote,
+        Err(f) if f.is_precondition_failed() => Conditional::Refused,
+        Err(f) if f.is_not_implemented() => Conditional::Unsupported,
+        Err(f) => Conditional::Failed(chain(&f.into_error(
+            "conditionally upload",
+            key.as_str(),
+            &s3.location(),
+            &s3.hint_context(),
+        ))),
+    }
+}
+
+/// Does the AWS chain yield credentials? Shows only the key id's last four characters.
+async fn credentials(s3: &S3Storage, r: &mut Checks) -> bool {
+    let Some(provider) = s3.credentials_provider() else {
+        r.fail("credentials", "no AWS credential provider configured");
+        return false;
+    };
+    match provider.provide_credentials().await {
+        Ok(c) => {
+            let id = c.access_key_id();
+            let tail: String = id
+                .chars()
+                .skip(id.chars().count().saturating_sub(4))
+                .collect();
+            r.pass(
+                "credentials",
+                format!("found by the AWS credential chain (access key id ****{tail})"),
+            );
+            true
+        }
+        Err(e) => {
+            let text = chain(&e);
+            let why = if text.contains("no credentials found in chain") {
+                "none found (tried: environment, profile, web identity, ECS, instance metadata)"
+                    .to_string()
+            } else {
+                format!("none found ({text})")
+            };
+            r.fail(
+                "credentials",
+                format!("{why}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (see docs/S3.md)"),
+            );
+            false
+        }
+    }
+}
+
+/// Upload 8 MiB + 1 byte as a multipart upload (two parts), read it back, delete it.
+async fn multipart(store: &dyn Storage, key: &ObjectKey, r: &mut Checks) {
+    const NAME: &str = "multipart upload";
+    const LEN: usize = (8 << 20) + 1;
+    let (tx, rx) = body_channel();
+    let producer = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![0x5a; storage::CHUNK_SIZE]);
+        let mut left = LEN;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if tx.send(Ok(chunk.slice(..n))).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+    });
+    let started = Instant::now();
+    let put = store.put_stream(key, rx, Some(LEN as u64)).await;
+    let _ = producer.await;
+    match put {
+        Ok(n) if n == LEN as u64 => {
+            let back = read_len(store, key).await;
+            match back {
+                Ok(m) if m == LEN as u64 => r.pass(
+                    NAME,
+                    format!(
+                        "{} in 2 parts, read back, in {:.1}s",
+                        human_bytes(n),
+                        started.elapsed().as_secs_f64()
+                    ),
+                ),
+                Ok(m) => r.fail(NAME, format!("uploaded {LEN} B but read back {m} B")),
+                Err(e) => r.fail(NAME, chain(&e)),
+            }
+        }
+        Ok(n) => r.fail(NAME, format!("uploaded {n} B of {LEN}")),
+        Err(e) => r.fail(NAME, chain(&e)),
+    }
+    if let Err(e) = store.delete(key).await {
+        r.warn(NAME, format!("could not delete the probe: {}", chain(&e)));
+    }
+}
+
+async fn read_len(store: &dyn Storage, key: &ObjectKey) -> Result<u64, StorageError> {
+    let mut body = store.get_stream(key).await?;
+    let mut n = 0u64;
+    while let Some(chunk) = body.recv().await {
+        n += chunk
+            .map_err(|e| StorageError::Remote {
+                op: "download",
+                target: key.to_string(),
+                location: store.location(),
+                message: e.to_string(),
+                hint: None,
+            })?
+            .len() as u64;
+    }
+    Ok(n)
+}
+
+/// Can guardian find (and so abort) interrupted multipart uploads under its prefix?
+async fn upload_listing(s3: &S3Storage, r: &mut Checks) {
+    const NAME: &str = "incomplete uploads";
+    let res = s3
+        .client()
+        .list_multipart_uploads()
+        .bucket(s3.bucket())
+        .prefix(s3.s3_key(""))
+        .max_uploads(1)
+        .send()
+        .await;
+    match res {
+        Ok(_) => r.pass(NAME, "the server lists multipart uploads: interrupted uploads are aborted by the next backup"),
+        Err(e) => {
+            let f = Failure::from_sdk(&e);
+            let why = if f.is_not_implemented() {
+                "the server cannot list multipart uploads".to_string()
+            } else {
+                format!("listing multipart uploads failed ({})", f.message)
+            };
+            r.warn(
+                NAME,
+                format!("{why}: interrupted uploads are not cleaned by guardian; add an AbortIncompleteMultipartUpload lifecycle rule (docs/S3.md)"),
+            );
+        }
+    }
+}
+
+/// Compare the server's `Date` header with this machine's clock.
+async fn clock(s3: &S3Storage, r: &mut Checks) {
+    const NAME: &str = "clock skew";
+    let date = ServerDate::default();
+    let before = Utc::now();
+    // Any answer carries a Date header, even an error.
+    let _ = s3
+        .client()
+        .list_objects_v2()
+        .bucket(s3.bucket())
+        .prefix(s3.s3_key("guardian-doctor-"))
+        .max_keys(1)
+        .customize()
+        .interceptor(date.clone())
+        .send()
+        .await;
+    let after = Utc::now();
+    let header = date.0.lock().expect("not poisoned").clone();
+    let Some(server) = header
+        .as_deref()
+        .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+    else {
+        r.warn(
+            NAME,
+            "the server sent no usable Date header; cannot compare clocks",
+        );
+        return;
+    };
+    let local = before + (after - before) / 2;
+    // The header has one-second resolution.
+    let skew = (server.with_timezone(&Utc) - local).num_milliseconds() as f64 / 1000.0;
+    let detail = format!(
+        "this machine's clock is {:.0}s {} the server's",
+        skew.abs(),
+        if skew > 0.0 { "behind" } else { "ahead of" }
+    );
+    match skew.abs() {
+        s if s <= 60.0 => r.pass(
+            NAME,
+            format!("within {:.0}s of the server's clock", s.max(1.0)),
+        ),
+        s if s < 900.0 => r.warn(
+            NAME,
+            format!("{detail}; synchronise it (NTP): snapshot times come from it"),
+        ),
+        _ => r.fail(
+            NAME,
+            format!(
+                "{detail}; S3 refuses signatures more than 15 minutes off: synchronise it (NTP)"
+            ),
+        ),
+    }
+}
+
+/// Captures the `Date` header of a response.
+#[derive(Debug, Clone, Default)]
+struct ServerDate(Arc<Mutex<Option<String>>>);
+
+impl Intercept for ServerDate {
+    fn name(&self) -> &'static str {
+        "guardian::storage::s3::diagnose::ServerDate"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(d) = context.response().headers().get("date") {
+            *self.0.lock().expect("not poisoned") = Some(d.to_string());
+        }
+        Ok(())
+    }
+}
