@@ -56,9 +56,9 @@ start() {
     mkdir -p "$state"
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    # The first 4 requests (the set-up below) run without auth; every later one must be signed
+    # The first 6 requests (the set-up below) run without auth; every later one must be signed
     # with a known key and is checked against that key's IAM policy.
-    INITIAL_NO_AUTH_ACTION_COUNT=4 MOTO_PORT="$port" \
+    INITIAL_NO_AUTH_ACTION_COUNT=6 MOTO_PORT="$port" \
         nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$state/moto.log" 2>&1 &
     echo $! >"$state/pid"
     for _ in $(seq 1 100); do
@@ -82,13 +82,19 @@ s3 = boto3.client("s3", **anon)
 # The least-privilege policy from docs/S3.md, for this bucket and the prefixes tests use (t-*).
 text = open(doc).read()
 policy = re.search(r"<!-- policy -->\s*```json\n(.*?)```", text, re.S).group(1)
-policy = policy.replace("market-backups", bucket).replace("prod/*", "t-*")
+# The bucket name ends in "*" so that the policy also covers the versioned bucket below.
+policy = policy.replace("market-backups", bucket + "*").replace("prod/*", "t-*")
 json.loads(policy)
 iam.create_user(UserName="guardian")                                       # 1
 key = iam.create_access_key(UserName="guardian")["AccessKey"]               # 2
 iam.put_user_policy(UserName="guardian", PolicyName="guardian",
                     PolicyDocument=policy)                                  # 3
 s3.create_bucket(Bucket=bucket)                                             # 4
+# A second bucket with versioning on, where deletes leave noncurrent versions (doctor warns).
+versioned = bucket + "-versioned"
+s3.create_bucket(Bucket=versioned)                                          # 5
+s3.put_bucket_versioning(Bucket=versioned,
+                         VersioningConfiguration={"Status": "Enabled"})      # 6
 # Auth must now be enforced: a wrong secret is refused, the real key works.
 bad = boto3.client("s3", endpoint_url=endpoint, region_name=region,
                    aws_access_key_id=key["AccessKeyId"], aws_secret_access_key="wrong")
@@ -111,6 +117,7 @@ except botocore.exceptions.ClientError:
 print(f"export GUARDIAN_TEST_S3_NAME=moto")
 print(f"export GUARDIAN_TEST_S3_ENDPOINT={endpoint}")
 print(f"export GUARDIAN_TEST_S3_BUCKET={bucket}")
+print(f"export GUARDIAN_TEST_S3_VERSIONED_BUCKET={versioned}")
 print(f"export GUARDIAN_TEST_S3_REGION={region}")
 print(f"export GUARDIAN_TEST_S3_ACCESS_KEY={key['AccessKeyId']}")
 print(f"export GUARDIAN_TEST_S3_SECRET_KEY={key['SecretAccessKey']}")

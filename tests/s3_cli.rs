@@ -241,6 +241,55 @@ fn doctor_warns_when_the_server_ignores_conditional_writes() {
 }
 
 #[test]
+fn doctor_reports_a_versioned_or_locked_bucket_as_retention_delegated() {
+    let server = S3Server::start();
+    // s3s-fs knows no versioning (501): a plain bucket.
+    let env = s3_env(&server.target, "versioning");
+    let r = doctor(&env, &server.target).ok();
+    assert!(line(&r, "versioning").starts_with("pass"), "{}", r.stdout);
+    {
+        let mut f = server.faults.lock().unwrap();
+        f.versioning = Some("Enabled");
+        f.object_lock = true;
+    }
+    let r = doctor(&env, &server.target).ok();
+    let l = line(&r, "versioning");
+    for part in [
+        "warn",
+        "versioning is Enabled",
+        "object lock is on (GOVERNANCE retention, 30 days)",
+        "noncurrent version",
+        "delegated to the provider",
+        "NoncurrentVersionExpiration",
+        "docs/S3.md",
+    ] {
+        assert!(l.contains(part), "{part:?} missing from {l:?}");
+    }
+    assert!(r.stdout.contains("0 failed"), "{}", r.stdout);
+
+    // The independent server, on the versioned bucket scripts/s3-server.sh creates.
+    let versioned = std::env::var("GUARDIAN_TEST_S3_VERSIONED_BUCKET").ok();
+    match (external(), versioned) {
+        (Some(mut t), Some(bucket)) => {
+            t.bucket = bucket;
+            let env = s3_env(&t, &unique_prefix("versioning"));
+            let r = doctor(&env, &t).ok();
+            eprintln!("{}: doctor on a versioned bucket:\n{}", t.name, r.stdout);
+            let l = line(&r, "versioning");
+            assert!(
+                l.starts_with("warn") && l.contains("versioning is Enabled"),
+                "{}",
+                r.stdout
+            );
+            assert!(r.stdout.contains("0 failed"), "{}", r.stdout);
+        }
+        _ => eprintln!(
+            "skipped on an external server: GUARDIAN_TEST_S3_ENDPOINT or GUARDIAN_TEST_S3_VERSIONED_BUCKET is not set (scripts/s3-server.sh)"
+        ),
+    }
+}
+
+#[test]
 fn doctor_warns_when_the_server_refuses_conditional_writes() {
     let server = S3Server::start();
     server.faults.lock().unwrap().refuse_if_none_match = true;

@@ -29,8 +29,133 @@ pub(super) async fn run(s3: &S3Storage, r: &mut Checks) {
         diagnose::delete(s3, &probe, r).await;
         multipart(s3, &probe.sibling("multipart"), r).await;
         upload_listing(s3, r).await;
+        versioning(s3, r).await;
     }
     clock(s3, r).await;
+}
+
+/// Versioning and object lock, as far as the server says.
+#[derive(Debug, Default)]
+struct Retention {
+    /// `Enabled` or `Suspended`; `None`: never enabled (or the server does not do versioning).
+    versioning: Option<String>,
+    /// The object-lock default retention (`GOVERNANCE 30 days`), or `"on"` without a default;
+    /// `None`: no object lock.
+    object_lock: Option<String>,
+    /// What could not be read, one note per failed question.
+    unknown: Vec<String>,
+}
+
+/// Does the bucket keep what guardian deletes (versioning, object lock)? A prune on such a
+/// bucket only hides snapshots behind delete markers (or is refused): their storage and their
+/// final removal are the provider's lifecycle rules' business, and doctor says so once here
+/// instead of prune failing or surprising every night (docs/S3.md, "Versioned buckets").
+async fn versioning(s3: &S3Storage, r: &mut Checks) {
+    const NAME: &str = "versioning";
+    let found = bucket_retention(s3).await;
+    let mut kept = Vec::new();
+    if let Some(status) = &found.versioning {
+        kept.push(format!("versioning is {status}"));
+    }
+    if let Some(lock) = &found.object_lock {
+        kept.push(format!("object lock is on ({lock})"));
+    }
+    if !kept.is_empty() {
+        r.warn(
+            NAME,
+            format!(
+                "{}: a pruned snapshot stays in the bucket as a noncurrent version behind a delete \
+                 marker{}, so retention and its storage cost are delegated to the provider; add a \
+                 lifecycle rule with NoncurrentVersionExpiration (e.g. 30 days) and \
+                 ExpiredObjectDeleteMarker (docs/S3.md)",
+                kept.join(" and "),
+                if found.object_lock.is_some() {
+                    " until its lock expires"
+                } else {
+                    ""
+                }
+            ),
+        );
+    } else if !found.unknown.is_empty() {
+        r.warn(
+            NAME,
+            format!(
+                "could not tell whether the bucket keeps deleted objects ({}); if it is versioned \
+                 or object-locked, pruned snapshots stay as noncurrent versions: see docs/S3.md",
+                found.unknown.join("; ")
+            ),
+        );
+    } else {
+        r.pass(
+            NAME,
+            "the bucket is not versioned and has no object lock: pruned snapshots are gone",
+        );
+    }
+}
+
+/// Ask GetBucketVersioning and GetObjectLockConfiguration. "Not found" and "not implemented"
+/// (servers without the feature) mean none.
+async fn bucket_retention(s3: &S3Storage) -> Retention {
+    let mut found = Retention::default();
+    match s3
+        .client()
+        .get_bucket_versioning()
+        .bucket(s3.bucket())
+        .send()
+        .await
+    {
+        Ok(out) => found.versioning = out.status().map(|s| s.as_str().to_string()),
+        Err(e) => {
+            let f = Failure::from_sdk(&e);
+            if !f.is_not_implemented() {
+                found
+                    .unknown
+                    .push(format!("GetBucketVersioning: {}", f.message));
+            }
+        }
+    }
+    match s3
+        .client()
+        .get_object_lock_configuration()
+        .bucket(s3.bucket())
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let conf = out.object_lock_configuration();
+            let enabled = conf
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| e.as_str() == "Enabled");
+            if enabled {
+                let retention = conf
+                    .and_then(|c| c.rule())
+                    .and_then(|rule| rule.default_retention());
+                found.object_lock = Some(match retention {
+                    Some(d) => {
+                        let mode = d.mode().map_or("default", |m| m.as_str());
+                        match (d.days(), d.years()) {
+                            (Some(n), _) => format!("{mode} retention, {n} days"),
+                            (_, Some(n)) => format!("{mode} retention, {n} years"),
+                            _ => format!("{mode} retention"),
+                        }
+                    }
+                    None => "no default retention".into(),
+                });
+            }
+        }
+        Err(e) => {
+            let f = Failure::from_sdk(&e);
+            let none = f.is_not_implemented()
+                || f.status == Some(404)
+                || f.code.as_deref() == Some("ObjectLockConfigurationNotFoundError");
+            if !none {
+                found
+                    .unknown
+                    .push(format!("GetObjectLockConfiguration: {}", f.message));
+            }
+        }
+    }
+    found
 }
 
 /// Ask the server directly whether it refuses a second `If-None-Match: *` PUT of `key`: the
