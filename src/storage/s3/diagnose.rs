@@ -105,6 +105,9 @@ async fn bucket_retention(s3: &S3Storage) -> Retention {
         .await
     {
         Ok(out) => found.versioning = out.status().map(|s| s.as_str().to_string()),
+        // A 200 whose XML the SDK refuses (moto 5 names its root element
+        // GetBucketVersioningResponse, not VersioningConfiguration): read the status anyway.
+        Err(e) if lenient_status(&e).is_some() => found.versioning = lenient_status(&e).flatten(),
         Err(e) => {
             let f = Failure::from_sdk(&e);
             if !f.is_not_implemented() {
@@ -156,6 +159,25 @@ async fn bucket_retention(s3: &S3Storage) -> Retention {
         }
     }
     found
+}
+
+/// The `<Status>` of a successful GetBucketVersioning answer the SDK could not parse:
+/// `Some(None)` when the answer has no status (never enabled), `None` when the answer was no
+/// success at all.
+fn lenient_status<E>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<Option<String>> {
+    let raw = err.raw_response()?;
+    if raw.status().as_u16() != 200 {
+        return None;
+    }
+    let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+    let status = body
+        .split_once("<Status>")
+        .and_then(|(_, rest)| rest.split_once("</Status>"))
+        .map(|(status, _)| status.trim().to_string())
+        .filter(|s| matches!(s.as_str(), "Enabled" | "Suspended"));
+    Some(status)
 }
 
 /// Ask the server directly whether it refuses a second `If-None-Match: *` PUT of `key`: the
