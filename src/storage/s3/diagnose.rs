@@ -11,8 +11,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{Failure, S3Storage};
-use crate::human::human_bytes;
 use crate::human::chain;
+use crate::human::human_bytes;
 use crate::storage::diagnose::{self, Checks, Conditional};
 use crate::storage::{self, body_channel, ObjectKey, Storage, StorageError};
 
