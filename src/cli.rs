@@ -275,7 +275,13 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         force: args.force,
         dry_run: args.dry_run,
         keys: app.keys.clone(),
-        protected: app.config.storage.path.iter().cloned().collect(),
+        protected: app
+            .config
+            .storage
+            .local_root()
+            .map(Into::into)
+            .into_iter()
+            .collect(),
     };
     let r = restore::run_interruptible(&app.store, db, &opts).await?;
     let now = Utc::now();

@@ -152,6 +152,15 @@ impl StorageConfig {
         })
     }
 
+    /// The folder on this machine that holds the store's objects, if any (a restore target
+    /// inside it is refused).
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        match self {
+            StorageConfig::Local(l) => Some(&l.path),
+            StorageConfig::S3(_) => None,
+        }
+    }
+
     /// Which kind of store this is.
     pub fn kind(&self) -> StorageKind {
         match self {
