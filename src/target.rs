@@ -197,6 +197,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn any_other_process_with_the_file_open_counts_as_using_it_but_not_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        std::fs::write(&db, b"SQLite format 3\0").unwrap();
+        // This process's own descriptors never count (a restore must not refuse itself).
+        let _mine = std::fs::File::open(&db).unwrap();
+        assert_eq!(in_use(&db), None);
+        // A process that merely has it open (no lock at all), as `fuser` would see it.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::fs::File::open(&db).unwrap())
+            .spawn()
+            .unwrap();
+        let who = in_use(&db);
+        let _ = other.kill();
+        let _ = other.wait();
+        let who = who.expect("an open descriptor in another process is seen");
+        assert!(
+            who.contains(&format!("process {} (sleep)", other.id())),
+            "{who}"
+        );
+        assert_eq!(in_use(&db), None, "a process that is gone no longer counts");
+    }
+
+    #[test]
     fn folder_like_and_special_targets_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
