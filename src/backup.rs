@@ -79,7 +79,7 @@ pub async fn run(
     let raw_len = std::fs::metadata(&copy_path)
         .map_err(|e| Error::io("stat", &copy_path, e))?
         .len();
-    let check_kind = opts.check;
+    let check_kind = db.check(opts);
     let level = opts.compression_level();
     let threads = opts.threads();
     let (tx, rx) = body_channel();
@@ -142,13 +142,15 @@ pub async fn run(
     let (digests, outcome, inspection) = joined.expect("backup pipeline does not panic");
 
     // The check decides first: a bad copy is a data error even if the upload also failed.
+    // Whatever the check's failure (problems found, or SQLite could not even read the copy),
+    // an upload that completed before it is deleted: nothing was published.
+    if !matches!(outcome, Ok(Ok(()))) && upload.is_ok() {
+        if let Err(e) = store.delete(&data_key).await {
+            tracing::warn!(key = %data_key, error = %crate::error::chain(&e), "could not delete the data object of a rejected copy");
+        }
+    }
     let outcome = outcome?;
     if let Err(problems) = outcome {
-        if upload.is_ok() {
-            if let Err(e) = store.delete(&data_key).await {
-                tracing::warn!(key = %data_key, error = %crate::error::chain(&e), "could not delete the data object of a rejected copy");
-            }
-        }
         return Err(Error::Integrity {
             what: format!("the copy of {} ({})", db.name, db.path.display()),
             detail: format!(

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::config::CheckKind;
 use crate::error::Result;
 use crate::human::rfc3339;
 use crate::manifest::{self, Manifest, ObjectRole, SnapshotKey, MAX_MANIFEST_BYTES};
@@ -44,6 +45,28 @@ impl SnapshotStatus {
     }
 }
 
+/// How a snapshot's data is known to pass `PRAGMA integrity_check` (the proof retention needs
+/// before it deletes anything older).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// The copy passed `integrity_check` before it was published (`check.kind` in the manifest).
+    Backup,
+    /// A drill at this time restored it and passed every check.
+    Drill(DateTime<Utc>),
+    /// A restore at this time passed `integrity_check` on these bytes.
+    Restore(DateTime<Utc>),
+}
+
+impl std::fmt::Display for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proof::Backup => f.write_str("integrity_check at backup"),
+            Proof::Drill(t) => write!(f, "drill at {}", rfc3339(*t)),
+            Proof::Restore(t) => write!(f, "restore at {}", rfc3339(*t)),
+        }
+    }
+}
+
 /// A drill result as recorded next to a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrillMark {
@@ -67,6 +90,15 @@ pub struct SnapshotEntry {
     pub status: SnapshotStatus,
     /// Why the snapshot is `failed`.
     pub problem: Option<String>,
+    /// Dated more than [`SKEW_TOLERANCE`] ahead of this host's clock: listed and flagged,
+    /// never picked by `--latest`/`--before` (only by `--snapshot`).
+    pub skewed: bool,
+    /// How its data is known to pass `integrity_check`, if it is.
+    pub proof: Option<Proof>,
+    /// Records in its folder that were refused (unreadable, about other data), with why.
+    pub ignored_records: Vec<String>,
+    /// When prune marked it for deletion (a tombstone), if it did.
+    pub marked_at: Option<DateTime<Utc>>,
 }
 
 /// A snapshot folder with objects but no manifest: an interrupted backup (or one in progress).
@@ -86,11 +118,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Snapshots that may be restored, newest first: not failed.
+    /// Snapshots that `--latest` may pick, newest first: not failed, not dated in the future.
     pub fn usable(&self) -> impl Iterator<Item = &SnapshotEntry> {
         self.snapshots
             .iter()
-            .filter(|s| s.status != SnapshotStatus::Failed)
+            .filter(|s| s.status != SnapshotStatus::Failed && !s.skewed)
     }
 
     /// Find a snapshot by full id or unique id prefix.
@@ -117,6 +149,17 @@ impl Catalog {
     }
 }
 
+/// Snapshots dated more than this ahead of the clock are flagged (clock skew) and never picked
+/// by `--latest`/`--before`; closer than this is ordinary skew between hosts.
+pub const SKEW_TOLERANCE: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Drill and restore records read per snapshot at most, newest first, looking for one that
+/// parses (a folder full of junk must not make listing slow).
+const MAX_RECORDS_READ: usize = 8;
+
+/// Records (drill verdicts, restore proofs, tombstones) larger than this are refused unread.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
 /// List and read everything stored for database `db`.
 pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
     let objects = store.list(&manifest::db_prefix(db)).await?;
@@ -141,43 +184,34 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
         }
     }
 
-    // Fetch manifests concurrently, a bounded number at a time.
+    // Fetch manifests (and the records that vouch for them) concurrently, a bounded number
+    // at a time.
     let sem = Arc::new(tokio::sync::Semaphore::new(FETCH_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, (sk, _)) in with_manifest.iter().enumerate() {
+    for (i, (sk, objs)) in with_manifest.iter().enumerate() {
         let store = Arc::clone(store);
         let sem = Arc::clone(&sem);
         let sk = sk.clone();
+        let objs = objs.clone();
         tasks.spawn(async move {
             let _permit = sem.acquire().await.expect("semaphore is never closed");
-            // Damage (too large) makes the snapshot `failed`; a store that cannot be read is an
-            // operational error for the whole listing, never a verdict on the snapshot.
-            let parsed = match store.get_bytes(&sk.manifest(), MAX_MANIFEST_BYTES).await {
-                Ok(bytes) => Ok(Manifest::parse(&bytes, &sk)),
-                Err(e @ StorageError::TooLarge { .. }) => {
-                    Ok(Err(format!("manifest unreadable: {e}")))
-                }
-                // Deleted between the listing and the read (a concurrent prune): not a snapshot.
-                Err(StorageError::NotFound { .. }) => Ok(Err(GONE.to_string())),
-                Err(e) => Err(e),
-            };
-            (i, parsed)
+            (i, read_folder(&store, &sk, &objs).await)
         });
     }
-    let mut parsed: Vec<Option<std::result::Result<Manifest, String>>> =
-        vec![None; with_manifest.len()];
+    let mut read: Vec<Option<Folder>> = vec![None; with_manifest.len()];
     while let Some(done) = tasks.join_next().await {
-        let (i, p) = done.expect("manifest fetch does not panic");
-        parsed[i] = Some(p?);
+        let (i, f) = done.expect("manifest fetch does not panic");
+        read[i] = Some(f?);
     }
 
+    let now = Utc::now();
     let mut snapshots = Vec::with_capacity(with_manifest.len());
-    for ((sk, objs), parsed) in with_manifest.into_iter().zip(parsed) {
-        let parsed = parsed.expect("every task reported");
-        if matches!(&parsed, Err(e) if e == GONE) {
+    for ((sk, objs), folder) in with_manifest.into_iter().zip(read) {
+        let folder = folder.expect("every task reported");
+        if matches!(&folder.manifest, Err(e) if e == GONE) {
             continue;
         }
-        snapshots.push(entry(sk, &objs, parsed));
+        snapshots.push(entry(sk, &objs, folder, now));
     }
     snapshots.sort_by(|a, b| (b.created_at, &b.key.id).cmp(&(a.created_at, &a.key.id)));
     Ok(Catalog {
@@ -187,12 +221,91 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
     })
 }
 
-fn entry(
-    key: SnapshotKey,
+/// What was read from one snapshot folder.
+#[derive(Debug, Clone)]
+struct Folder {
+    manifest: std::result::Result<Manifest, String>,
+    /// The newest drill verdict that parsed and vouches for this snapshot's data.
+    last_drill: Option<DrillMark>,
+    /// The newest restore record that parsed (read only when no other proof exists).
+    restored_at: Option<DateTime<Utc>>,
+    /// Records that were read and refused, with the reason.
+    ignored: Vec<String>,
+    /// When prune marked the snapshot for deletion.
+    marked_at: Option<DateTime<Utc>>,
+}
+
+/// Read the manifest of `sk` and the records that say what is known of its data.
+///
+/// # Errors
+/// Only when the store cannot be read: damage is a finding, not an error.
+async fn read_folder(
+    store: &Arc<dyn Storage>,
+    sk: &SnapshotKey,
     objs: &[(ObjectMeta, ObjectRole)],
-    parsed: std::result::Result<Manifest, String>,
-) -> SnapshotEntry {
-    let last_drill = objs
+) -> Result<Folder> {
+    // Damage (too large) makes the snapshot `failed`; a store that cannot be read is an
+    // operational error for the whole listing, never a verdict on the snapshot.
+    let manifest = match store.get_bytes(&sk.manifest(), MAX_MANIFEST_BYTES).await {
+        Ok(bytes) => Manifest::parse(&bytes, sk),
+        Err(e @ StorageError::TooLarge { .. }) => Err(format!("manifest unreadable: {e}")),
+        // Deleted between the listing and the read (a concurrent prune): not a snapshot.
+        Err(StorageError::NotFound { .. }) => Err(GONE.to_string()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut folder = Folder {
+        manifest,
+        last_drill: None,
+        restored_at: None,
+        ignored: Vec::new(),
+        marked_at: None,
+    };
+    if let Some((o, _)) = objs.iter().find(|(_, r)| *r == ObjectRole::Tombstone) {
+        folder.marked_at = Some(read_tombstone(store, o).await?);
+    }
+    let Ok(m) = &folder.manifest else {
+        return Ok(folder);
+    };
+    // The first verdict, newest first, that parses and names this data is the verdict.
+    for d in drills_newest_first(objs).into_iter().take(MAX_RECORDS_READ) {
+        match read_record(store, &d.key, sk, m, d.ok).await? {
+            Some(Ok(())) => {
+                folder.last_drill = Some(d);
+                break;
+            }
+            Some(Err(why)) => folder.ignored.push(format!("{}: {why}", d.key)),
+            None => {}
+        }
+    }
+    let proven = m.check.kind == CheckKind::IntegrityCheck.pragma()
+        || folder.last_drill.as_ref().is_some_and(|d| d.ok);
+    if !proven {
+        let mut restores: Vec<(DateTime<Utc>, &ObjectKey)> = objs
+            .iter()
+            .filter_map(|(o, r)| match r {
+                ObjectRole::Restore { at } => Some((*at, &o.key)),
+                _ => None,
+            })
+            .collect();
+        restores.sort_by_key(|(at, k)| std::cmp::Reverse((*at, (*k).clone())));
+        for (at, key) in restores.into_iter().take(MAX_RECORDS_READ) {
+            match read_record(store, key, sk, m, true).await? {
+                Some(Ok(())) => {
+                    folder.restored_at = Some(at);
+                    break;
+                }
+                Some(Err(why)) => folder.ignored.push(format!("{key}: {why}")),
+                None => {}
+            }
+        }
+    }
+    Ok(folder)
+}
+
+/// The drill records of a folder, newest first; of two in the same second the failed one comes
+/// first (record times have second precision, and a pass must never hide a failure).
+fn drills_newest_first(objs: &[(ObjectMeta, ObjectRole)]) -> Vec<DrillMark> {
+    let mut drills: Vec<DrillMark> = objs
         .iter()
         .filter_map(|(o, r)| match r {
             ObjectRole::Drill { at, ok } => Some(DrillMark {
@@ -202,9 +315,107 @@ fn entry(
             }),
             _ => None,
         })
-        // Record times have second precision: of two verdicts in the same second, the failed
-        // one counts (a pass must never hide a failure).
-        .max_by_key(|d| (d.at, !d.ok, d.key.clone()));
+        .collect();
+    drills.sort_by_key(|d| std::cmp::Reverse((d.at, !d.ok, d.key.clone())));
+    drills
+}
+
+/// The fields every record in a snapshot folder carries (drill reports, restore records).
+#[derive(Debug, Deserialize)]
+struct RecordBody {
+    db: String,
+    snapshot: String,
+    ok: bool,
+    stored_sha256: Option<String>,
+}
+
+/// Read the record at `key` and check that it vouches for this snapshot's data: it parses,
+/// names this database and snapshot and the stored SHA-256 of its manifest, and its verdict
+/// agrees with its name. `None` when it vanished since the listing.
+async fn read_record(
+    store: &Arc<dyn Storage>,
+    key: &ObjectKey,
+    sk: &SnapshotKey,
+    m: &Manifest,
+    ok_by_name: bool,
+) -> Result<Option<std::result::Result<(), String>>> {
+    let bytes = match store.get_bytes(key, MAX_RECORD_BYTES).await {
+        Ok(b) => b,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e @ StorageError::TooLarge { .. }) => return Ok(Some(Err(e.to_string()))),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(check_record(&bytes, sk, m, ok_by_name)))
+}
+
+/// See [`read_record`].
+fn check_record(
+    bytes: &[u8],
+    sk: &SnapshotKey,
+    m: &Manifest,
+    ok_by_name: bool,
+) -> std::result::Result<(), String> {
+    let b: RecordBody = serde_json::from_slice(bytes)
+        .map_err(|e| format!("not a guardian record ({e}); ignored"))?;
+    if b.db != sk.db || b.snapshot != sk.id.as_str() {
+        return Err(format!(
+            "names snapshot {}/{}, not this one; ignored",
+            b.db, b.snapshot
+        ));
+    }
+    if b.ok != ok_by_name {
+        return Err(format!(
+            "says ok = {}, but its name says the opposite; ignored",
+            b.ok
+        ));
+    }
+    match b.stored_sha256 {
+        None => Err(
+            "names no stored_sha256 (written by an older guardian); ignored: run `guardian drill` again"
+                .into(),
+        ),
+        Some(h) if h != m.stored_sha256.as_str() => Err(format!(
+            "is about other data (stored_sha256 {h}, the manifest says {}); ignored",
+            m.stored_sha256
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// When prune marked a snapshot: the later of the time in the tombstone and the time the
+/// store wrote it (an unreadable tombstone counts from when it was written, else from now:
+/// a damaged mark may delay a deletion, never hasten one).
+async fn read_tombstone(store: &Arc<dyn Storage>, o: &ObjectMeta) -> Result<DateTime<Utc>> {
+    #[derive(Deserialize)]
+    struct Body {
+        marked_at: DateTime<Utc>,
+    }
+    let body = match store.get_bytes(&o.key, MAX_RECORD_BYTES).await {
+        Ok(b) => serde_json::from_slice::<Body>(&b).ok().map(|b| b.marked_at),
+        Err(StorageError::NotFound { .. } | StorageError::TooLarge { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let now = Utc::now();
+    Ok(match (body, o.modified) {
+        (Some(b), Some(m)) => b.max(m).min(now),
+        (Some(t), None) | (None, Some(t)) => t.min(now),
+        (None, None) => now,
+    })
+}
+
+fn entry(
+    key: SnapshotKey,
+    objs: &[(ObjectMeta, ObjectRole)],
+    folder: Folder,
+    now: DateTime<Utc>,
+) -> SnapshotEntry {
+    let Folder {
+        manifest: parsed,
+        last_drill,
+        restored_at,
+        ignored,
+        marked_at,
+    } = folder;
     let (manifest, problem) = match parsed {
         Ok(m) => {
             let data = objs.iter().find(|(o, _)| o.key.file_name() == m.object);
@@ -239,16 +450,27 @@ fn entry(
             )
         })
     });
+    let proof = match (&manifest, &last_drill) {
+        _ if status == SnapshotStatus::Failed => None,
+        (_, Some(d)) if d.ok => Some(Proof::Drill(d.at)),
+        (Some(m), _) if m.check.kind == CheckKind::IntegrityCheck.pragma() => Some(Proof::Backup),
+        _ => restored_at.map(Proof::Restore),
+    };
+    let created_at = manifest
+        .as_ref()
+        .map_or_else(|| key.id.time(), |m| m.created_at);
     SnapshotEntry {
-        created_at: manifest
-            .as_ref()
-            .map_or_else(|| key.id.time(), |m| m.created_at),
+        created_at,
+        skewed: created_at > now + SKEW_TOLERANCE,
         key,
         manifest,
         data_size,
         last_drill,
         status,
         problem,
+        proof,
+        ignored_records: ignored,
+        marked_at,
     }
 }
 
@@ -269,6 +491,16 @@ pub struct SnapshotView<'a> {
     pub status: SnapshotStatus,
     pub last_drill_at: Option<String>,
     pub problem: Option<&'a str>,
+    /// Dated more than 10 minutes ahead of this host's clock (clock skew): never picked by
+    /// `restore --latest`/`--before`.
+    pub future: bool,
+    /// How its data is known to pass `integrity_check` (`integrity_check at backup`,
+    /// `drill at …`, `restore at …`), or null.
+    pub integrity_proof: Option<String>,
+    /// Records in its folder that were refused, with why.
+    pub ignored_records: &'a [String],
+    /// When prune marked it for deletion, and when prune may delete it.
+    pub marked_at: Option<String>,
 }
 
 impl SnapshotEntry {
@@ -286,6 +518,10 @@ impl SnapshotEntry {
             status: self.status,
             last_drill_at: self.last_drill.as_ref().map(|d| rfc3339(d.at)),
             problem: self.problem.as_deref(),
+            future: self.skewed,
+            integrity_proof: self.proof.map(|p| p.to_string()),
+            ignored_records: &self.ignored_records,
+            marked_at: self.marked_at.map(rfc3339),
         }
     }
 }
@@ -318,15 +554,52 @@ mod tests {
         ];
         for order in [[0, 1], [1, 0]] {
             let objs: Vec<_> = order.iter().map(|&i| objs[i].clone()).collect();
-            let e = entry(sk.clone(), &objs, Err("no manifest in this test".into()));
-            assert_eq!(e.last_drill.map(|d| d.ok), Some(false));
+            assert!(!drills_newest_first(&objs)[0].ok);
         }
         // A later pass does replace an earlier failure.
         let objs = [
             drill_object(&sk, "2026-11-24T04:00:00Z", false),
             drill_object(&sk, "2026-11-24T04:00:01Z", true),
         ];
-        let e = entry(sk, &objs, Err("no manifest in this test".into()));
-        assert_eq!(e.last_drill.map(|d| d.ok), Some(true));
+        assert!(drills_newest_first(&objs)[0].ok);
+    }
+
+    #[test]
+    fn a_record_counts_only_when_it_names_this_snapshot_and_its_data() {
+        let m = crate::manifest::tests::sample();
+        let sk = SnapshotKey {
+            db: m.db.clone(),
+            id: m.id.clone(),
+        };
+        let good = serde_json::json!({
+            "db": m.db, "snapshot": m.id.as_str(), "ok": true,
+            "stored_sha256": m.stored_sha256.as_str(),
+        });
+        assert_eq!(
+            check_record(good.to_string().as_bytes(), &sk, &m, true),
+            Ok(())
+        );
+        let mut cases = vec![
+            ("junk", "junk\n".to_string()),
+            ("name says failed", good.to_string()),
+        ];
+        for (field, value) in [
+            ("snapshot", serde_json::json!("20261124T030000Z-00000000")),
+            ("db", serde_json::json!("shop")),
+            ("stored_sha256", serde_json::json!("0".repeat(64))),
+            ("stored_sha256", serde_json::Value::Null),
+            ("ok", serde_json::json!(false)),
+        ] {
+            let mut v = good.clone();
+            v[field] = value;
+            cases.push((field, v.to_string()));
+        }
+        for (i, (what, text)) in cases.iter().enumerate() {
+            let ok_by_name = i != 1;
+            assert!(
+                check_record(text.as_bytes(), &sk, &m, ok_by_name).is_err(),
+                "{what} accepted"
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::app::App;
 use crate::catalog;
 use crate::error::{Error, Result};
-use crate::human::{human_age, human_bytes, rfc3339};
+use crate::human::{ago, human_age, human_bytes, rfc3339};
 use crate::jobs::Runner;
 use crate::output::{errln, outln};
 use crate::restore::{self, RestoreOptions, Selector};
@@ -154,6 +154,10 @@ pub struct RestoreArgs {
     /// Say what would be restored and where; write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// The SQLite check the restored bytes must pass before they replace anything [default:
+    /// integrity, quick for a drill-verified snapshot]; the SHA-256 checks always run
+    #[arg(long, value_enum, value_name = "CHECK")]
+    pub check: Option<restore::RestoreCheck>,
 }
 
 #[derive(Debug, Args)]
@@ -227,10 +231,19 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
     for c in &catalogs {
         for s in &c.snapshots {
             let v = s.view(now);
-            let status = match &s.problem {
+            let mut status = match &s.problem {
                 Some(p) => format!("{} ({p})", v.status.as_str()),
                 None => v.status.as_str().to_string(),
             };
+            if s.skewed {
+                status.push_str("; DATED IN THE FUTURE (clock skew): restore --latest skips it");
+            }
+            if let Some(t) = s.marked_at {
+                status.push_str(&format!("; marked for deletion at {}", rfc3339(t)));
+            }
+            for r in &s.ignored_records {
+                status.push_str(&format!("; ignored record {r}"));
+            }
             outln!(
                 "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
                 if multi {
@@ -240,7 +253,11 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
                 },
                 v.id,
                 v.created_at,
-                human_age(v.age_seconds),
+                if v.age_seconds < 0 {
+                    format!("-{}", human_age(v.age_seconds))
+                } else {
+                    human_age(v.age_seconds)
+                },
                 v.size_bytes.map_or("-".into(), human_bytes),
                 v.stored_bytes.map_or("-".into(), human_bytes),
                 status
@@ -282,14 +299,15 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
             .map(Into::into)
             .into_iter()
             .collect(),
+        check: args.check,
     };
     let r = restore::run_interruptible(&app.store, db, &opts).await?;
     let now = Utc::now();
     let m = &r.manifest;
     let when = format!(
-        "taken {}, {} ago",
+        "taken {}, {}",
         rfc3339(m.created_at),
-        human_age((now - m.created_at).num_seconds())
+        ago((now - m.created_at).num_seconds())
     );
     for (id, why) in &r.skipped {
         outln!("skipped {id}: {why}");
@@ -322,11 +340,17 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         m.id,
         r.target.display()
     );
-    outln!(
-        "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",
-        m.raw_sha256,
-        r.check.map_or("-", |c| c.pragma())
-    );
+    match r.check {
+        Some(c) => outln!(
+            "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",
+            m.raw_sha256,
+            c.pragma()
+        ),
+        None => outln!(
+            "  checks passed: stored sha256, raw sha256 {}; no SQLite check (--check none)",
+            m.raw_sha256
+        ),
+    }
     if r.moved_aside.is_empty() {
         outln!("  no previous database was at the target");
     }

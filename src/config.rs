@@ -15,8 +15,8 @@ use crate::storage::{StorageConfig, StorageTable};
 mod service;
 pub(crate) use service::check_url;
 pub use service::{
-    NotifyConfig, RetentionConfig, ServiceConfig, DEFAULT_LISTEN, DEFAULT_SHUTDOWN_TIMEOUT,
-    HEARTBEAT_ENV, WEBHOOK_ENV,
+    NotifyConfig, RetentionConfig, ServiceConfig, DEFAULT_KEEP_DELETE, DEFAULT_LISTEN,
+    DEFAULT_SHUTDOWN_TIMEOUT, HEARTBEAT_ENV, WEBHOOK_ENV,
 };
 
 /// Where `guardian` looks for its config when `--config`/`GUARDIAN_CONFIG` are not given.
@@ -54,14 +54,20 @@ pub struct Config {
     pub file: Option<PathBuf>,
 }
 
-/// Which SQLite check a fresh copy must pass before it is published.
+/// Which SQLite check a fresh copy must pass before it is published: `"integrity"` (default)
+/// or `"quick"` (`"integrity_check"` and `"quick_check"` are accepted too).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
-    /// `PRAGMA quick_check`: O(N), catches most page-level damage (default).
-    #[default]
+    /// `PRAGMA quick_check`: O(N), catches page-level damage, but not an index out of step
+    /// with its table.
+    #[serde(alias = "quick")]
     QuickCheck,
-    /// `PRAGMA integrity_check`: also checks that indexes match their tables; slower.
+    /// `PRAGMA integrity_check`: also checks that every index matches its table (default;
+    /// see `docs/PERFORMANCE.md` for its cost). Only a snapshot that passed it (here, in a
+    /// drill or in a restore) lets retention delete older ones.
+    #[default]
+    #[serde(alias = "integrity")]
     IntegrityCheck,
 }
 
@@ -87,7 +93,8 @@ pub struct BackupConfig {
     pub compression_level: Option<u32>,
     /// Compression threads; default: every core.
     pub threads: Option<usize>,
-    /// Check run on the copy before it is published: "quick_check" (default) or "integrity_check".
+    /// Check run on the copy before it is published: "integrity" (default) or "quick"; a
+    /// database's own `check` overrides it.
     #[serde(default)]
     pub check: CheckKind,
 }
@@ -149,12 +156,15 @@ pub struct DatabaseConfig {
     /// Random delay of up to this long before each scheduled run (e.g. "5m"), so that many
     /// hosts do not hit the store at once. Default: none.
     pub jitter: Option<String>,
-    /// Which snapshots to keep; without this table nothing is ever deleted.
+    /// Which snapshots to keep; without this table no snapshot is ever deleted.
     pub retention: Option<RetentionConfig>,
     /// Mode of a database file that `restore` creates (none was at the target), as an octal
     /// string such as "0640"; it must give the owner read and write. A replaced file keeps its
     /// own mode and owner. Default: "0600".
     pub mode: Option<String>,
+    /// Check run on this database's copy before it is published ("integrity" or "quick");
+    /// default: `backup.check`.
+    pub check: Option<CheckKind>,
 }
 
 /// `max_age` when none is configured: a daily backup plus two hours of slack.
@@ -183,6 +193,11 @@ impl DatabaseConfig {
             .as_deref()
             .and_then(|m| parse_mode(m).ok())
             .unwrap_or(0o600)
+    }
+
+    /// The check a copy of this database gets before it is published.
+    pub fn check(&self, backup: &BackupConfig) -> CheckKind {
+        self.check.unwrap_or(backup.check)
     }
 
     /// The jitter (zero when unset).

@@ -8,7 +8,9 @@
 //!
 //! The report is stored next to the snapshot as `drill-{time}-{ok|failed}.json`, so every
 //! guardian looking at the store sees it: `list` shows the snapshot `verified` or `failed`, and
-//! `restore --latest` never picks a failed one.
+//! `restore --latest` never picks a failed one. The record names its database, snapshot and
+//! the stored SHA-256 it checked; `catalog` parses it and ignores (and reports) one that does
+//! not, so a file named `drill-…-ok.json` proves nothing by its name alone.
 //!
 //! Rotation ([`run_with_rotation`], what `guardian drill` and the scheduled drill do): besides
 //! the newest usable snapshot, each drill reads one older usable snapshot, the one that went
@@ -85,6 +87,9 @@ pub struct DrillReport {
     pub host: String,
     pub db: String,
     pub snapshot: String,
+    /// The stored SHA-256 of the snapshot's data, from its manifest: the verdict is about
+    /// these bytes (a record that does not name them is ignored; see `catalog`).
+    pub stored_sha256: Option<String>,
     pub snapshot_created_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -268,6 +273,7 @@ async fn drill_one(
             .unwrap_or_default(),
         db: db.name.clone(),
         snapshot: entry.key.id.to_string(),
+        stored_sha256: entry.manifest.as_ref().map(|m| m.stored_sha256.to_string()),
         snapshot_created_at: entry.created_at,
         started_at,
         finished_at: started_at,

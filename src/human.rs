@@ -8,11 +8,19 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// "3h 12m", "2d 4h", "45s": an age for humans.
-pub fn human_age(secs: i64) -> String {
+/// "3h 12m ago", or "3h 12m in the future" for a time ahead of the clock.
+pub fn ago(secs: i64) -> String {
     if secs < 0 {
-        return "in the future".into();
+        format!("{} in the future", human_age(secs))
+    } else {
+        format!("{} ago", human_age(secs))
     }
+}
+
+/// "3h 12m", "2d 4h", "45s": a length of time for humans (see [`ago`] for ages, which may
+/// be in the future).
+pub fn human_age(secs: i64) -> String {
+    let secs = secs.saturating_abs();
     let (d, h, m, s) = (
         secs / 86400,
         secs % 86400 / 3600,

@@ -11,8 +11,9 @@
 //! - **metrics**: only in the service ([`Runner::with_metrics`]).
 //! - **events**: the alerts of [`Outcome::events`]; a backup's heartbeat `/start` is sent before
 //!   the run and its outcome ping never overtakes it.
-//! - **outcome**: returned to the caller, which prints it (`cli`) or logs it (`service`);
-//!   [`Outcome::exit_code`] is its exit code.
+//! - **outcome**: a backup's is recorded in the store and the staging folder (`outcome.rs`),
+//!   where every `status` sees it; then it is returned to the caller, which prints it (`cli`)
+//!   or logs it (`service`); [`Outcome::exit_code`] is its exit code.
 //!
 //! A new job kind is a [`Job`] variant, its call in `Runner::work`, a [`Done`] variant, and its
 //! lines in `exit_code`, `events` and `observe`.
@@ -78,7 +79,7 @@ pub(crate) enum Done {
         manifest: Manifest,
         /// How long the backup took (without the prune after it).
         seconds: f64,
-        /// The prune after it (`None` when none was asked for or there is no policy).
+        /// The prune after it (`None` when none was asked for).
         prune: Option<Result<PruneReport>>,
     },
     Drill {
@@ -338,6 +339,7 @@ impl Runner {
             Err(e) => {
                 self.count(db, &job, "failed");
                 let out = outcome(Ended::Failed(e));
+                self.record(&out).await;
                 self.send(&out.events()).await;
                 return out;
             }
@@ -349,6 +351,7 @@ impl Runner {
         };
         let ended = self.work_in_task(db, &job, lock).await;
         let out = outcome(ended);
+        self.record(&out).await;
         self.observe(db, &out, started.elapsed().as_secs_f64())
             .await;
         if matches!(out.ended, Ended::Cancelled) {
@@ -410,8 +413,10 @@ impl Runner {
                 let started = Instant::now();
                 let manifest = backup::run(&app.store, db, &app.config.backup, &app.keys).await?;
                 let seconds = started.elapsed().as_secs_f64();
-                // A failed prune is a warning: the backup itself is safe in the store.
-                let prune = match prune_after & db.retention.is_some() {
+                // A failed prune is a warning: the backup itself is safe in the store. Also
+                // without a retention table: that prune removes only orphans over a day old
+                // (what cancelled backups leave), never a snapshot.
+                let prune = match prune_after {
                     true => Some(retention::prune(&app.store, db, false).await),
                     false => None,
                 };
@@ -443,6 +448,26 @@ impl Runner {
             )),
             Job::Verify { all } => Ok(Done::Verify(verify::run(&app.store, &db.name, *all).await?)),
         }
+    }
+
+    /// Record how a backup ended where every `status` sees it (see `outcome`). A backup that
+    /// another guardian was doing, or that the shutdown cancelled, did not end here.
+    async fn record(&self, out: &Outcome) {
+        if !matches!(out.job, Job::Backup { .. }) {
+            return;
+        }
+        let staging = self.app.config.backup.staging_dir();
+        let crashed;
+        let result = match &out.ended {
+            Ended::Done(Done::Backup { manifest, .. }) => Ok(manifest),
+            Ended::Failed(e) => Err(e),
+            Ended::Crashed(why) => {
+                crashed = Error::Usage(format!("internal error (a bug in guardian): {why}"));
+                Err(&crashed)
+            }
+            Ended::Done(_) | Ended::Busy(_) | Ended::Cancelled => return,
+        };
+        crate::outcome::record(&self.app.store, &staging, &out.db, result).await;
     }
 
     /// Count a run of `job` that ended `how` (the service only).

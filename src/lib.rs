@@ -18,6 +18,7 @@
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
 //! - [`target`]: what a restore may write to: target checks, in-use detection, its staging files.
 //! - [`status`]: health per database.
+//! - [`outcome`]: the recorded outcome of each database's last backup attempt.
 //! - [`drill`]: the restore drill: restore into scratch, check everything, record the verdict.
 //! - [`verify`]: re-read stored snapshots and check their checksums (bit rot), no SQLite.
 //! - [`retention`]: which snapshots to keep (a pure function) and the prune that applies it.
@@ -53,6 +54,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod names;
 pub mod notify;
+pub mod outcome;
 pub mod output;
 pub mod progress;
 pub mod restore;

@@ -5,6 +5,8 @@
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/db.sqlite.gz     plain gzip of the SQLite file
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/manifest.json    the commit marker, written last
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/drill-{time}-{ok|failed}.json   drill results
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/restore-{time}-ok.json          restores that passed integrity_check
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/tombstone.json                  marked for deletion by prune
 //! ```
 //! Ids sort by time, so key order is time order. The manifest is untrusted input when read back:
 //! [`Manifest::parse`] bounds its size and checks every field before anything uses it.
@@ -28,6 +30,8 @@ pub const DATA_OBJECT: &str = "db.sqlite.gz";
 pub const DATA_OBJECT_AGE: &str = "db.sqlite.gz.age";
 /// The manifest's file name.
 pub const MANIFEST_OBJECT: &str = "manifest.json";
+/// The tombstone's file name (see `retention`).
+pub const TOMBSTONE_OBJECT: &str = "tombstone.json";
 /// SQLite databases cannot be larger than 2^32 pages of 64 KiB.
 const MAX_DB_BYTES: u64 = 1 << 48;
 const ID_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
@@ -304,6 +308,16 @@ impl SnapshotKey {
         ))
     }
 
+    /// A restore record's key: `restore-{YYYYMMDDTHHMMSSZ}-ok.json`.
+    pub fn restore_record(&self, at: DateTime<Utc>) -> ObjectKey {
+        self.object(&format!("restore-{}-ok.json", at.format(ID_TIME_FORMAT)))
+    }
+
+    /// The tombstone: prune marked the snapshot for deletion.
+    pub fn tombstone(&self) -> ObjectKey {
+        self.object(TOMBSTONE_OBJECT)
+    }
+
     /// The key of the object `name` in this snapshot's folder.
     pub fn object(&self, name: &str) -> ObjectKey {
         ObjectKey::new(format!("{}/{}/{}", self.db, self.id, name)).expect("validated parts")
@@ -326,6 +340,12 @@ pub enum ObjectRole {
         at: DateTime<Utc>,
         ok: bool,
     },
+    /// A restore of this snapshot that passed `integrity_check`, and when.
+    Restore {
+        at: DateTime<Utc>,
+    },
+    /// Prune marked this snapshot for deletion.
+    Tombstone,
 }
 
 /// Split a listed key into its snapshot folder and role. Keys that do not follow the layout
@@ -355,6 +375,16 @@ pub fn parse_key(key: &ObjectKey) -> Option<(SnapshotKey, ObjectRole)> {
             _ => return None,
         };
         ObjectRole::Drill { at, ok }
+    } else if let Some(ts) = name
+        .strip_prefix("restore-")
+        .and_then(|r| r.strip_suffix("-ok.json"))
+    {
+        let at = NaiveDateTime::parse_from_str(ts, ID_TIME_FORMAT)
+            .ok()?
+            .and_utc();
+        ObjectRole::Restore { at }
+    } else if name == TOMBSTONE_OBJECT {
+        ObjectRole::Tombstone
     } else {
         ObjectRole::Data(name.to_string())
     };
@@ -368,7 +398,7 @@ pub fn parse_key(key: &ObjectKey) -> Option<(SnapshotKey, ObjectRole)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Manifest {

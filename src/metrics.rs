@@ -392,6 +392,10 @@ mod tests {
             data_size: Some(10),
             last_drill,
             problem: None,
+            skewed: false,
+            proof: None,
+            ignored_records: Vec::new(),
+            marked_at: None,
         }
     }
 

@@ -43,6 +43,38 @@ pub enum Selector {
     Before(DateTime<Utc>),
 }
 
+/// Which SQLite check a restore runs on the restored bytes before it swaps them in (the
+/// SHA-256 checks always run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RestoreCheck {
+    /// `PRAGMA integrity_check` (the default, except for a drill-verified snapshot).
+    Integrity,
+    /// `PRAGMA quick_check`: accepts a database whose only damage is an index out of step
+    /// with its table (which `REINDEX` fixes).
+    Quick,
+    /// No SQLite check: the bytes are the ones that were backed up, whatever they hold.
+    None,
+}
+
+impl RestoreCheck {
+    /// The pragma to run, if any.
+    pub fn kind(self) -> Option<CheckKind> {
+        match self {
+            RestoreCheck::Integrity => Some(CheckKind::IntegrityCheck),
+            RestoreCheck::Quick => Some(CheckKind::QuickCheck),
+            RestoreCheck::None => None,
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            RestoreCheck::Integrity => "integrity",
+            RestoreCheck::Quick => "quick",
+            RestoreCheck::None => "none",
+        }
+    }
+}
+
 /// What to restore and where.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -57,6 +89,9 @@ pub struct RestoreOptions {
     pub keys: Keys,
     /// Folders a restore never writes into (the local store): a target inside one is refused.
     pub protected: Vec<PathBuf>,
+    /// The SQLite check to run; `None`: `integrity_check`, or `quick_check` for a snapshot a
+    /// drill verified.
+    pub check: Option<RestoreCheck>,
 }
 
 /// What a restore did (or, with `dry_run`, would do).
@@ -65,7 +100,7 @@ pub struct RestoreReport {
     pub db: String,
     pub manifest: Manifest,
     pub target: PathBuf,
-    /// The check that passed on the restored bytes (`None` for a dry run).
+    /// The check that passed on the restored bytes (`None` for a dry run, or `--check none`).
     pub check: Option<CheckKind>,
     /// Where the previous database and its sidecars went.
     pub moved_aside: Vec<PathBuf>,
@@ -147,7 +182,17 @@ pub async fn run_interruptible(
 }
 
 /// A candidate snapshot's verification failed because of its data; try the next one.
-struct Skip(String);
+/// `rescue` is the weaker check its bytes do pass, when only the SQLite check failed.
+struct Skip {
+    why: String,
+    rescue: Option<RestoreCheck>,
+}
+
+impl Skip {
+    fn data(why: String) -> Skip {
+        Skip { why, rescue: None }
+    }
+}
 
 /// Restore a snapshot of `db` from `store`.
 #[instrument(skip_all, fields(db = %db.name))]
@@ -188,10 +233,20 @@ pub async fn run(
     };
     let mut skipped: Vec<(String, String)> = Vec::new();
     if let Selector::Latest | Selector::Before(_) = opts.selector {
+        for s in catalog.snapshots.iter().filter(|s| s.skewed) {
+            skipped.push((
+                s.key.id.to_string(),
+                format!(
+                    "dated {}, ahead of this host's clock (clock skew); restore it only by name with --snapshot {}",
+                    crate::human::rfc3339(s.created_at),
+                    s.key.id
+                ),
+            ));
+        }
         for s in catalog
             .snapshots
             .iter()
-            .filter(|s| s.status == SnapshotStatus::Failed)
+            .filter(|s| s.status == SnapshotStatus::Failed && !s.skewed)
         {
             if candidates
                 .first()
@@ -204,17 +259,17 @@ pub async fn run(
             }
         }
     }
-    if candidates.is_empty() {
-        return Err(Error::NoGoodSnapshot(no_snapshot_message(
-            &db.name,
-            &opts.selector,
-            &skipped,
-        )));
-    }
-
+    // The newest snapshot whose only fault is the SQLite check, and a check it passes.
+    let mut rescue: Option<(String, RestoreCheck)> = None;
+    let named = matches!(opts.selector, Selector::Snapshot(_));
     for cand in candidates {
         let manifest = match (&cand.manifest, cand.status) {
             (Some(m), st) if st != SnapshotStatus::Failed => m.clone(),
+            // Named with a weaker check than a drill used: the operator asked for it, and the
+            // SHA-256 checks still run.
+            (Some(m), _) if named && opts.check.is_some_and(|c| c != RestoreCheck::Integrity) => {
+                m.clone()
+            }
             _ => {
                 let why = cand
                     .problem
@@ -230,11 +285,11 @@ pub async fn run(
                 continue;
             }
         };
-        let check = if cand.status == SnapshotStatus::Verified {
+        let check = match opts.check {
+            Some(c) => c.kind(),
             // A drill proved these exact bytes (same SHA-256) pass integrity_check.
-            CheckKind::QuickCheck
-        } else {
-            CheckKind::IntegrityCheck
+            None if cand.status == SnapshotStatus::Verified => Some(CheckKind::QuickCheck),
+            None => Some(CheckKind::IntegrityCheck),
         };
         if opts.dry_run {
             return Ok(RestoreReport {
@@ -249,13 +304,25 @@ pub async fn run(
             });
         }
         match stage(store, &manifest, &target, check, &opts.keys, db.mode()).await? {
-            Err(Skip(why)) => {
+            Err(Skip {
+                why,
+                rescue: weaker,
+            }) => {
                 warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
-                if let Selector::Snapshot(_) = opts.selector {
+                let anyway = weaker.map(|c| {
+                    format!(
+                        "; to restore it anyway (the SHA-256 checks still run): {}",
+                        rescue_command(&db.name, manifest.id.as_str(), c, opts.to.as_deref())
+                    )
+                });
+                if named {
                     return Err(Error::Damaged {
                         id: manifest.id.to_string(),
-                        detail: why,
+                        detail: format!("{why}{}", anyway.unwrap_or_default()),
                     });
+                }
+                if let (None, Some(c)) = (&rescue, weaker) {
+                    rescue = Some((manifest.id.to_string(), c));
                 }
                 skipped.push((manifest.id.to_string(), why));
             }
@@ -271,11 +338,12 @@ pub async fn run(
                 }
                 let moved_aside = swap_into_place(staged, &target)?;
                 info!(id = %manifest.id, target = %target.display(), "restore finished");
+                record(store, cand, &manifest, check).await;
                 return Ok(RestoreReport {
                     db: db.name.clone(),
                     manifest,
                     target,
-                    check: Some(check),
+                    check,
                     moved_aside,
                     skipped,
                     forced_over: holder,
@@ -284,11 +352,85 @@ pub async fn run(
             }
         }
     }
-    Err(Error::NoGoodSnapshot(no_snapshot_message(
-        &db.name,
-        &opts.selector,
-        &skipped,
-    )))
+    let mut msg = no_snapshot_message(&db.name, &opts.selector, &skipped);
+    match rescue {
+        Some((id, c)) => msg.push_str(&format!(
+            "; to restore the newest of them anyway (the SHA-256 checks still run; then run REINDEX or .recover on it): {}",
+            rescue_command(&db.name, &id, c, opts.to.as_deref())
+        )),
+        // Not tried because a drill failed it: the drill's failure may be the SQLite check
+        // alone, which a restore without it gets past.
+        None if opts.check != Some(RestoreCheck::None) => {
+            if let Some(s) = catalog.snapshots.iter().find(|s| {
+                !s.skewed && s.manifest.is_some() && s.last_drill.as_ref().is_some_and(|d| !d.ok)
+            }) {
+                msg.push_str(&format!(
+                    "; to try the newest one a drill failed anyway (the SHA-256 checks still run): {}",
+                    rescue_command(&db.name, s.key.id.as_str(), RestoreCheck::None, opts.to.as_deref())
+                ));
+            }
+        }
+        None => {}
+    }
+    Err(Error::NoGoodSnapshot(msg))
+}
+
+/// The exact command that restores snapshot `id` with the weaker `check`.
+fn rescue_command(db: &str, id: &str, check: RestoreCheck, to: Option<&Path>) -> String {
+    let to = to.map_or(String::new(), |p| format!(" --to {}", p.display()));
+    format!(
+        "guardian restore --db {db} --snapshot {id} --check {}{to}",
+        check.flag()
+    )
+}
+
+/// After a restore that passed `integrity_check`: store that proof next to the snapshot (so
+/// retention may count on it) and take back a prune's mark, if any: a snapshot that was
+/// needed is not deleted. Failures are warnings; the restore itself is done.
+async fn record(
+    store: &Arc<dyn Storage>,
+    entry: &SnapshotEntry,
+    m: &Manifest,
+    check: Option<CheckKind>,
+) {
+    if entry.marked_at.is_some() {
+        match store.delete(&entry.key.tombstone()).await {
+            Ok(()) => {
+                info!(id = %m.id, "the snapshot was marked for deletion; the mark is removed")
+            }
+            Err(e) => {
+                warn!(id = %m.id, error = %crate::error::chain(&e), "could not remove the deletion mark of the restored snapshot")
+            }
+        }
+    }
+    if check != Some(CheckKind::IntegrityCheck) {
+        return;
+    }
+    let at = Utc::now();
+    let body = serde_json::json!({
+        "format_version": 1,
+        "kind": "restore",
+        "db": m.db,
+        "snapshot": m.id.as_str(),
+        "stored_sha256": m.stored_sha256.as_str(),
+        "ok": true,
+        "check": CheckKind::IntegrityCheck.pragma(),
+        "at": crate::human::rfc3339(at),
+        "host": nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+    });
+    let mut bytes = serde_json::to_vec_pretty(&body).expect("record serializes");
+    bytes.push(b'\n');
+    let key = entry.key.restore_record(at);
+    if let Err(e) = store
+        .put_bytes(
+            &key,
+            bytes::Bytes::from(bytes),
+            crate::storage::PutMode::Overwrite,
+        )
+        .await
+    {
+        warn!(key = %key, error = %crate::error::chain(&e), "could not record that the snapshot passed integrity_check");
+    }
 }
 
 fn no_snapshot_message(db: &str, sel: &Selector, skipped: &[(String, String)]) -> String {
@@ -302,12 +444,36 @@ fn no_snapshot_message(db: &str, sel: &Selector, skipped: &[(String, String)]) -
     if skipped.is_empty() {
         format!("{what} in the store")
     } else {
-        let list: Vec<String> = skipped
+        // The newest ones: an old store may hold hundreds.
+        const SHOWN: usize = 5;
+        let mut list: Vec<String> = skipped
             .iter()
+            .take(SHOWN)
             .map(|(id, why)| format!("{id}: {why}"))
             .collect();
+        if skipped.len() > SHOWN {
+            list.push(format!(
+                "and {} more (see `guardian list --db {db}`)",
+                skipped.len() - SHOWN
+            ));
+        }
         format!("{what}; skipped {}", list.join("; "))
     }
+}
+
+/// The first few problems a check reported, on one line.
+fn shorten(problems: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut s = problems
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        s.push_str(&format!(" (and {} more)", problems.len() - SHOWN));
+    }
+    s
 }
 
 /// Download `m`'s data into a staging file next to `target`, verify both digests and run
@@ -318,7 +484,7 @@ async fn stage(
     store: &Arc<dyn Storage>,
     m: &Manifest,
     target: &Path,
-    check: CheckKind,
+    check: Option<CheckKind>,
     keys: &Keys,
     new_mode: u32,
 ) -> Result<std::result::Result<TempGuard, Skip>> {
@@ -334,28 +500,46 @@ async fn stage(
     staging_registry().push(path.clone());
     let file = match download_verified(store, m, file, &path, keys).await? {
         (file, Ok(_)) => file,
-        (_, Err(why)) => return Ok(Err(Skip(why))),
+        (_, Err(why)) => return Ok(Err(Skip::data(why))),
     };
     let db = m.db.clone();
     let raw_len = m.raw_len;
     let target_owned = target.to_path_buf();
     let verdict = tokio::task::spawn_blocking(move || -> Result<std::result::Result<(), Skip>> {
-        let progress = Progress::start(check.pragma(), &db, None);
-        let outcome = snapshot::run_check(&path, check);
-        remove_sidecars(&path);
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(problems)) => {
-                return Ok(Err(Skip(format!(
-                    "PRAGMA {} failed: {}",
-                    check.pragma(),
-                    problems.join("; ")
-                ))));
+        if let Some(check) = check {
+            let progress = Progress::start(check.pragma(), &db, None);
+            let outcome = snapshot::run_check(&path, check);
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(problems)) => {
+                    // Would the weaker check take it? Then say how to restore it anyway.
+                    let rescue = match check {
+                        CheckKind::IntegrityCheck => {
+                            match snapshot::run_check(&path, CheckKind::QuickCheck) {
+                                Ok(Ok(())) => Some(RestoreCheck::Quick),
+                                _ => Some(RestoreCheck::None),
+                            }
+                        }
+                        CheckKind::QuickCheck => Some(RestoreCheck::None),
+                    };
+                    remove_sidecars(&path);
+                    return Ok(Err(Skip {
+                        why: format!("PRAGMA {} failed: {}", check.pragma(), shorten(&problems)),
+                        rescue,
+                    }));
+                }
+                Err(e) if e.is_data_error() => {
+                    remove_sidecars(&path);
+                    return Ok(Err(Skip {
+                        why: crate::error::chain(&e),
+                        rescue: Some(RestoreCheck::None),
+                    }));
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if e.is_data_error() => return Ok(Err(Skip(crate::error::chain(&e)))),
-            Err(e) => return Err(e),
+            progress.finish(raw_len);
         }
-        progress.finish(raw_len);
+        remove_sidecars(&path);
         // Owner first: chown clears set-id bits that the mode may carry.
         let old = fs::metadata(&target_owned).ok();
         let owner = match &old {

@@ -14,7 +14,17 @@
 //!   are kept as evidence while they are newer than the oldest kept snapshot;
 //! - snapshots dated in the future are kept and fill no slot (a bad clock or a planted
 //!   snapshot cannot push good ones out);
-//! - orphans (data without a manifest) are deleted only when older than a day.
+//! - a snapshot is deleted only when a newer one has passed `integrity_check` (at backup time,
+//!   in a drill or in a restore): see [`require_proof`];
+//! - orphans (data without a manifest) are deleted only when older than a day, and then with
+//!   or without a policy (the service prunes after every backup for this).
+//!
+//! Deletion is two-phase ([`apply_marks`]): prune first marks a snapshot the policy no longer
+//! keeps (a `tombstone.json` in its folder), and deletes it only in a prune at least
+//! `keep_delete` (default 24 h) later that still would. Meanwhile it stays listed (with the
+//! mark) and restorable: `--snapshot` names it, and `--latest` reaches it, in time order, only
+//! when every newer snapshot fails its checks, which is when it matters most. A snapshot needed
+//! again in the window, kept by the policy again or restored, is un-marked.
 //!
 //! [`prune`] deletes the manifest first, then the rest of the folder: a crash in between leaves
 //! an orphan, never a manifest without its data.
@@ -30,8 +40,9 @@ use crate::catalog::{self, Catalog, SnapshotStatus};
 use crate::config::{DatabaseConfig, RetentionConfig};
 use crate::error::Result;
 use crate::human::rfc3339;
-use crate::manifest::{self, ObjectRole};
-use crate::storage::Storage;
+use crate::manifest::{self, ObjectRole, SnapshotKey};
+use crate::storage::{PutMode, Storage};
+use bytes::Bytes;
 
 /// How old an orphan must be before it is deleted (an upload in progress is an orphan too).
 pub const ORPHAN_GRACE: Duration = Duration::hours(24);
@@ -66,6 +77,8 @@ pub enum Reason {
     FailedEvidence,
     /// Nothing is deleted this time (see [`Plan::hold`]).
     Hold,
+    /// No newer snapshot has passed `integrity_check` (see [`require_proof`]).
+    Unproven,
     /// No rule keeps it.
     Expired,
 }
@@ -84,6 +97,9 @@ impl std::fmt::Display for Reason {
                 f.write_str("failed; kept as evidence while newer than the oldest kept snapshot")
             }
             Reason::Hold => f.write_str("hold"),
+            Reason::Unproven => {
+                f.write_str("no newer snapshot has passed integrity_check yet (a drill proves one)")
+            }
             Reason::Expired => f.write_str("no rule keeps it"),
         }
     }
@@ -95,6 +111,24 @@ impl From<Reason> for String {
     }
 }
 
+/// What prune does with a snapshot. Deletion is two-phase: a snapshot the policy no longer
+/// keeps is first marked (a tombstone object in its folder), and deleted by a prune at least
+/// `keep_delete` later that still would delete it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Kept (and not marked).
+    Keep,
+    /// Kept, and the mark an earlier prune left is taken back: it is needed again.
+    Unmark,
+    /// Not kept: marked for deletion now.
+    Mark,
+    /// Marked earlier; deleted once `keep_delete` has passed since the mark.
+    Wait,
+    /// Marked at least `keep_delete` ago (or `keep_delete` is 0): deleted now.
+    Delete,
+}
+
 /// The verdict on one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -103,6 +137,11 @@ pub struct Decision {
     pub status: SnapshotStatus,
     pub keep: bool,
     pub reasons: Vec<Reason>,
+    pub action: Action,
+    /// When an earlier prune marked it for deletion.
+    pub marked_at: Option<DateTime<Utc>>,
+    /// When a prune may delete it (not kept only).
+    pub delete_after: Option<DateTime<Utc>>,
 }
 
 /// The verdict on every snapshot, newest first.
@@ -111,12 +150,20 @@ pub struct Plan {
     pub decisions: Vec<Decision>,
     /// Set when nothing may be deleted this time, with the reason.
     pub hold: Option<String>,
+    /// Set when snapshots the policy would delete are kept for want of a newer snapshot that
+    /// passed `integrity_check`, with what to do (see [`require_proof`]).
+    pub unproven: Option<String>,
 }
 
 impl Plan {
-    /// The snapshots to delete.
+    /// The snapshots to delete now.
     pub fn deletions(&self) -> impl Iterator<Item = &Decision> {
-        self.decisions.iter().filter(|d| !d.keep)
+        self.decisions.iter().filter(|d| d.action == Action::Delete)
+    }
+
+    /// The snapshots with this `action`.
+    pub fn with_action(&self, action: Action) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().filter(move |d| d.action == action)
     }
 }
 
@@ -132,6 +179,9 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
             status: c.status,
             keep: false,
             reasons: Vec::new(),
+            action: Action::Keep,
+            marked_at: None,
+            delete_after: None,
         })
         .collect();
 
@@ -156,6 +206,7 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
         return Plan {
             decisions,
             hold: Some(h.clone()),
+            unproven: None,
         };
     }
 
@@ -233,11 +284,71 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
         }
         if !d.keep {
             d.reasons.push(Reason::Expired);
+            d.action = Action::Delete;
         }
     }
     Plan {
         decisions,
         hold: None,
+        unproven: None,
+    }
+}
+
+/// Keep every snapshot `plan` would delete unless a *newer* snapshot, dated in the past and not
+/// failed, has passed `PRAGMA integrity_check` (its id is in `proven`: checked at backup time,
+/// by a drill, or by a restore). A copy checked only with `quick_check` may carry damage that
+/// check cannot see (an index out of step with its table); deleting the snapshots from before
+/// it would leave nothing whole. The newest proven snapshot is therefore always kept.
+///
+/// Prune does not run a drill itself to get the proof: it keeps the older snapshots and says
+/// so (a drill downloads and checks a whole snapshot, which a prune after every backup should
+/// not do unasked; the scheduled drill, or `guardian drill`, provides the proof).
+pub fn require_proof(plan: &mut Plan, proven: &dyn Fn(&str) -> bool, db: &str) {
+    let mut newer_proven = false;
+    let mut held = 0;
+    for d in &mut plan.decisions {
+        if !d.keep && !newer_proven {
+            d.keep = true;
+            d.action = Action::Keep;
+            d.reasons.retain(|r| *r != Reason::Expired);
+            d.reasons.push(Reason::Unproven);
+            held += 1;
+        }
+        let future = d.reasons.contains(&Reason::Future);
+        if !future && d.status != SnapshotStatus::Failed && proven(&d.id) {
+            newer_proven = true;
+        }
+    }
+    if held > 0 {
+        plan.unproven = Some(format!(
+            "{held} snapshot(s) the policy would delete are kept: no newer snapshot has passed integrity_check; \
+             run `guardian drill --db {db}` (or set backup.check = \"integrity\") and prune again"
+        ));
+    }
+}
+
+/// Turn the plan's keep/delete into two-phase actions: `marked_at(id)` is when an earlier prune
+/// marked the snapshot, if it did. A kept snapshot that is marked is un-marked; one not kept is
+/// marked, or deleted once it has been marked for `keep_delete` (at once when that is zero).
+pub fn apply_marks(
+    plan: &mut Plan,
+    marked_at: &dyn Fn(&str) -> Option<DateTime<Utc>>,
+    keep_delete: Duration,
+    now: DateTime<Utc>,
+) {
+    for d in &mut plan.decisions {
+        d.marked_at = marked_at(&d.id);
+        // A keep_delete too long to add to a date never expires.
+        d.delete_after = (!d.keep)
+            .then(|| d.marked_at.unwrap_or(now).checked_add_signed(keep_delete))
+            .flatten();
+        d.action = match (d.keep, d.marked_at) {
+            (true, None) => Action::Keep,
+            (true, Some(_)) => Action::Unmark,
+            (false, _) if d.delete_after.is_some_and(|t| t <= now) => Action::Delete,
+            (false, None) => Action::Mark,
+            (false, Some(_)) => Action::Wait,
+        };
     }
 }
 
@@ -250,8 +361,9 @@ pub struct OrphanDecision {
     pub reason: String,
 }
 
-/// Decide which orphans to delete: only those whose id and every object are over a day old.
-pub fn plan_orphans(catalog: &Catalog, now: DateTime<Utc>, hold: bool) -> Vec<OrphanDecision> {
+/// Decide which orphans to delete: only those whose id and every object are over a day old,
+/// with or without a retention policy.
+pub fn plan_orphans(catalog: &Catalog, now: DateTime<Utc>) -> Vec<OrphanDecision> {
     catalog
         .orphans
         .iter()
@@ -259,9 +371,7 @@ pub fn plan_orphans(catalog: &Catalog, now: DateTime<Utc>, hold: bool) -> Vec<Or
             let newest = o.objects.iter().filter_map(|m| m.modified).max();
             let young = o.key.id.time() > now - ORPHAN_GRACE
                 || newest.is_some_and(|t| t > now - ORPHAN_GRACE);
-            let (delete, reason) = if hold {
-                (false, "hold".to_string())
-            } else if young {
+            let (delete, reason) = if young {
                 (
                     false,
                     "less than a day old (an upload may be in progress)".to_string(),
@@ -289,6 +399,10 @@ pub struct PruneReport {
     pub orphans: Vec<OrphanDecision>,
     /// Snapshot and orphan ids actually deleted.
     pub deleted: Vec<String>,
+    /// Snapshot ids marked for deletion by this prune.
+    pub marked: Vec<String>,
+    /// Snapshot ids whose mark this prune took back.
+    pub unmarked: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -310,26 +424,89 @@ pub async fn prune(
             status: s.status,
         })
         .collect();
-    let policy = db.retention.unwrap_or_default();
+    let policy = db.retention.clone().unwrap_or_default();
     let mut plan = plan(&candidates, &policy, db.timezone(), now);
+    let proven = |id: &str| {
+        catalog
+            .snapshots
+            .iter()
+            .any(|s| s.key.id.as_str() == id && s.proof.is_some())
+    };
+    require_proof(&mut plan, &proven, &db.name);
+    let marked_at = |id: &str| {
+        catalog
+            .snapshots
+            .iter()
+            .find(|s| s.key.id.as_str() == id)
+            .and_then(|s| s.marked_at)
+    };
+    let keep_delete = Duration::from_std(policy.keep_delete()).unwrap_or(Duration::MAX);
+    apply_marks(&mut plan, &marked_at, keep_delete, now);
     if db.retention.is_none() {
         plan.hold = Some("no [databases.retention] table; every snapshot is kept".into());
     }
-    let orphans = plan_orphans(&catalog, now, plan.hold.is_some());
+    // Orphans are not snapshots: a hold (no policy, a failed newest snapshot) keeps every
+    // snapshot, but what interrupted backups left is removed after a day all the same.
+    let orphans = plan_orphans(&catalog, now);
     let mut report = PruneReport {
         db: db.name.clone(),
-        policy: db.retention,
+        policy: db.retention.clone(),
         plan,
         orphans,
         deleted: Vec::new(),
+        marked: Vec::new(),
+        unmarked: Vec::new(),
         dry_run,
     };
-    if dry_run || report.plan.hold.is_some() {
+    if dry_run {
         return Ok(report);
     }
     for d in report.plan.deletions() {
         let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
         info!(id = %d.id, created_at = %rfc3339(d.created_at), reasons = %reasons.join(", "), "deleting snapshot");
+    }
+    let key = |id: &str| -> Result<SnapshotKey> {
+        Ok(SnapshotKey {
+            db: db.name.clone(),
+            id: id.parse().map_err(crate::error::Error::Usage)?,
+        })
+    };
+    for d in report
+        .plan
+        .with_action(Action::Unmark)
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        info!(id = %d.id, "the snapshot is needed again; taking back its deletion mark");
+        store.delete(&key(&d.id)?.tombstone()).await?;
+        report.unmarked.push(d.id);
+    }
+    for d in report
+        .plan
+        .with_action(Action::Mark)
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        let delete_after = d.delete_after.unwrap_or(now);
+        info!(id = %d.id, delete_after = %rfc3339(delete_after), "marking snapshot for deletion");
+        let body = serde_json::json!({
+            "format_version": 1,
+            "db": db.name,
+            "snapshot": d.id,
+            "marked_at": rfc3339(now),
+            "delete_after": rfc3339(delete_after),
+            "reasons": d.reasons,
+        });
+        let mut bytes = serde_json::to_vec_pretty(&body).expect("tombstone serializes");
+        bytes.push(b'\n');
+        store
+            .put_bytes(
+                &key(&d.id)?.tombstone(),
+                Bytes::from(bytes),
+                PutMode::Overwrite,
+            )
+            .await?;
+        report.marked.push(d.id);
     }
     let doomed: Vec<String> = report.plan.deletions().map(|d| d.id.clone()).collect();
     for id in doomed {

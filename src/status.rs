@@ -8,7 +8,8 @@ use crate::app::App;
 use crate::catalog::{self, Catalog, SnapshotStatus};
 use crate::config::DatabaseConfig;
 use crate::error::Result;
-use crate::human::{human_age, human_bytes, rfc3339};
+use crate::human::{ago, human_age, human_bytes, rfc3339};
+use crate::outcome::Attempt;
 use crate::output::outln;
 
 /// The status of one database (a contract for `status --json`: fields are only ever added).
@@ -37,6 +38,20 @@ pub struct DbStatus {
     /// gone), each as large as the database: a warning, not a health problem; the next backup
     /// or restore removes them.
     pub restore_leftovers: Vec<String>,
+    /// The last backup attempt (from the CLI or the service, on any host), if recorded.
+    pub last_backup_attempt: Option<LastAttempt>,
+    /// Findings that do not make the database unhealthy (records that were ignored).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastAttempt {
+    pub at: String,
+    pub ok: bool,
+    pub exit_code: u8,
+    pub snapshot: Option<String>,
+    pub error: Option<String>,
+    pub host: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,8 +72,13 @@ pub struct LastDrill {
     pub ok: bool,
 }
 
-/// Work out the status of `db` from its catalog.
-pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> DbStatus {
+/// Work out the status of `db` from its catalog and its last backup attempt.
+pub fn summarize(
+    db: &DatabaseConfig,
+    catalog: &Catalog,
+    attempt: Option<&Attempt>,
+    location: String,
+) -> DbStatus {
     let now = Utc::now();
     let max_age = db.max_age();
     let tz = db.timezone();
@@ -93,6 +113,42 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
             ok: d.ok,
         });
     let mut problems = Vec::new();
+    // A failed attempt stays a problem until a snapshot taken after it exists (a success
+    // whose record could not be written still counts).
+    if let Some(a) = attempt.filter(|a| !a.ok) {
+        if !usable.iter().any(|s| s.created_at > a.at) {
+            problems.push(format!(
+                "last backup failed at {} (exit {}): {}; fix that and run `guardian backup --db {}`",
+                rfc3339(a.at),
+                a.exit_code,
+                a.error.as_deref().unwrap_or("no detail"),
+                db.name
+            ));
+        }
+    }
+    if let Some(newest) = catalog.snapshots.iter().find(|s| !s.skewed) {
+        if newest.status == SnapshotStatus::Failed && newest.last_drill.is_none() {
+            problems.push(format!(
+                "newest snapshot {} is failed: {}",
+                newest.key.id,
+                newest.problem.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+    for s in catalog.snapshots.iter().filter(|s| s.skewed) {
+        problems.push(format!(
+            "clock skew: snapshot {} is dated {}, {} ahead of this host's clock; restore --latest skips it (check the clock of the host that took it, or remove it)",
+            s.key.id,
+            rfc3339(s.created_at),
+            human_age((now - s.created_at).num_seconds())
+        ));
+    }
+    let warnings: Vec<String> = catalog
+        .snapshots
+        .iter()
+        .flat_map(|s| s.ignored_records.iter())
+        .map(|r| format!("ignored record {r}"))
+        .collect();
     match &last {
         None => problems.push("no usable snapshot".to_string()),
         Some(l) if l.age_seconds as u64 > max_age.as_secs() => problems.push(format!(
@@ -134,6 +190,15 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
+        last_backup_attempt: attempt.map(|a| LastAttempt {
+            at: rfc3339(a.at),
+            ok: a.ok,
+            exit_code: a.exit_code,
+            snapshot: a.snapshot.clone(),
+            error: a.error.clone(),
+            host: a.host.clone(),
+        }),
+        warnings,
     }
 }
 
@@ -141,8 +206,15 @@ pub fn summarize(db: &DatabaseConfig, catalog: &Catalog, location: String) -> Db
 pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
     let mut all = Vec::new();
     for db in app.config.select(db)? {
+        let staging = app.config.backup.staging_dir();
+        let attempt = crate::outcome::last(&app.store, &staging, &db.name).await;
         let catalog = catalog::load(&app.store, &db.name).await?;
-        all.push(summarize(db, &catalog, app.store.location()));
+        all.push(summarize(
+            db,
+            &catalog,
+            attempt.as_ref(),
+            app.store.location(),
+        ));
     }
     if json {
         outln!(
@@ -160,10 +232,10 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
             outln!("  storage    {}", s.location);
             match &s.last_snapshot {
                 Some(l) => outln!(
-                    "  last       {} at {} ({} ago), {} (stored {}), {}",
+                    "  last       {} at {} ({}), {} (stored {}), {}",
                     l.id,
                     l.created_at,
-                    human_age(l.age_seconds),
+                    ago(l.age_seconds),
                     human_bytes(l.size_bytes),
                     human_bytes(l.stored_bytes),
                     l.status.as_str()
@@ -177,9 +249,9 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
             );
             match &s.last_drill {
                 Some(d) => outln!(
-                    "  drill      {} ({} ago) on {}: {}",
+                    "  drill      {} ({}) on {}: {}",
                     d.at,
-                    human_age(d.age_seconds),
+                    ago(d.age_seconds),
                     d.snapshot,
                     if d.ok { "ok" } else { "FAILED" }
                 ),
@@ -203,8 +275,19 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
             for p in &s.restore_leftovers {
                 outln!("  warning    {p} was left by an interrupted restore (the next backup or restore removes it)");
             }
+            if let Some(a) = &s.last_backup_attempt {
+                outln!(
+                    "  attempt    backup at {} on {}: {}",
+                    a.at,
+                    if a.host.is_empty() { "?" } else { &a.host },
+                    if a.ok { "ok" } else { "FAILED" }
+                );
+            }
             for p in &s.problems {
                 outln!("  problem    {p}");
+            }
+            for w in &s.warnings {
+                outln!("  warning    {w}");
             }
         }
     }

@@ -248,7 +248,7 @@ fn sigkill_during_an_s3_backup_never_lists_a_partial_snapshot() {
 #[test]
 fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
     let env = TestEnv::new();
-    env.write_config("[databases.retention]\nkeep_last = 1\n");
+    env.write_config("[databases.retention]\nkeep_last = 1\nkeep_delete = \"0s\"\n");
     let first = env.backup();
     // 300 snapshots: copies of the first under new ids (a prune of them takes a while).
     let src = env.snapshot_dir(&first);
@@ -277,7 +277,7 @@ fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
     // Time a prune of a copy of the store, to know where the kill points are.
     let copy = env.path("store-copy");
     copy_dir(&env.store, &copy);
-    env.write_config("[databases.retention]\nkeep_last = 1\n");
+    env.write_config("[databases.retention]\nkeep_last = 1\nkeep_delete = \"0s\"\n");
     let full = {
         let cfg = fs::read_to_string(&env.config).unwrap();
         let cfg_copy = env.path("copy.toml");

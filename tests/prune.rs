@@ -21,7 +21,7 @@ fn history(env: &TestEnv) -> (String, Vec<String>) {
 #[test]
 fn prune_dry_run_changes_nothing_and_real_run_deletes_what_it_said() {
     let env = TestEnv::new();
-    env.write_config("[databases.retention]\nkeep_last = 2\ndaily = 4\n");
+    env.write_config("[databases.retention]\nkeep_last = 2\ndaily = 4\nkeep_delete = \"0s\"\n");
     let (real, planted) = history(&env);
     assert_eq!(env.list().len(), 11);
 
@@ -173,4 +173,135 @@ fn an_all_zero_policy_is_a_config_error() {
         "{}",
         lines[0]
     );
+}
+
+#[test]
+fn prune_removes_old_orphans_without_a_policy_too() {
+    let env = TestEnv::new();
+    let real = env.backup();
+    let old = util::plant_snapshot(&env, &real, "2026-10-01T03:00:00Z");
+    std::fs::remove_file(env.snapshot_dir(&old).join("manifest.json")).unwrap();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(env.snapshot_dir(&old).join("db.sqlite.gz"))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    let dry = env.run(&["prune", "--dry-run"]).ok();
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("would delete")),
+        "{}",
+        dry.stdout
+    );
+    env.run(&["prune"]).ok();
+    assert!(!env.snapshot_dir(&old).exists());
+    assert_eq!(env.list().len(), 1, "the snapshot itself is kept");
+}
+
+/// Rewrite the tombstone of `id` as if prune had marked it `hours` ago.
+fn age_tombstone(env: &TestEnv, id: &str, hours: i64) {
+    let path = env.snapshot_dir(id).join("tombstone.json");
+    let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let then = chrono::Utc::now() - chrono::Duration::hours(hours);
+    t["marked_at"] = then.to_rfc3339().into();
+    std::fs::write(&path, serde_json::to_vec(&t).unwrap()).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(then.into())
+        .unwrap();
+}
+
+#[test]
+fn deletion_is_two_phase_mark_then_delete_after_keep_delete() {
+    let env = TestEnv::new();
+    env.write_config("[databases.retention]\nkeep_last = 1\n");
+    let old = env.backup();
+    let new = env.backup();
+
+    let dry = env.run(&["prune", "--dry-run"]).ok();
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("would mark")),
+        "{}",
+        dry.stdout
+    );
+    assert!(!env.snapshot_dir(&old).join("tombstone.json").exists());
+
+    // First prune: marked, not deleted; listed with the mark, still restorable by name.
+    let r = env.run(&["prune"]).ok();
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("marked")),
+        "{}",
+        r.stdout
+    );
+    assert!(env.snapshot_dir(&old).join("tombstone.json").exists());
+    let listed = env.list();
+    let o = listed.iter().find(|s| s["id"] == old.as_str()).unwrap();
+    assert!(o["marked_at"].is_string(), "{o:#}");
+    assert!(env
+        .run(&["list"])
+        .ok()
+        .stdout
+        .contains("marked for deletion"));
+    // A second prune within keep_delete still only waits.
+    env.run(&["prune"]).ok();
+    assert!(env.snapshot_dir(&old).exists());
+    // restore --latest still takes the newest.
+    let to = env.path("r.db");
+    let r = env
+        .run(&["restore", "--latest", "--to", to.to_str().unwrap()])
+        .ok();
+    assert!(r.stdout.contains(&new), "{}", r.stdout);
+
+    // Once marked for longer than keep_delete (24 h by default): deleted.
+    age_tombstone(&env, &old, 25);
+    let dry = env.run(&["prune", "--dry-run"]).ok();
+    assert!(
+        dry.stdout
+            .lines()
+            .any(|l| l.contains(&old) && l.contains("would delete")),
+        "{}",
+        dry.stdout
+    );
+    env.run(&["prune"]).ok();
+    assert!(!env.snapshot_dir(&old).exists());
+    assert_eq!(env.list().len(), 1);
+}
+
+#[test]
+fn a_marked_snapshot_needed_again_is_unmarked() {
+    let env = TestEnv::new();
+    env.write_config("[databases.retention]\nkeep_last = 1\n");
+    let a = env.backup();
+    let b = env.backup();
+    env.run(&["prune"]).ok();
+    assert!(env.snapshot_dir(&a).join("tombstone.json").exists());
+    // Restored by name: needed, so un-marked.
+    let to = env.path("r.db");
+    env.run(&["restore", "--snapshot", &a, "--to", to.to_str().unwrap()])
+        .ok();
+    assert!(!env.snapshot_dir(&a).join("tombstone.json").exists());
+
+    // Kept by the policy again (keep_last raised): un-marked by the next prune.
+    env.run(&["prune"]).ok();
+    age_tombstone(&env, &a, 25);
+    env.write_config("[databases.retention]\nkeep_last = 2\n");
+    let r = env.run(&["prune"]).ok();
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains(&a) && l.contains("unmarked")),
+        "{}",
+        r.stdout
+    );
+    assert!(!env.snapshot_dir(&a).join("tombstone.json").exists());
+    assert!(env.snapshot_dir(&a).exists() && env.snapshot_dir(&b).exists());
 }

@@ -34,6 +34,7 @@ fn policy(keep_last: u32, daily: u32, weekly: u32, monthly: u32, yearly: u32) ->
         weekly,
         monthly,
         yearly,
+        keep_delete: None,
     }
 }
 

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use crate::util::{self, metric, Service, TestEnv};
 
 const FAST: &str = "backup = \"* * * * * *\"\ndrill = \"*/2 * * * * *\"\n\
-                    [databases.retention]\nkeep_last = 3\n\n[service]\nlisten = \"127.0.0.1:0\"\n";
+                    [databases.retention]\nkeep_last = 3\nkeep_delete = \"0s\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n";
 
 /// Poll `list --json` until `ok` holds (up to `secs`).
 fn wait_for_list(
@@ -382,9 +382,15 @@ fn failing_backups_are_loud_and_never_stop_the_service() {
         "{}",
         post.body
     );
+    // `status`, from another process, says so while the backups fail...
+    let st = env.run(&["status"]).expect_code(1);
+    assert!(st.stdout.contains("last backup failed at"), "{}", st.stdout);
     // Back to normal once the database is back.
     std::fs::rename(env.path("gone.db"), &env.db).unwrap();
     wait_for_list(&env, 20, |l| l.len() >= 2);
+    // ...and no longer once one succeeded.
+    let st = env.run(&["status"]);
+    assert!(!st.stdout.contains("last backup failed"), "{}", st.stdout);
     svc.signal(Signal::SIGTERM);
     assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
 }
@@ -628,4 +634,30 @@ fn a_lock_that_cannot_be_taken_is_a_failed_job_and_alerted() {
     }
     svc.signal(Signal::SIGTERM);
     assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+}
+
+#[test]
+fn the_service_removes_old_orphans_without_a_retention_table() {
+    let env = TestEnv::new();
+    let real = env.backup();
+    // What a cancelled backup leaves: data without a manifest, here from last month.
+    let old = util::plant_snapshot(&env, &real, "2026-10-01T03:00:00Z");
+    std::fs::remove_file(env.snapshot_dir(&old).join("manifest.json")).unwrap();
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(env.snapshot_dir(&old).join("db.sqlite.gz"))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    env.write_config("backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n");
+    let mut svc = Service::start(&env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.snapshot_dir(&old).exists() {
+        assert!(Instant::now() < deadline, "orphan kept:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+    assert!(env.snapshot_dir(&real).exists());
 }

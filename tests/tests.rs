@@ -29,10 +29,16 @@ mod notify;
 mod prune;
 // Retention as a pure function: table tests and safety properties.
 mod retention;
+// What status, list and restore --latest believe: failed attempts, unreadable manifests,
+// snapshots dated in the future, drill verdicts that do not parse.
+mod status;
 // The canary sweep: no secret in any output, stored object or metric, at trace level.
 mod secrets;
 // `guardian run`: schedules, metrics, SIGTERM, grace period, second signal, config errors.
 mod service;
+// Damage quick_check cannot see: refused by default; retention keeps what came before it until
+// a newer snapshot is proven; restore --check restores a broken index when nothing else passes.
+mod silent_damage;
 // Hard sources: fast writers in another process, open write transactions, a source removed mid-backup.
 mod sources;
 // `verify`: bit rot found without SQLite, per snapshot.

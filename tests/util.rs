@@ -309,11 +309,15 @@ pub fn staging_leftovers(env: &TestEnv) -> Vec<String> {
     entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !(n.starts_with("guardian-") && n.ends_with(".lock")))
+        .filter(|n| {
+            !(n.starts_with("guardian-")
+                && (n.ends_with(".lock") || n.ends_with(".last-backup.json")))
+        })
         .collect()
 }
 
 /// Snapshot folders in the store that have no manifest (orphans), and dot-named temp files.
+/// (Files beside the snapshot folders, such as `last-backup.json`, are not leftovers.)
 pub fn leftovers(env: &TestEnv) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(dbs) = std::fs::read_dir(&env.store) else {
@@ -321,6 +325,12 @@ pub fn leftovers(env: &TestEnv) -> Vec<PathBuf> {
     };
     for db in dbs.flatten() {
         for snap in std::fs::read_dir(db.path()).unwrap().flatten() {
+            if !snap.path().is_dir() {
+                if snap.file_name().to_string_lossy().starts_with('.') {
+                    out.push(snap.path());
+                }
+                continue;
+            }
             if !snap.path().join("manifest.json").exists() {
                 out.push(snap.path());
             }

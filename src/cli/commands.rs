@@ -10,10 +10,10 @@ use super::{BackupArgs, DrillArgs, PruneArgs, VerifyArgs};
 use crate::config::DatabaseConfig;
 use crate::drill::DrillReport;
 use crate::error::{Error, Result};
-use crate::human::{chain, human_age, human_bytes, rfc3339};
+use crate::human::{ago, chain, human_bytes, rfc3339};
 use crate::jobs::{Done, Ended, Job, Outcome, Rotation, Runner};
 use crate::output::{errln, outln};
-use crate::retention::{self, PruneReport};
+use crate::retention::{self, Action, PruneReport};
 use crate::verify::{self, Verified};
 
 /// The exit code of the worst outcome so far, over the databases a command works on: each
@@ -157,9 +157,9 @@ fn conclude(r: &DrillReport, json: bool) -> serde_json::Value {
 }
 
 fn print_drill(r: &DrillReport) {
-    let age = human_age((Utc::now() - r.snapshot_created_at).num_seconds());
+    let age = ago((Utc::now() - r.snapshot_created_at).num_seconds());
     outln!(
-        "drill of {} snapshot {} (taken {}, {age} ago): {} in {:.2}s",
+        "drill of {} snapshot {} (taken {}, {age}): {} in {:.2}s",
         r.db,
         r.snapshot,
         rfc3339(r.snapshot_created_at),
@@ -266,8 +266,13 @@ pub(super) async fn prune(runner: &Runner, args: PruneArgs) -> Result<u8> {
 fn print_prune(r: &PruneReport) {
     let policy = match &r.policy {
         Some(p) => format!(
-            "keep_last {}, daily {}, weekly {}, monthly {}, yearly {}",
-            p.keep_last, p.daily, p.weekly, p.monthly, p.yearly
+            "keep_last {}, daily {}, weekly {}, monthly {}, yearly {}; keep_delete {}",
+            p.keep_last,
+            p.daily,
+            p.weekly,
+            p.monthly,
+            p.yearly,
+            humantime::format_duration(p.keep_delete())
         ),
         None => "no retention policy".into(),
     };
@@ -277,13 +282,20 @@ fn print_prune(r: &PruneReport) {
         if r.dry_run { " (dry run)" } else { "" }
     );
     if let Some(hold) = &r.plan.hold {
-        outln!("  nothing will be deleted: {hold}");
+        outln!("  no snapshot will be deleted: {hold}");
+    }
+    if let Some(why) = &r.plan.unproven {
+        outln!("  kept for want of proof: {why}");
     }
     for d in &r.plan.decisions {
-        let verb = match (d.keep, r.dry_run) {
-            (true, _) => "keep",
-            (false, true) => "would delete",
-            (false, false) => "deleted",
+        let verb = match (d.action, r.dry_run) {
+            (Action::Keep, _) => "keep",
+            (Action::Unmark, true) => "would unmark",
+            (Action::Unmark, false) => "unmarked",
+            (Action::Mark, true) => "would mark",
+            (Action::Mark | Action::Wait, _) => "marked",
+            (Action::Delete, true) => "would delete",
+            (Action::Delete, false) => "deleted",
         };
         let reasons: Vec<String> = d
             .reasons
@@ -291,8 +303,14 @@ fn print_prune(r: &PruneReport) {
             .filter(|x| **x != retention::Reason::Hold)
             .map(ToString::to_string)
             .collect();
+        let when = match (d.action, d.delete_after) {
+            (Action::Mark | Action::Wait, Some(t)) => {
+                format!(" (deleted by a prune after {})", rfc3339(t))
+            }
+            _ => String::new(),
+        };
         outln!(
-            "  {verb:<12} {:<26} {}  {:<10} {}",
+            "  {verb:<12} {:<26} {}  {:<10} {}{when}",
             d.id,
             rfc3339(d.created_at),
             d.status.as_str(),
@@ -313,10 +331,11 @@ fn print_prune(r: &PruneReport) {
         );
     }
     let snaps = r.plan.deletions().count();
+    let marks = r.plan.with_action(Action::Mark).count();
     let orphans = r.orphans.iter().filter(|o| o.delete).count();
     if r.dry_run {
-        outln!("would delete {snaps} snapshot(s) and {orphans} orphan(s); nothing was deleted (dry run)");
-    } else if r.plan.hold.is_none() {
-        outln!("deleted {snaps} snapshot(s) and {orphans} orphan(s)");
+        outln!("would delete {snaps} snapshot(s) and {orphans} orphan(s), and mark {marks} snapshot(s) for deletion; nothing was deleted (dry run)");
+    } else {
+        outln!("deleted {snaps} snapshot(s) and {orphans} orphan(s); marked {marks} snapshot(s) for deletion");
     }
 }

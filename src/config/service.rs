@@ -15,7 +15,7 @@ fn invalid<T>(field: String, reason: String) -> Result<T, Invalid> {
 }
 
 /// `[databases.retention]`: restic-style `--keep-*` rules; a snapshot is kept if any rule keeps it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Keep the newest N snapshots.
@@ -33,9 +33,26 @@ pub struct RetentionConfig {
     /// Keep the newest snapshot of each of the last N years that have one.
     #[serde(default)]
     pub yearly: u32,
+    /// Deletion is two-phase: prune first marks a snapshot it would delete (a tombstone in its
+    /// folder), and deletes it only when a prune at least this long after still would (e.g.
+    /// "24h"); a snapshot needed again meanwhile (restored, or kept by the policy again) is
+    /// un-marked. "0s" deletes in one prune. Default: "24h".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_delete: Option<String>,
 }
 
+/// `keep_delete` when none is configured.
+pub const DEFAULT_KEEP_DELETE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl RetentionConfig {
+    /// How long a snapshot stays marked before prune deletes it (validated at load).
+    pub fn keep_delete(&self) -> std::time::Duration {
+        self.keep_delete
+            .as_deref()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(DEFAULT_KEEP_DELETE)
+    }
+
     /// True when no rule keeps anything (such a policy deletes nothing, see `retention`).
     pub fn is_empty(&self) -> bool {
         self.keep_last == 0
@@ -170,7 +187,15 @@ pub(super) fn validate_database(i: usize, db: &DatabaseConfig) -> Result<(), Inv
             Ok(_) => {}
         }
     }
-    if db.retention.is_some_and(|r| r.is_empty()) {
+    if let Some(kd) = db.retention.as_ref().and_then(|r| r.keep_delete.as_deref()) {
+        if let Err(e) = humantime::parse_duration(kd) {
+            return invalid(
+                format!("databases[{i}].retention.keep_delete"),
+                format!("{e} (e.g. \"24h\", or \"0s\" to delete in one prune)"),
+            );
+        }
+    }
+    if db.retention.as_ref().is_some_and(|r| r.is_empty()) {
         return invalid(
             format!("databases[{i}].retention"),
             "every rule is 0, which would keep nothing; set keep_last (or daily, weekly, monthly, yearly) \
@@ -279,7 +304,7 @@ mod tests {
         let db = &c.databases[0];
         assert_eq!(db.jitter(), Duration::from_secs(300));
         assert_eq!(db.timezone().name(), "Europe/Paris");
-        assert_eq!(db.retention.unwrap().daily, 7);
+        assert_eq!(db.retention.as_ref().unwrap().daily, 7);
         assert_eq!(c.service.shutdown_timeout(), Duration::from_secs(3));
         assert_eq!(
             c.notify.webhook_url_file.as_deref(),

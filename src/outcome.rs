@@ -1,0 +1,140 @@
+//! The outcome of each database's last backup attempt, recorded where every `status` sees it.
+//!
+//! A failed backup publishes nothing, so the store alone cannot tell "no backup ran" from "the
+//! backup failed". [`record`] writes one small record per attempt, success or failure, in two
+//! places: `{db}/last-backup.json` in the store (beside the snapshots, so a `status` on any host
+//! sees it) and `guardian-{db}.last-backup.json` in the staging folder (so a failure to reach
+//! the store is recorded too). [`last`] reads both and returns the newer one; `status` is
+//! unhealthy while the last attempt failed and no snapshot taken after it exists.
+//!
+//! Writing the record never changes a backup's outcome: a record that cannot be written is a
+//! warning.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{chain, Error};
+use crate::manifest::Manifest;
+use crate::storage::{ObjectKey, PutMode, Storage};
+
+/// The record format this guardian writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Records larger than this are refused unread (a real one is a few hundred bytes).
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// One backup attempt (the body of the record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub format_version: u32,
+    pub db: String,
+    /// `backup`.
+    pub job: String,
+    /// When the attempt ended.
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    /// The exit code `guardian backup` gave (0 ok, 1 bad data, 2 operational).
+    pub exit_code: u8,
+    /// The snapshot it published, if any.
+    pub snapshot: Option<String>,
+    /// Why it failed (the error chain, one line).
+    pub error: Option<String>,
+    pub host: String,
+}
+
+/// The key of `db`'s record in the store.
+pub fn store_key(db: &str) -> ObjectKey {
+    ObjectKey::new(format!("{db}/last-backup.json")).expect("validated database name")
+}
+
+/// The path of `db`'s record in the staging folder.
+pub fn local_path(staging_dir: &Path, db: &str) -> PathBuf {
+    staging_dir.join(format!("guardian-{db}.last-backup.json"))
+}
+
+/// Record the outcome of a backup of `db` (in the store and in `staging_dir`); never fails.
+pub async fn record(
+    store: &Arc<dyn Storage>,
+    staging_dir: &Path,
+    db: &str,
+    result: Result<&Manifest, &Error>,
+) {
+    let attempt = Attempt {
+        format_version: RECORD_VERSION,
+        db: db.to_string(),
+        job: "backup".into(),
+        at: Utc::now(),
+        ok: result.is_ok(),
+        exit_code: result.map_or_else(Error::exit_code, |_| 0),
+        snapshot: match result {
+            Ok(m) => Some(m.id.to_string()),
+            Err(Error::SourceGone { id, .. }) => Some(id.clone()),
+            Err(_) => None,
+        },
+        error: result.err().map(|e| chain(e)),
+        host: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+    };
+    let mut body = serde_json::to_vec_pretty(&attempt).expect("attempt serializes");
+    body.push(b'\n');
+    let path = local_path(staging_dir, db);
+    if let Err(e) = write_local(&path, &body) {
+        tracing::warn!(path = %path.display(), error = %e, "could not record the backup's outcome in the staging folder");
+    }
+    let key = store_key(db);
+    if let Err(e) = store
+        .put_bytes(&key, Bytes::from(body), PutMode::Overwrite)
+        .await
+    {
+        tracing::warn!(key = %key, error = %chain(&e), "could not record the backup's outcome in the store; `status` on this host still sees it");
+    }
+}
+
+fn write_local(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = crate::durable::parent_dir(path);
+    std::fs::create_dir_all(dir)?;
+    let stem = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("last-backup");
+    let (mut file, tmp) = crate::durable::create_temp(dir, stem, "tmp", 0o644)?;
+    let guard = crate::durable::TempGuard::new(tmp.clone());
+    file.write_all(body)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    guard.disarm();
+    Ok(())
+}
+
+/// The newer of `db`'s two records, if any can be read. Unreadable records are ignored (and
+/// logged): they say nothing of the attempt.
+pub async fn last(store: &Arc<dyn Storage>, staging_dir: &Path, db: &str) -> Option<Attempt> {
+    let parse = |bytes: &[u8], from: &str| match serde_json::from_slice::<Attempt>(bytes) {
+        Ok(a) if a.db == db => Some(a),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(record = from, error = %e, "ignoring an unreadable backup outcome record");
+            None
+        }
+    };
+    let path = local_path(staging_dir, db);
+    let local = std::fs::read(&path)
+        .ok()
+        .and_then(|b| parse(&b, &path.display().to_string()));
+    let key = store_key(db);
+    let stored = match store.get_bytes(&key, MAX_RECORD_BYTES).await {
+        Ok(b) => parse(&b, key.as_str()),
+        Err(_) => None,
+    };
+    match (local, stored) {
+        (Some(a), Some(b)) => Some(if b.at > a.at { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}

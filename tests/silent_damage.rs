@@ -1,0 +1,155 @@
+//! Damage `quick_check` cannot see (an index out of step with its table): the default backup
+//! check refuses it; with `backup.check = "quick"` retention never deletes the snapshots from
+//! before it until a newer snapshot passed `integrity_check`; and `restore --check` restores a
+//! snapshot with a broken index when nothing better exists.
+
+use crate::util::{self, TestEnv};
+
+/// Make `env.db` a database whose index `ia` claims to index column `b` while its entries are
+/// those of column `a`: `quick_check` passes, `integrity_check` does not (the issue's repro).
+fn damage_index(env: &TestEnv) {
+    let c = rusqlite::Connection::open(&env.db).unwrap();
+    c.execute_batch(
+        "DROP TABLE IF EXISTS t;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, a, b);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+           INSERT INTO t SELECT i, i, -i FROM n;
+         CREATE INDEX ia ON t(a);
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX ia ON t(b)' WHERE name = 'ia';
+         PRAGMA writable_schema = OFF;",
+    )
+    .unwrap();
+    drop(c);
+    let c = rusqlite::Connection::open(&env.db).unwrap();
+    let quick: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(quick, "ok", "the damage must be invisible to quick_check");
+    assert_ne!(util::integrity(&env.db), "ok");
+}
+
+fn ids(env: &TestEnv) -> Vec<String> {
+    let mut v: Vec<String> = env
+        .list()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_default_backup_check_refuses_an_index_out_of_step_with_its_table() {
+    let env = TestEnv::new();
+    let good = env.backup();
+    assert_eq!(
+        util::read_manifest(&env, &good)["check"]["kind"],
+        "integrity_check"
+    );
+    damage_index(&env);
+    let r = env.run(&["backup"]).expect_code(1);
+    assert!(r.stderr.contains("integrity_check"), "{}", r.stderr);
+    assert_eq!(ids(&env), vec![good]);
+}
+
+#[test]
+fn retention_keeps_the_snapshots_before_silent_damage_until_a_newer_one_is_proven() {
+    let env = TestEnv::new();
+    env.write_config("check = \"quick\"\n[databases.retention]\nkeep_last = 2\n");
+    let good = env.backup();
+    assert_eq!(
+        util::read_manifest(&env, &good)["check"]["kind"],
+        "quick_check"
+    );
+    damage_index(&env);
+    // Three rounds of backup + prune, as a cron job would do.
+    let mut prunes = String::new();
+    for _ in 0..3 {
+        env.backup();
+        prunes.push_str(&env.run(&["prune"]).ok().stdout);
+    }
+    assert!(prunes.contains("kept for want of proof"), "{prunes}");
+    assert!(
+        ids(&env).contains(&good),
+        "the last good snapshot was deleted"
+    );
+    // restore --latest skips the three damaged ones and restores the good one.
+    let to = env.path("restored.db");
+    let r = env
+        .run(&["restore", "--latest", "--to", to.to_str().unwrap()])
+        .ok();
+    assert!(
+        r.stdout.contains(&format!("snapshot {good}")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(util::integrity(&to), "ok");
+    // That restore proved the good one; still, nothing newer is proven: nothing is deleted.
+    env.run(&["prune"]).ok();
+    assert!(ids(&env).contains(&good));
+    assert_eq!(ids(&env).len(), 4);
+}
+
+#[test]
+fn with_no_good_snapshot_restore_says_how_to_restore_one_anyway() {
+    let env = TestEnv::new();
+    env.write_config("check = \"quick\"\n");
+    damage_index(&env);
+    let a = env.backup();
+    let b = env.backup();
+    let to = env.path("restored.db");
+    let r = env
+        .run(&["restore", "--latest", "--to", to.to_str().unwrap()])
+        .expect_code(1);
+    let line = r.error_line();
+    assert!(line.contains(&a) && line.contains(&b), "{line}");
+    assert!(line.contains("integrity_check"), "{line}");
+    let cmd = format!(
+        "guardian restore --db market --snapshot {b} --check quick --to {}",
+        to.display()
+    );
+    assert!(line.contains(&cmd), "{line}");
+    assert!(!to.exists(), "nothing is written when no snapshot passes");
+    // The printed command works: a database with a broken index beats none.
+    let args: Vec<&str> = cmd.split(' ').skip(1).collect();
+    let r = env.run(&args).ok();
+    assert!(r.stdout.contains("PRAGMA quick_check"), "{}", r.stdout);
+    assert_eq!(util::count(&to, "t"), 2000);
+    // --check none skips SQLite's check, never the SHA-256 ones.
+    util::flip_byte(&env.snapshot_dir(&a).join("db.sqlite.gz"), 200);
+    let r = env
+        .run(&[
+            "restore",
+            "--snapshot",
+            &a,
+            "--check",
+            "none",
+            "--to",
+            env.path("x.db").to_str().unwrap(),
+        ])
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("checksum") || r.stderr.contains("damaged"),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.path("x.db").exists());
+}
+
+#[test]
+fn a_restore_that_passed_integrity_check_is_recorded_as_proof() {
+    let env = TestEnv::new();
+    env.write_config("check = \"quick\"\n");
+    let id = env.backup();
+    let entry = |env: &TestEnv| {
+        env.list()
+            .into_iter()
+            .find(|s| s["id"] == id.as_str())
+            .unwrap()
+    };
+    assert!(entry(&env)["integrity_proof"].is_null());
+    let to = env.path("restored.db");
+    env.run(&["restore", "--latest", "--to", to.to_str().unwrap()])
+        .ok();
+    let proof = entry(&env)["integrity_proof"].as_str().unwrap().to_string();
+    assert!(proof.starts_with("restore at"), "{proof}");
+}
