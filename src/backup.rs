@@ -149,7 +149,12 @@ pub async fn run(
             tracing::warn!(key = %data_key, error = %crate::error::chain(&e), "could not delete the data object of a rejected copy");
         }
     }
-    let outcome = outcome?;
+    // SQLite failing to read the copy at all ("database disk image is malformed", which
+    // integrity_check raises where quick_check lists problems) is damage too.
+    let outcome = match outcome {
+        Err(e) if e.is_data_error() => Err(vec![crate::error::chain(&e)]),
+        other => other?,
+    };
     if let Err(problems) = outcome {
         return Err(Error::Integrity {
             what: format!("the copy of {} ({})", db.name, db.path.display()),
