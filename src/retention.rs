@@ -406,15 +406,9 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
-/// Apply `db`'s retention policy to its snapshots in `store`.
-#[instrument(skip_all, fields(db = %db.name))]
-pub async fn prune(
-    store: &Arc<dyn Storage>,
-    db: &DatabaseConfig,
-    dry_run: bool,
-) -> Result<PruneReport> {
-    let catalog = catalog::load(store, &db.name).await?;
-    let now = Utc::now();
+/// The plan of a prune of `catalog` now, before its two-phase marks: the policy's verdicts,
+/// with [`require_proof`] applied.
+fn plan_for(db: &DatabaseConfig, catalog: &Catalog, now: DateTime<Utc>) -> Plan {
     let candidates: Vec<Candidate> = catalog
         .snapshots
         .iter()
@@ -433,6 +427,32 @@ pub async fn prune(
             .any(|s| s.key.id.as_str() == id && s.proof.is_some())
     };
     require_proof(&mut plan, &proven, &db.name);
+    plan
+}
+
+/// Why a prune now would keep snapshots its policy lets go, for want of a newer snapshot that
+/// passed `integrity_check` (for `status`: with `backup.check = "quick"` and no drill, the
+/// store would otherwise grow without a word).
+pub fn held_for_proof(
+    db: &DatabaseConfig,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    db.retention.as_ref()?;
+    plan_for(db, catalog, now).unproven
+}
+
+/// Apply `db`'s retention policy to its snapshots in `store`.
+#[instrument(skip_all, fields(db = %db.name))]
+pub async fn prune(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    let catalog = catalog::load(store, &db.name).await?;
+    let now = Utc::now();
+    let policy = db.retention.clone().unwrap_or_default();
+    let mut plan = plan_for(db, &catalog, now);
     let marked_at = |id: &str| {
         catalog
             .snapshots

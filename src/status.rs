@@ -143,12 +143,24 @@ pub fn summarize(
             human_age((now - s.created_at).num_seconds())
         ));
     }
-    let warnings: Vec<String> = catalog
+    // One line however many there are (after an upgrade, every older drill record is one).
+    let ignored: Vec<&String> = catalog
         .snapshots
         .iter()
         .flat_map(|s| s.ignored_records.iter())
-        .map(|r| format!("ignored record {r}"))
         .collect();
+    let mut warnings: Vec<String> = match ignored.as_slice() {
+        [] => Vec::new(),
+        [one] => vec![format!("ignored record {one}")],
+        [first, rest @ ..] => vec![format!(
+            "ignored record {first}; and {} more (see `guardian list --db {}`)",
+            rest.len(),
+            db.name
+        )],
+    };
+    if let Some(why) = crate::retention::held_for_proof(db, catalog, now) {
+        warnings.push(format!("retention: {why}"));
+    }
     match &last {
         None => problems.push("no usable snapshot".to_string()),
         Some(l) if l.age_seconds as u64 > max_age.as_secs() => problems.push(format!(

@@ -68,6 +68,9 @@ fn retention_keeps_the_snapshots_before_silent_damage_until_a_newer_one_is_prove
         prunes.push_str(&env.run(&["prune"]).ok().stdout);
     }
     assert!(prunes.contains("kept for want of proof"), "{prunes}");
+    // status says so too (a warning: nothing is lost, but the store grows until a drill).
+    let st = env.run(&["status", "--json"]);
+    assert!(st.stdout.contains("retention: "), "{}", st.stdout);
     assert!(
         ids(&env).contains(&good),
         "the last good snapshot was deleted"
