@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use guardian::catalog::SnapshotStatus;
 use guardian::config::RetentionConfig;
-use guardian::retention::{plan, Candidate, Plan, Reason};
+use guardian::retention::{apply_marks, plan, require_proof, Action, Candidate, Plan, Reason};
 use proptest::prelude::*;
 
 const NOW: &str = "2026-11-24T12:00:00Z";
@@ -335,6 +335,115 @@ fn every_decision_says_why() {
         .all(|d| d.keep && d.reasons == [Reason::Hold]));
 }
 
+#[test]
+fn nothing_is_deleted_unless_a_newer_snapshot_passed_integrity_check() {
+    let snaps = vec![
+        s("2026-11-20T03:00:00Z", 'u'),
+        s("2026-11-21T03:00:00Z", 'u'),
+        s("2026-11-22T03:00:00Z", 'u'),
+        s("2026-11-23T03:00:00Z", 'u'),
+        s("2026-11-24T03:00:00Z", 'u'),
+        // Dated in the future and "proven": it proves nothing.
+        s("2026-11-30T03:00:00Z", 'u'),
+    ];
+    let kept_ids = |p: &Plan| -> Vec<String> {
+        p.decisions
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id[..10].to_string())
+            .collect()
+    };
+    // keep_last 1 keeps 11-24 (and the future one); the rest need a newer proven snapshot.
+    for (proven, kept) in [
+        // No proof at all: nothing goes.
+        (
+            &[][..],
+            &[
+                "2026-11-30",
+                "2026-11-24",
+                "2026-11-23",
+                "2026-11-22",
+                "2026-11-21",
+                "2026-11-20",
+            ][..],
+        ),
+        (
+            &["2026-11-30T03:00:00Z"][..],
+            &[
+                "2026-11-30",
+                "2026-11-24",
+                "2026-11-23",
+                "2026-11-22",
+                "2026-11-21",
+                "2026-11-20",
+            ][..],
+        ),
+        // 11-22 proven: it stays (nothing newer is proven), the older ones may go.
+        (
+            &["2026-11-22T03:00:00Z"][..],
+            &["2026-11-30", "2026-11-24", "2026-11-23", "2026-11-22"][..],
+        ),
+        // The newest proven: everything the policy lets go, goes.
+        (
+            &["2026-11-24T03:00:00Z", "2026-11-20T03:00:00Z"][..],
+            &["2026-11-30", "2026-11-24"][..],
+        ),
+    ] {
+        let mut p = plan(&snaps, &policy(1, 0, 0, 0, 0), chrono_tz::UTC, now());
+        require_proof(&mut p, &|id: &str| proven.contains(&id), "market");
+        assert_eq!(kept_ids(&p), kept, "proven: {proven:?}");
+        assert_eq!(p.unproven.is_some(), kept.len() > 2, "{p:?}");
+        assert!(p
+            .decisions
+            .iter()
+            .filter(|d| d.keep && !d.reasons.contains(&Reason::Last(1)))
+            .all(|d| d.reasons.contains(&Reason::Unproven) || d.reasons.contains(&Reason::Future)));
+    }
+}
+
+#[test]
+fn deletion_is_mark_then_delete_after_keep_delete_and_a_kept_snapshot_is_unmarked() {
+    let snaps = vec![
+        s("2026-11-22T03:00:00Z", 'u'),
+        s("2026-11-23T03:00:00Z", 'u'),
+        s("2026-11-24T03:00:00Z", 'u'),
+    ];
+    let day = Duration::hours(24);
+    let marked = |id: &str| match &id[..10] {
+        // Marked two days ago: its time is up.
+        "2026-11-22" => Some(now() - day * 2),
+        // Marked an hour ago: it waits.
+        "2026-11-23" => Some(now() - Duration::hours(1)),
+        // Kept by the policy, yet marked: un-marked.
+        "2026-11-24" => Some(now() - Duration::hours(1)),
+        _ => None,
+    };
+    let mut p = plan(&snaps, &policy(1, 0, 0, 0, 0), chrono_tz::UTC, now());
+    apply_marks(&mut p, &marked, day, now());
+    let action = |id: &str| {
+        p.decisions
+            .iter()
+            .find(|d| d.id.starts_with(id))
+            .unwrap()
+            .action
+    };
+    assert_eq!(action("2026-11-22"), Action::Delete);
+    assert_eq!(action("2026-11-23"), Action::Wait);
+    assert_eq!(action("2026-11-24"), Action::Unmark);
+    assert_eq!(p.deletions().count(), 1);
+    // Unmarked ones are marked first; keep_delete 0 deletes at once; a huge one never expires.
+    for (kd, expect) in [
+        (day, Action::Mark),
+        (Duration::zero(), Action::Delete),
+        (Duration::MAX, Action::Mark),
+    ] {
+        let mut p = plan(&snaps, &policy(1, 0, 0, 0, 0), chrono_tz::UTC, now());
+        apply_marks(&mut p, &|_| None, kd, now());
+        assert_eq!(p.decisions[1].action, expect, "keep_delete {kd}");
+        assert_eq!(p.decisions[0].action, Action::Keep);
+    }
+}
+
 fn arb_history() -> impl Strategy<Value = Vec<Candidate>> {
     // Up to 40 snapshots over ~400 days before NOW and a few after it.
     proptest::collection::vec((-400 * 24i64..48, 0u8..3), 0..40).prop_map(|v| {
@@ -389,5 +498,30 @@ proptest! {
         let good = past.iter().filter(|c| c.status != SnapshotStatus::Failed).count();
         let kept_good = plan.decisions.iter().filter(|d| d.keep && d.status != SnapshotStatus::Failed && d.created_at <= now()).count();
         prop_assert!(kept_good >= good.min(policy.keep_last as usize));
+    }
+
+    #[test]
+    fn a_deleted_snapshot_always_has_a_newer_kept_proven_one(
+        snaps in arb_history(),
+        proven_bits in proptest::collection::vec(any::<bool>(), 40),
+        p in (0u32..4, 0u32..8, 0u32..5, 0u32..13, 0u32..3),
+    ) {
+        let proven: Vec<String> = snaps
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| proven_bits[*i] && c.status != SnapshotStatus::Failed)
+            .map(|(_, c)| c.id.clone())
+            .collect();
+        let mut plan = plan(&snaps, &policy(p.0, p.1, p.2, p.3, p.4), chrono_tz::UTC, now());
+        require_proof(&mut plan, &|id: &str| proven.iter().any(|p| p == id), "market");
+        for d in plan.decisions.iter().filter(|d| !d.keep) {
+            prop_assert!(
+                plan.decisions.iter().any(|n| n.keep
+                    && n.created_at > d.created_at
+                    && n.created_at <= now()
+                    && proven.contains(&n.id)),
+                "{} deleted with no newer kept proven snapshot", d.id
+            );
+        }
     }
 }
