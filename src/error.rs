@@ -60,14 +60,6 @@ pub enum Error {
     #[error("integrity check failed for {what}: {detail}")]
     Integrity { what: String, detail: String },
 
-    /// Stored bytes do not match the checksum their manifest recorded.
-    #[error("checksum mismatch for {what}: expected {expected}, got {actual}")]
-    ChecksumMismatch {
-        what: String,
-        expected: String,
-        actual: String,
-    },
-
     /// A snapshot is damaged in some other way (bad manifest, wrong size, bad gzip).
     #[error("snapshot {id} is damaged: {detail}")]
     Damaged { id: String, detail: String },
@@ -95,7 +87,7 @@ pub enum Error {
         how: SourceChange,
     },
 
-    /// The operation was cancelled (shutdown).
+    /// The operation was stopped by a signal (a restore), before it changed anything.
     #[error("cancelled: {0}")]
     Cancelled(String),
 
@@ -126,10 +118,7 @@ impl Error {
     /// The process exit code this error maps to (see the module doc).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Integrity { .. }
-            | Error::ChecksumMismatch { .. }
-            | Error::Damaged { .. }
-            | Error::NoGoodSnapshot(_) => 1,
+            Error::Integrity { .. } | Error::Damaged { .. } | Error::NoGoodSnapshot(_) => 1,
             Error::Config(_)
             | Error::Usage(_)
             | Error::Storage(_)
@@ -178,7 +167,7 @@ impl Error {
 /// The exit code of a run that had outcomes `a` and `b` (one per database): an operational
 /// error (2) outranks bad data (1), which outranks "another guardian was busy" (3), which
 /// outranks ok (0).
-pub fn worst_exit_code(a: u8, b: u8) -> u8 {
+pub(crate) fn worst_exit_code(a: u8, b: u8) -> u8 {
     let rank = |c: u8| match c {
         0 => 0,
         3 => 1,

@@ -1,6 +1,8 @@
 //! guardian: online backups of live SQLite databases, restore drills, and safe restores.
 //!
 //! # Layout
+//! (`pub` modules are what `main.rs` and the tests use; the rest are `pub(crate)`, so the
+//! compiler reports what nothing uses. `docs/ARCHITECTURE.md` shows the layers.)
 //! - [`cli`]: the command line (a contract) and what each command prints (`cli/commands.rs`:
 //!   the database loop of each command); the top layer, imported by nothing.
 //! - [`app`]: the loaded config, the opened store and the keys every command works with.
@@ -37,34 +39,34 @@
 //! - [`lock`]: one backup, drill or prune per database at a time, across processes.
 
 pub mod app;
-pub mod archive;
-pub mod backup;
+pub(crate) mod archive;
+pub(crate) mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod crypto;
+pub(crate) mod crypto;
 pub mod doctor;
 pub mod drill;
-pub mod durable;
+pub(crate) mod durable;
 pub mod error;
-pub mod human;
-pub mod jobs;
-pub mod lock;
+pub(crate) mod human;
+pub(crate) mod jobs;
+pub(crate) mod lock;
 pub mod manifest;
-pub mod metrics;
-pub mod names;
+pub(crate) mod metrics;
+pub(crate) mod names;
 pub mod notify;
 pub mod outcome;
 pub mod output;
 pub mod progress;
 pub mod restore;
 pub mod retention;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod service;
-pub mod snapshot;
-pub mod status;
+pub(crate) mod snapshot;
+pub(crate) mod status;
 pub mod storage;
-pub mod target;
-pub mod verify;
+pub(crate) mod target;
+pub(crate) mod verify;
 
 pub use error::{Error, Result};

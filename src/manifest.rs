@@ -295,10 +295,6 @@ impl SnapshotKey {
         self.object(MANIFEST_OBJECT)
     }
 
-    pub fn data(&self) -> ObjectKey {
-        self.object(DATA_OBJECT)
-    }
-
     /// A drill record's key: `drill-{YYYYMMDDTHHMMSSZ}-{ok|failed}.json`.
     pub fn drill(&self, at: DateTime<Utc>, ok: bool) -> ObjectKey {
         self.object(&format!(

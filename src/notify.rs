@@ -253,12 +253,6 @@ impl Notifier {
         })
     }
 
-    /// A notifier that sends nothing.
-    pub fn disabled() -> Notifier {
-        Notifier::from_config(&NotifyConfig::default())
-            .expect("an empty config has nothing to resolve")
-    }
-
     /// Wait this long between attempts (tests shorten it).
     pub fn with_retry_delay(mut self, d: Duration) -> Notifier {
         self.retry_delay = d;

@@ -42,7 +42,7 @@ macro_rules! errln {
 pub(crate) use errln;
 
 /// Write `args` and a newline to stdout. Never panics.
-pub fn line(args: fmt::Arguments<'_>) {
+pub(crate) fn line(args: fmt::Arguments<'_>) {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return;
     }

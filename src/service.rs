@@ -317,7 +317,7 @@ fn log_drill(r: &DrillReport) {
 ///
 /// # Errors
 /// When the signal handlers cannot be installed.
-pub fn os_signals() -> Result<(impl Future<Output = ()>, impl Future<Output = ()>)> {
+pub(crate) fn os_signals() -> Result<(impl Future<Output = ()>, impl Future<Output = ()>)> {
     use tokio::signal::unix::{signal, SignalKind};
     let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
     let mut term = install(SignalKind::terminate())?;

@@ -9,7 +9,6 @@
 //! This module owns SQLite access for backups, restores and drills; it knows nothing of storage.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -349,15 +348,6 @@ fn hot_journal(path: &Path) -> Error {
         journal.display(),
         path.display()
     ))
-}
-
-/// True when `path` starts with the SQLite header (used to tell data from junk in tests/tools).
-pub fn looks_like_sqlite(path: &Path) -> bool {
-    let mut header = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .is_ok()
-        && &header == b"SQLite format 3\0"
 }
 
 /// Paths of a database's sidecar files: `-wal`, `-shm`, `-journal`.
