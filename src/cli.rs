@@ -4,6 +4,7 @@
 //! it parses arguments, runs jobs through `jobs.rs` and prints; nothing else imports it.
 
 mod commands;
+mod fix;
 
 use std::path::PathBuf;
 
@@ -15,7 +16,7 @@ use crate::catalog;
 use crate::error::{Error, Result};
 use crate::human::{ago, human_age, human_bytes, rfc3339};
 use crate::jobs::Runner;
-use crate::output::{errln, outln};
+use crate::output::{outln, warnln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
 
@@ -176,6 +177,12 @@ fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-24T03:00:00Z)"))
 }
 
+/// The line a command's fatal error is reported with: the error and, where one helps, its fix
+/// (`main` prints it as `guardian: error: …`).
+pub fn describe_error(e: &Error) -> String {
+    fix::describe(None, None, e)
+}
+
 /// Run a parsed command; returns the process exit code for outcomes that are not errors
 /// (e.g. `status` reporting an unhealthy database).
 pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
@@ -264,10 +271,11 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             );
         }
         if c.snapshots.is_empty() {
-            errln!(
-                "guardian: no snapshots of {} in {}",
+            warnln!(
+                "no snapshots of {} in {}; take one with `guardian backup --db {}`",
                 c.db,
-                app.store.location()
+                app.store.location(),
+                c.db
             );
         }
     }

@@ -10,16 +10,20 @@ use tracing_subscriber::EnvFilter;
 use guardian::app::App;
 use guardian::cli::{self, Cli, Command, LogFormat};
 use guardian::config::Config;
-use guardian::error::{chain, Error};
+use guardian::error::Error;
 use guardian::output;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // --help and --version are not errors; usage errors exit 2 (clap's own convention).
+        // --help and --version are not errors; usage errors exit 2 (clap's own convention).
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            usage_error(&e);
+            return ExitCode::from(2);
         }
     };
     init_logging(&cli);
@@ -27,7 +31,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(Error::Reported(code)) => code,
         Err(e) => {
-            output::error_line(format_args!("guardian: error: {}", chain(&e)));
+            output::error(cli::describe_error(&e));
             e.exit_code()
         }
     };
@@ -35,8 +39,8 @@ fn main() -> ExitCode {
     // is (the output is incomplete), so it is said, and the run fails.
     match output::finish() {
         Some(why) => {
-            output::error_line(format_args!(
-                "guardian: error: write results to stdout: {why}; the output above is incomplete"
+            output::error(format_args!(
+                "write results to stdout: {why}; the output above is incomplete"
             ));
             ExitCode::from(code.max(2))
         }
@@ -69,7 +73,42 @@ fn run(cli: Cli) -> guardian::Result<u8> {
     outcome
 }
 
+/// A command line clap refused: `guardian: error: {clap's message}`, then clap's usage lines;
+/// with `--log-format json` (looked for in the raw arguments, since they did not parse) one
+/// JSON line holding both.
+fn usage_error(e: &clap::Error) {
+    let text = e.render().to_string();
+    // Paragraphs: the error (its first line may continue on indented lines), then the usage.
+    let mut paragraphs = text.split("\n\n").map(str::trim).filter(|p| !p.is_empty());
+    let first = paragraphs
+        .next()
+        .unwrap_or("invalid command line")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
+    let rest: Vec<&str> = paragraphs.collect();
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--log-format=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--log-format" && w[1] == "json");
+    if json {
+        output::set_json(true);
+        let usage: Vec<String> = rest.iter().map(|p| p.replace('\n', " ")).collect();
+        output::error(format_args!("{first}; {}", usage.join("; ")));
+        return;
+    }
+    output::error(first);
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n{}\n", rest.join("\n\n")).as_bytes(),
+    );
+}
+
 fn init_logging(cli: &Cli) {
+    output::set_json(cli.log_format == LogFormat::Json);
     // guardian's own events at the chosen level; dependencies one notch quieter, so -vv shows
     // our trace without a flood from the HTTP stack.
     // The AWS credential chain warns about every provider it tries (IMDS, profiles...) with

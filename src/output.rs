@@ -11,12 +11,18 @@
 //! a truncated result never passes for a complete one.
 //!
 //! Error lines on stderr are best effort: when stderr is gone there is nobody left to tell.
+//! They read `guardian: error: {what failed}: {why}; {the fix}` (and `guardian: warning: …`);
+//! with `--log-format json` each is one JSON object like the log lines around it
+//! (`{"timestamp": …, "level": "ERROR", "message": …, "target": "guardian"}`), so that every
+//! line on stderr parses as JSON.
 
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+/// Set by `main` for `--log-format json`: error lines are JSON objects.
+static JSON: AtomicBool = AtomicBool::new(false);
 /// Set once stdout returned EPIPE: later lines are dropped without trying.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 /// The first write error on stdout other than EPIPE.
@@ -33,13 +39,26 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
-/// Print one line on stderr, ignoring a closed stderr.
+/// Print a failure on stderr: `guardian: error: …` (see the module doc).
 macro_rules! errln {
     ($($arg:tt)*) => {
-        $crate::output::error_line(format_args!($($arg)*))
+        $crate::output::error(format_args!($($arg)*))
     };
 }
 pub(crate) use errln;
+
+/// Print a warning on stderr: `guardian: warning: …` (see the module doc).
+macro_rules! warnln {
+    ($($arg:tt)*) => {
+        $crate::output::warning(format_args!($($arg)*))
+    };
+}
+pub(crate) use warnln;
+
+/// Write error and warning lines as JSON objects (`--log-format json`).
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
 
 /// Write `args` and a newline to stdout. Never panics.
 pub(crate) fn line(args: fmt::Arguments<'_>) {
@@ -52,10 +71,33 @@ pub(crate) fn line(args: fmt::Arguments<'_>) {
     }
 }
 
-/// Write `args` and a newline to stderr. Never panics; a closed stderr is ignored.
-pub fn error_line(args: fmt::Arguments<'_>) {
+/// Say on stderr that something failed: `guardian: error: {message}`, or its JSON object.
+pub fn error(message: impl fmt::Display) {
+    stderr_line("ERROR", "error", &message.to_string());
+}
+
+/// Warn on stderr: `guardian: warning: {message}`, or its JSON object.
+pub fn warning(message: impl fmt::Display) {
+    stderr_line("WARN", "warning", &message.to_string());
+}
+
+/// Write one line to stderr. Never panics; a closed stderr is ignored.
+fn stderr_line(level: &str, word: &str, message: &str) {
+    let line = if JSON.load(Ordering::Relaxed) {
+        serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": level,
+            "message": message,
+            "target": "guardian",
+        })
+        .to_string()
+    } else {
+        format!("guardian: {word}: {message}")
+    };
     let mut err = std::io::stderr().lock();
-    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+    let _ = err
+        .write_all(line.as_bytes())
+        .and_then(|()| err.write_all(b"\n"));
 }
 
 fn failed(e: &std::io::Error) {

@@ -7,7 +7,7 @@ use crate::util::{self, TestEnv};
 
 /// Make `env.db` a database whose index `ia` claims to index column `b` while its entries are
 /// those of column `a`: `quick_check` passes, `integrity_check` does not (the issue's repro).
-fn damage_index(env: &TestEnv) {
+pub(crate) fn damage_index(env: &TestEnv) {
     let c = rusqlite::Connection::open(&env.db).unwrap();
     c.execute_batch(
         "DROP TABLE IF EXISTS t;

@@ -5,6 +5,8 @@ mod util;
 
 // The src/ module graph has no import cycles.
 mod architecture;
+// Failure lines: `guardian: error:`, the thing and the fix; all JSON with --log-format json.
+mod errors;
 // Round trips, live writers, damaged snapshots, restores over live databases.
 mod backup_restore;
 // Bad input: one clear line, the documented exit code, no panic; CLI contract fields.

@@ -28,8 +28,7 @@ impl Worst {
 
     /// Report `what` of `db` as failed (or skipped, when another guardian holds the database).
     fn failed(&mut self, what: &str, db: &str, e: &Error) {
-        let verb = if e.is_busy() { "skipped" } else { "failed" };
-        errln!("guardian: {what} of {db} {verb}: {}", chain(e));
+        errln!("{}", super::fix::describe(Some(what), Some(db), e));
         self.add(e.exit_code());
     }
 
@@ -41,13 +40,13 @@ impl Worst {
             Ended::Busy(e) | Ended::Failed(e) => self.failed(what, &out.db, e),
             Ended::Crashed(why) => {
                 errln!(
-                    "guardian: {what} of {} failed: internal error (a bug in guardian): {why}",
+                    "{what} of {} failed: internal error (a bug in guardian): {why}; please report it with the log of this run (-v)",
                     out.db
                 );
                 self.add(out.exit_code());
             }
             Ended::Cancelled => {
-                errln!("guardian: {what} of {} was cancelled", out.db);
+                errln!("{what} of {} was cancelled", out.db);
                 self.add(out.exit_code());
             }
         }
@@ -137,7 +136,10 @@ fn print_rotation(db: &str, rotation: &Rotation, v: &mut serde_json::Value, json
             v["rotation"] = conclude(r, json);
         }
         Some(Err(e)) => {
-            errln!("guardian: the rotation drill of {db} failed: {}", chain(e));
+            errln!(
+                "{}",
+                super::fix::describe(Some("the rotation drill"), Some(db), e)
+            );
             v["rotation_error"] = chain(e).into();
         }
     }
@@ -149,7 +151,11 @@ fn conclude(r: &DrillReport, json: bool) -> serde_json::Value {
         print_drill(r);
     }
     if let Err(why) = &r.record {
-        errln!("guardian: {why}");
+        errln!(
+            "{why}; the drill itself ran: check the store with `guardian doctor`, then drill again with `guardian drill --db {} --snapshot {}`",
+            r.db,
+            r.snapshot
+        );
     }
     let mut v = serde_json::to_value(r).expect("report serializes");
     v["record"] = serde_json::json!(r.record.as_ref().ok());
@@ -203,9 +209,10 @@ pub(super) async fn verify(runner: &Runner, args: VerifyArgs) -> Result<u8> {
         if results.is_empty() {
             // Nothing verified is not a pass (the exit code says so too).
             errln!(
-                "guardian: no snapshots of {} in {}; nothing to verify",
+                "no snapshots of {} in {}; nothing to verify: take one with `guardian backup --db {}`",
                 db.name,
-                runner.app().store.location()
+                runner.app().store.location(),
+                db.name
             );
         }
         if !args.json {
