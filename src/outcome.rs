@@ -4,8 +4,10 @@
 //! backup failed". [`record`] writes one small record per attempt, success or failure, in two
 //! places: `{db}/last-backup.json` in the store (beside the snapshots, so a `status` on any host
 //! sees it) and `guardian-{db}.last-backup.json` in the staging folder (so a failure to reach
-//! the store is recorded too). [`last`] reads both and returns the newer one; `status` is
-//! unhealthy while the last attempt failed and no snapshot taken after it exists.
+//! the store is recorded too; after a failure of the store itself only there, so that a store
+//! that is down fails the backup in bounded time). [`last`] reads both and returns the newer
+//! one; `status` is unhealthy while the last attempt failed and no snapshot taken after it
+//! exists.
 //!
 //! Writing the record never changes a backup's outcome: a record that cannot be written is a
 //! warning.
@@ -86,6 +88,12 @@ pub async fn record(
     let path = local_path(staging_dir, db);
     if let Err(e) = write_local(&path, &body) {
         tracing::warn!(path = %path.display(), error = %e, "could not record the backup's outcome in the staging folder");
+    }
+    // A backup that failed because the store failed: writing there too would only wait out
+    // another round of retries (a store that is down must fail the backup in bounded time);
+    // the local record is what `status` on this host reads.
+    if matches!(result, Err(Error::Storage(_))) {
+        return;
     }
     let key = store_key(db);
     if let Err(e) = store
