@@ -56,7 +56,7 @@ pub mod manifest;
 pub(crate) mod metrics;
 pub(crate) mod names;
 pub mod notify;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod output;
 pub mod progress;
 pub mod restore;

@@ -27,17 +27,17 @@ use crate::config::{NotifyConfig, HEARTBEAT_ENV, WEBHOOK_ENV};
 use crate::error::{Error, Result};
 
 /// Attempts per notification.
-pub const ATTEMPTS: u32 = 3;
+pub(crate) const ATTEMPTS: u32 = 3;
 /// Time limit of one attempt when `notify.timeout` is not set.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A URL that may carry a token: shown as `scheme://host/…` only.
 #[derive(Clone)]
-pub struct SecretUrl(String);
+pub(crate) struct SecretUrl(String);
 
 impl SecretUrl {
     /// Only the scheme and authority (host and port): safe to log.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         match self.0.parse::<http::Uri>() {
             Ok(u) => format!(
                 "{}://{}/…",
@@ -105,7 +105,7 @@ pub enum Event {
 
 impl Event {
     /// Machine-readable name, e.g. `backup_failed`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Event::BackupOk { .. } => "backup_ok",
             Event::BackupFailed { .. } => "backup_failed",
@@ -120,7 +120,7 @@ impl Event {
         matches!(self, Event::BackupOk { .. } | Event::DrillOk { .. })
     }
 
-    pub fn db(&self) -> &str {
+    pub(crate) fn db(&self) -> &str {
         match self {
             Event::BackupOk { db, .. }
             | Event::BackupFailed { db, .. }
@@ -132,7 +132,7 @@ impl Event {
     }
 
     /// One line for humans (the Slack `text`).
-    pub fn text(&self, host: &str) -> String {
+    pub(crate) fn text(&self, host: &str) -> String {
         match self {
             Event::BackupOk {
                 db,
@@ -259,13 +259,8 @@ impl Notifier {
         self
     }
 
-    /// True when any target is configured.
-    pub fn is_enabled(&self) -> bool {
-        self.client.is_some()
-    }
-
     /// Where alerts go, redacted (`scheme://host/…`), for `doctor`; `None` when nowhere.
-    pub fn targets(&self) -> Option<String> {
+    pub(crate) fn targets(&self) -> Option<String> {
         let mut parts = Vec::new();
         if let Some(w) = &self.webhook {
             parts.push(format!("webhook {}", w.redacted()));
@@ -331,7 +326,7 @@ impl Notifier {
 
     /// A backup of `db` begins: ping `<heartbeat_url>/start` in the background. Await
     /// [`StartPing::done`] before sending the backup's outcome, so the pings arrive in order.
-    pub fn backup_started(&self, db: &str) -> StartPing {
+    pub(crate) fn backup_started(&self, db: &str) -> StartPing {
         let (Some(client), Some(url)) = (self.client.clone(), self.heartbeat.as_ref()) else {
             return StartPing::default();
         };
@@ -422,7 +417,7 @@ impl Notifier {
 /// The `/start` ping of a backup, in flight (see [`Notifier::backup_started`]).
 #[derive(Debug, Default)]
 #[must_use = "await done() before sending the backup's outcome, so the pings arrive in order"]
-pub struct StartPing(Option<tokio::task::JoinHandle<()>>);
+pub(crate) struct StartPing(Option<tokio::task::JoinHandle<()>>);
 
 impl StartPing {
     /// Wait until the ping was delivered or given up (each attempt has its time limit).

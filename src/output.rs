@@ -77,7 +77,7 @@ pub fn error(message: impl fmt::Display) {
 }
 
 /// Warn on stderr: `guardian: warning: {message}`, or its JSON object.
-pub fn warning(message: impl fmt::Display) {
+pub(crate) fn warning(message: impl fmt::Display) {
     stderr_line("WARN", "warning", &message.to_string());
 }
 

@@ -18,7 +18,7 @@ pub fn set_interactive(on: bool) {
 
 /// One long step in progress.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     step: &'static str,
     db: String,
@@ -27,7 +27,7 @@ pub struct Progress {
 
 impl Progress {
     /// Start a step of `total` bytes (if known).
-    pub fn start(step: &'static str, db: &str, total: Option<u64>) -> Self {
+    pub(crate) fn start(step: &'static str, db: &str, total: Option<u64>) -> Self {
         let bar = INTERACTIVE.load(Ordering::Relaxed).then(|| {
             let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
             let template = if total.is_some() {
@@ -52,14 +52,14 @@ impl Progress {
     }
 
     /// Report the position (bytes done).
-    pub fn set(&self, done: u64) {
+    pub(crate) fn set(&self, done: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
         }
     }
 
     /// End the step; `bytes` is its size for the rate.
-    pub fn finish(self, bytes: u64) {
+    pub(crate) fn finish(self, bytes: u64) {
         let secs = self.started.elapsed().as_secs_f64();
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -90,7 +90,7 @@ impl Drop for Progress {
 
 impl Progress {
     /// The bar, for a helper thread that updates it (None when logging lines).
-    pub fn clone_bar(&self) -> Option<ProgressBar> {
+    pub(crate) fn clone_bar(&self) -> Option<ProgressBar> {
         self.bar.clone()
     }
 }

@@ -233,3 +233,30 @@ fn src_modules_have_no_import_cycles() {
          (a new cycle: break it with a leaf module; a known one gone: delete it from the list)"
     );
 }
+
+/// `lib.rs`'s layout map has one line per module, so a newcomer finds any behaviour in one hop.
+#[test]
+fn the_lib_rs_layout_map_names_every_module() {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("read lib.rs");
+    let declared: BTreeSet<&str> = lib
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("pub(crate) mod "))
+                .or_else(|| l.strip_prefix("mod "))?;
+            l.strip_suffix(';')
+        })
+        .collect();
+    assert!(declared.len() > 10, "{declared:?}");
+    let mapped: BTreeSet<&str> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! - [`")?.split('`').next())
+        .collect();
+    assert_eq!(
+        declared, mapped,
+        "modules declared vs. lines in the layout map of src/lib.rs"
+    );
+}
