@@ -6,7 +6,7 @@
 mod commands;
 mod fix;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -69,6 +69,142 @@ pub enum Command {
     /// Check config, databases, credentials and the store (probe object, conditional writes,
     /// multipart, clock skew); one pass/warn/fail line each, exit 1 on any failure
     Doctor,
+    /// Write a commented starter config for one database and a store, then run doctor on it
+    Init(InitArgs),
+    /// Print a shell completion script (bash, zsh, fish); needs no config
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout; needs no config
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The SQLite database to guard
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+    /// Where snapshots go: a local folder, or s3://BUCKET/PREFIX [default: a `guardian-store`
+    /// folder next to the config]
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub store: Option<String>,
+    /// The database's name in the config [default: derived from the file name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Commands that need no config (init writes one): run them, or `None` for every other command.
+pub async fn dispatch_standalone(config: Option<&Path>, command: &Command) -> Option<Result<u8>> {
+    Some(match command {
+        Command::Completions(args) => completions(args.shell),
+        Command::Man => man(),
+        Command::Init(args) => init(config, args).await,
+        _ => return None,
+    })
+}
+
+async fn init(config: Option<&Path>, args: &InitArgs) -> Result<u8> {
+    let req = crate::init::InitRequest {
+        config: config.map_or_else(|| crate::init::DEFAULT_CONFIG.into(), Into::into),
+        db: args.db.clone(),
+        store: args.store.clone(),
+        name: args.name.clone(),
+    };
+    let w = crate::init::write(&req)?;
+    let store = match &w.store {
+        crate::init::StoreSpec::Local(p) => p.display().to_string(),
+        crate::init::StoreSpec::S3 { bucket, prefix } => {
+            format!("s3://{bucket}/{}", prefix.as_deref().unwrap_or(""))
+        }
+    };
+    outln!(
+        "wrote {} (mode 0600): database {} ({}), store {store}",
+        w.config.display(),
+        w.name,
+        w.db.display()
+    );
+    for warning in &w.warnings {
+        outln!("warning: {warning}");
+    }
+    outln!("checking it as `guardian doctor` does:");
+    let report = crate::doctor::run(Some(&w.config)).await;
+    let code = report.print();
+    let cfg = crate::init::shell_word(&w.config.to_string_lossy());
+    if code != 0 {
+        errln!(
+            "guardian: error: {} was written, but doctor found the failures above; fix them (edit the file), then run `guardian --config {cfg} doctor`",
+            w.config.display()
+        );
+        return Ok(code);
+    }
+    outln!("next:");
+    outln!("  guardian --config {cfg} backup    # the first snapshot, now");
+    outln!(
+        "  guardian --config {cfg} run       # the service: schedules, /metrics, the status page"
+    );
+    Ok(0)
+}
+
+/// Write the completion script for `shell` to stdout.
+pub fn completions(shell: clap_complete::Shell) -> Result<u8> {
+    use clap::CommandFactory;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "guardian", &mut buf);
+    outln!("{}", String::from_utf8_lossy(&buf).trim_end());
+    Ok(0)
+}
+
+/// Write the man page (roff) to stdout: the top command, then a section per subcommand with
+/// its synopsis and options (one page, as `man guardian` should show everything).
+pub fn man() -> Result<u8> {
+    use clap::CommandFactory;
+    let failed = |e| Error::io("render the man page", "-", e);
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut page)
+        .map_err(failed)?;
+    for sub in cmd.get_subcommands() {
+        let name = format!("guardian {}", sub.get_name());
+        let sub = sub
+            .clone()
+            .bin_name(name.clone())
+            .display_name(name.clone());
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        page.extend_from_slice(
+            format!(".SH \"{}\"\n{}\n", name.to_uppercase(), roff_text(&about)).as_bytes(),
+        );
+        let m = clap_mangen::Man::new(sub);
+        let mut part = Vec::new();
+        m.render_synopsis_section(&mut part).map_err(failed)?;
+        m.render_options_section(&mut part).map_err(failed)?;
+        // Subsections of this command's section.
+        let part = String::from_utf8_lossy(&part).replace(".SH ", ".SS ");
+        page.extend_from_slice(part.as_bytes());
+    }
+    outln!("{}", String::from_utf8_lossy(&page).trim_end());
+    Ok(0)
+}
+
+/// Plain text as a roff paragraph: a leading dot or quote would be read as a request, and a
+/// backslash as an escape.
+fn roff_text(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let l = l.replace('\\', "\\e");
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +337,11 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
         Command::Verify(args) => commands::verify(&Runner::new(app.clone())?, args).await,
         Command::Prune(args) => commands::prune(&Runner::new(app.clone())?, args).await,
         Command::Doctor => Ok(crate::doctor::check(&app.config).await.print()),
+        Command::Init(_) | Command::Completions(_) | Command::Man => {
+            dispatch_standalone(app.config.file.as_deref(), &command)
+                .await
+                .expect("a standalone command")
+        }
     }
 }
 

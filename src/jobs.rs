@@ -495,6 +495,9 @@ impl Runner {
                 // One verdict for the job: a damaged older snapshot fails it like a damaged newest.
                 let all_ok = latest.ok && older.is_none_or(|o| o.as_ref().is_ok_and(|r| r.ok));
                 m.drill_finished(&db.name, all_ok);
+                if all_ok {
+                    m.drill_passed(&db.name, latest.seconds);
+                }
                 let reports = std::iter::once(latest).chain(older.and_then(|o| o.as_ref().ok()));
                 for r in reports {
                     if r.record.is_err() {
@@ -517,6 +520,11 @@ impl Runner {
             Ended::Failed(_) | Ended::Crashed(_) => m.outcome(&db.name, name, "failed"),
             Ended::Busy(_) => m.outcome(&db.name, name, "skipped"),
             Ended::Cancelled => m.outcome(&db.name, name, "cancelled"),
+        }
+        match &out.ended {
+            Ended::Failed(e) => m.failure(&db.name, name, chain(e)),
+            Ended::Crashed(why) => m.failure(&db.name, name, format!("crashed: {why}")),
+            _ => {}
         }
         if matches!(out.ended, Ended::Done(_) | Ended::Failed(_)) {
             match catalog::load(&self.app.store, &db.name).await {

@@ -28,7 +28,9 @@
 //! - [`service`]: `guardian run`: one run per database at a time, jitter, logging job
 //!   outcomes, graceful shutdown.
 //! - [`metrics`]: the service's Prometheus metrics and `/healthz`.
+//! - [`statuspage`]: the status page of `guardian run` (`/`, `/status.json`): HTML + inline SVG.
 //! - [`notify`]: webhook and heartbeat alerts.
+//! - [`init`]: `guardian init`: a commented starter config, checked before it is written.
 //! - [`doctor`]: checks of config, databases, credentials and the store, one line each.
 //! - [`output`]: result lines on stdout, error lines on stderr; a closed pipe never panics.
 //! - [`progress`]: progress bars on a terminal, start/end log lines elsewhere.
@@ -50,6 +52,7 @@ pub mod drill;
 pub(crate) mod durable;
 pub mod error;
 pub(crate) mod human;
+pub(crate) mod init;
 pub(crate) mod jobs;
 pub(crate) mod lock;
 pub mod manifest;
@@ -65,6 +68,7 @@ pub(crate) mod schedule;
 pub mod service;
 pub(crate) mod snapshot;
 pub(crate) mod status;
+pub(crate) mod statuspage;
 pub mod storage;
 pub(crate) mod target;
 pub(crate) mod verify;

@@ -53,6 +53,12 @@ fn run(cli: Cli) -> guardian::Result<u8> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("start async runtime", "-", e))?;
+    if let Some(outcome) = runtime.block_on(cli::dispatch_standalone(
+        cli.config.as_deref(),
+        &cli.command,
+    )) {
+        return outcome;
+    }
     if let Command::Doctor = cli.command {
         // doctor reports a broken config as a failed check line, so it loads the config itself.
         return Ok(runtime

@@ -1,5 +1,6 @@
 //! The service's numbers, and the tiny HTTP listener that serves them: `/metrics` (Prometheus
-//! text format) and `/healthz` (liveness).
+//! text format), `/healthz` (liveness), and the status page (`/` and `/status.json`, rendered by
+//! `statuspage`).
 //!
 //! A `*_last_success_*` value changes only when something succeeded: a failure never resets
 //! it, so `time() - guardian_backup_last_success_timestamp_seconds > 26h` stays a true alarm.
@@ -40,6 +41,8 @@ struct DbValues {
     runs: BTreeMap<(&'static str, &'static str), u64>,
     failures: BTreeMap<&'static str, u64>,
     running: BTreeMap<&'static str, bool>,
+    /// What the status page shows (catalog, failures, the last proven restore time).
+    page: crate::statuspage::DbInput,
 }
 
 /// All metrics of one service; shared by the jobs and the listener.
@@ -67,6 +70,51 @@ impl Metrics {
         Metrics {
             dbs: Mutex::new(map),
         }
+    }
+
+    /// Give the status page each database's config and the store's location.
+    pub fn describe(&self, dbs: &[crate::config::DatabaseConfig], store: &str) {
+        for db in dbs {
+            self.with(&db.name, |v| {
+                v.page.config = Some(db.clone());
+                v.page.store = store.to_string();
+            });
+        }
+    }
+
+    /// A job failed with this error line (shown, escaped, on the status page).
+    pub fn failure(&self, db: &str, job: &str, error: String) {
+        let now = Utc::now();
+        self.with(db, |v| {
+            let f = &mut v.page.failures;
+            if f.len() >= crate::statuspage::MAX_FAILURES {
+                f.remove(0);
+            }
+            f.push(crate::statuspage::Failure {
+                at: crate::human::rfc3339(now),
+                at_time: now,
+                job: job.to_string(),
+                error,
+            });
+        });
+    }
+
+    /// A drill passed after `seconds` (the last proven restore time).
+    pub fn drill_passed(&self, db: &str, seconds: f64) {
+        let now = Utc::now();
+        self.with(db, |v| v.page.last_passed_drill = Some((now, seconds)));
+    }
+
+    /// The status page's data.
+    pub fn status_data(&self) -> crate::statuspage::StatusData {
+        let inputs: Vec<_> = self
+            .dbs
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .iter()
+            .map(|(db, v)| (db.clone(), v.page.clone()))
+            .collect();
+        crate::statuspage::data(&inputs, Utc::now())
     }
 
     fn with(&self, db: &str, f: impl FnOnce(&mut DbValues)) {
@@ -102,6 +150,7 @@ impl Metrics {
             .map(|d| secs(d.at))
             .reduce(f64::max);
         self.with(&catalog.db, |v| {
+            v.page.catalog = Some(catalog.clone());
             v.snapshots = Some(count);
             v.snapshot_bytes = Some(bytes);
             v.backup_last_success = max(v.backup_last_success, newest);
@@ -341,11 +390,22 @@ fn respond(
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
+        (&hyper::Method::GET, "/") => (
+            200,
+            "text/html; charset=utf-8",
+            crate::statuspage::html(&metrics.status_data()),
+        ),
+        (&hyper::Method::GET, "/status.json") => (
+            200,
+            "application/json",
+            serde_json::to_string_pretty(&metrics.status_data()).expect("status data serializes")
+                + "\n",
+        ),
         (&hyper::Method::GET, "/healthz") => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
         (&hyper::Method::GET, _) => (
             404,
             "text/plain; charset=utf-8",
-            "not found; try /metrics or /healthz\n".into(),
+            "not found; try /, /status.json, /metrics or /healthz\n".into(),
         ),
         _ => (
             405,

@@ -85,6 +85,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(
         app.config.databases.iter().map(|d| d.name.as_str()),
     ));
+    metrics.describe(&app.config.databases, &app.store.location());
     observe_store(&app, &metrics).await;
     let cancel = CancellationToken::new();
     let shared = Arc::new(Shared {

@@ -14,6 +14,8 @@ mod cli;
 // Hostile inputs: FIFOs, sockets, devices and folders as databases or targets, non-SQLite
 // files, hot journals, targets inside the store: refused at once, nothing hangs or changes.
 mod inputs;
+// Install and set-up: completions, man page, `guardian init`, systemd units, alert rules.
+mod install;
 // Every config/*.toml parses and validates; the example documents every key.
 mod config;
 // SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
@@ -41,6 +43,8 @@ mod service;
 // Damage quick_check cannot see: refused by default; retention keeps what came before it until
 // a newer snapshot is proven; restore --check restores a broken index when nothing else passes.
 mod silent_damage;
+// The status page of `guardian run`: `/` and `/status.json` over HTTP, escaping.
+mod status_page;
 // Hard sources: fast writers in another process, open write transactions, a source removed mid-backup.
 mod sources;
 // `verify`: bit rot found without SQLite, per snapshot.
