@@ -77,11 +77,13 @@ pub fn write(req: &InitRequest) -> Result<Written> {
                 config_dir.display()
             )))
         }
-        Err(_) => return Err(Error::Usage(format!(
+        Err(_) => {
+            return Err(Error::Usage(format!(
             "folder {} does not exist; create it first (mkdir -p {}) or give another --config FILE",
             config_dir.display(),
             config_dir.display()
-        ))),
+        )))
+        }
     }
 
     // The database: a SQLite file that exists now (FIFOs, folders and devices are refused

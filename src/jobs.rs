@@ -528,7 +528,12 @@ impl Runner {
         }
         if matches!(out.ended, Ended::Done(_) | Ended::Failed(_)) {
             match catalog::load(&self.app.store, &db.name).await {
-                Ok(c) => m.observe_catalog(&c),
+                Ok(c) => {
+                    m.observe_catalog(&c);
+                    let staging = self.app.config.backup.staging_dir();
+                    let attempt = crate::outcome::last(&self.app.store, &staging, &db.name).await;
+                    m.observe_attempt(&db.name, attempt);
+                }
                 Err(e) => {
                     tracing::debug!(db = %db.name, error = %chain(&e), "could not refresh snapshot metrics")
                 }

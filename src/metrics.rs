@@ -82,6 +82,11 @@ impl Metrics {
         }
     }
 
+    /// The last recorded backup attempt (from any process), for the status page's health.
+    pub fn observe_attempt(&self, db: &str, attempt: Option<crate::outcome::Attempt>) {
+        self.with(db, |v| v.page.attempt = attempt);
+    }
+
     /// A job failed with this error line (shown, escaped, on the status page).
     pub fn failure(&self, db: &str, job: &str, error: String) {
         let now = Utc::now();
@@ -101,8 +106,16 @@ impl Metrics {
 
     /// A drill passed after `seconds` (the last proven restore time).
     pub fn drill_passed(&self, db: &str, seconds: f64) {
-        let now = Utc::now();
-        self.with(db, |v| v.page.last_passed_drill = Some((now, seconds)));
+        self.drill_passed_at(db, Utc::now(), seconds);
+    }
+
+    /// A drill passed at `at` after `seconds`; an older one never replaces a newer one.
+    pub fn drill_passed_at(&self, db: &str, at: DateTime<Utc>, seconds: f64) {
+        self.with(db, |v| {
+            if v.page.last_passed_drill.is_none_or(|(t, _)| at >= t) {
+                v.page.last_passed_drill = Some((at, seconds));
+            }
+        });
     }
 
     /// The status page's data.

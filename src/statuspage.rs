@@ -45,9 +45,11 @@ pub struct DbInput {
     pub store: String,
     /// The newest catalog read from the store.
     pub catalog: Option<Catalog>,
+    /// The last recorded backup attempt (`outcome::last`), as `guardian status` uses it.
+    pub attempt: Option<crate::outcome::Attempt>,
     /// The newest failures first is not required: they are sorted when rendered.
     pub failures: Vec<Failure>,
-    /// Seconds the last passed drill took (restore and every check), and when it passed.
+    /// When the last passed drill ran and how many seconds it took (restore and every check).
     pub last_passed_drill: Option<(DateTime<Utc>, f64)>,
 }
 
@@ -153,7 +155,8 @@ fn db_page(name: &str, input: &DbInput, now: DateTime<Utc>) -> DbPage {
     };
     let since = now - Duration::days(TIMELINE_DAYS);
     if let (Some(catalog), Some(config)) = (&input.catalog, &input.config) {
-        let s = crate::status::summarize(config, catalog, input.store.clone());
+        let s =
+            crate::status::summarize(config, catalog, input.attempt.as_ref(), input.store.clone());
         page.health = if s.healthy { "ok" } else { "unhealthy" };
         page.problems = s.problems;
         let newest = catalog.snapshots.iter().max_by_key(|s| s.created_at);
@@ -347,7 +350,7 @@ pub fn html(d: &StatusData) -> String {
                 "Last proven restore",
                 db.last_proven_restore_seconds
                     .map_or(DASH.into(), |s| format!("{s:.1} s")),
-                "time of the last passed drill run by this service",
+                "how long the last passed drill took",
             ),
             (
                 "Store usage",
@@ -486,7 +489,7 @@ section{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:14px 
 svg.timeline{width:100%;height:auto;display:block}\
 .axis{stroke:#c9ced4}.grid{stroke:#eef0f2}.lbl{font-size:12px;fill:#69737f}\
 .tick{font-size:11px;fill:#8a929c;text-anchor:middle}\
-.m-ok{fill:#1f8a4c}.m-unv{fill:#9aa3ad}.m-bad{fill:#c62f2f}.x{stroke:#c62f2f;stroke-width:2.5}\
+.m-ok{fill:#1f8a4c}.m-unv{fill:#9aa3ad}.m-bad{fill:#c62f2f}.dot.m-ok{background:#1f8a4c}.dot.m-unv{background:#9aa3ad}.dot.m-bad{background:#c62f2f}.x{stroke:#c62f2f;stroke-width:2.5}\
 .legend{margin-top:4px}.dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin:0 4px 0 10px}\
 .xx{color:#c62f2f;margin:0 2px 0 10px}\
 .failure{background:#fdf0f0;border:1px solid #f2c9c9;border-radius:6px;padding:8px 10px;margin:10px 0 0}\
