@@ -16,7 +16,7 @@ use crate::catalog;
 use crate::error::{Error, Result};
 use crate::human::{ago, human_age, human_bytes, rfc3339};
 use crate::jobs::Runner;
-use crate::output::{outln, warnln};
+use crate::output::{errln, outln, warnln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
 
@@ -129,7 +129,7 @@ async fn init(config: Option<&Path>, args: &InitArgs) -> Result<u8> {
         w.db.display()
     );
     for warning in &w.warnings {
-        outln!("warning: {warning}");
+        warnln!("{warning}");
     }
     outln!("checking it as `guardian doctor` does:");
     let report = crate::doctor::run(Some(&w.config)).await;
@@ -137,7 +137,7 @@ async fn init(config: Option<&Path>, args: &InitArgs) -> Result<u8> {
     let cfg = crate::init::shell_word(&w.config.to_string_lossy());
     if code != 0 {
         errln!(
-            "guardian: error: {} was written, but doctor found the failures above; fix them (edit the file), then run `guardian --config {cfg} doctor`",
+            "{} was written, but doctor found the failures above; fix them (edit the file), then run `guardian --config {cfg} doctor`",
             w.config.display()
         );
         return Ok(code);

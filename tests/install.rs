@@ -303,7 +303,11 @@ fn init_store_on_the_same_disk_warns_and_s3_store_is_written() {
         ],
     )
     .ok();
-    assert!(r.stdout.contains("warning: the store"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("guardian: warning: the store"),
+        "{}",
+        r.stderr
+    );
 
     // s3: the config names the bucket and prefix; doctor runs (and fails without a server),
     // the file stays for the user to fix, and the exit code says so.
