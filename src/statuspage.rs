@@ -348,8 +348,15 @@ pub fn html(d: &StatusData) -> String {
             ("Last drill", drill, "restore into scratch, every check"),
             (
                 "Last proven restore",
-                db.last_proven_restore_seconds
-                    .map_or(DASH.into(), |s| format!("{s:.1} s")),
+                db.last_proven_restore_seconds.map_or(DASH.into(), |s| {
+                    if s < 1.0 {
+                        format!("{:.0} ms", (s * 1000.0).max(1.0))
+                    } else if s < 10.0 {
+                        format!("{s:.2} s")
+                    } else {
+                        human_age(s.round() as i64)
+                    }
+                }),
                 "how long the last passed drill took",
             ),
             (
