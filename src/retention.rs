@@ -185,32 +185,48 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
         })
         .collect();
 
-    let newest_past = decisions.iter().find(|d| d.created_at <= now);
-    let hold = if policy.is_empty() {
-        Some("no retention rule is set; every snapshot is kept".to_string())
-    } else {
-        newest_past
-            .filter(|d| d.status == SnapshotStatus::Failed)
-            .map(|n| {
-                format!(
-                "the newest snapshot {} is failed; nothing is deleted until a good backup exists",
-                n.id
-            )
-            })
-    };
-    if let Some(h) = &hold {
+    if let Some(h) = hold(&decisions, policy, now) {
         for d in &mut decisions {
             d.keep = true;
             d.reasons.push(Reason::Hold);
         }
         return Plan {
             decisions,
-            hold: Some(h.clone()),
+            hold: Some(h),
             unproven: None,
         };
     }
+    apply_rules(&mut decisions, policy, tz, now);
+    keep_evidence_and_expire(&mut decisions, now);
+    Plan {
+        decisions,
+        hold: None,
+        unproven: None,
+    }
+}
 
-    // The slot rules, over good snapshots in the past, newest first.
+/// Why nothing may be deleted at all: no rule is set, or the newest snapshot (in the past) is
+/// failed, so no good backup replaces what would go.
+fn hold(decisions: &[Decision], policy: &RetentionConfig, now: DateTime<Utc>) -> Option<String> {
+    if policy.is_empty() {
+        return Some("no retention rule is set; every snapshot is kept".to_string());
+    }
+    decisions
+        .iter()
+        .find(|d| d.created_at <= now)
+        .filter(|d| d.status == SnapshotStatus::Failed)
+        .map(|n| {
+            format!(
+                "the newest snapshot {} is failed; nothing is deleted until a good backup exists",
+                n.id
+            )
+        })
+}
+
+/// The slot rules (`keep_last`, then one per day, week, month and year, in `tz`) over good
+/// snapshots in the past, newest first (`decisions` is sorted so); future ones are kept apart,
+/// and the newest verified snapshot is always kept.
+fn apply_rules(decisions: &mut [Decision], policy: &RetentionConfig, tz: Tz, now: DateTime<Utc>) {
     let mut last_left = policy.keep_last;
     let mut rank = 0;
     type Bucket = (
@@ -234,7 +250,7 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
             t.format("%Y").to_string()
         }),
     ];
-    for d in &mut decisions {
+    for d in decisions.iter_mut() {
         if d.created_at > now {
             d.keep = true;
             d.reasons.push(Reason::Future);
@@ -269,12 +285,17 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
         d.keep = true;
         d.reasons.push(Reason::NewestVerified);
     }
+}
+
+/// Failed snapshots no older than the oldest kept good one stay as evidence; everything else
+/// no rule kept is to be deleted.
+fn keep_evidence_and_expire(decisions: &mut [Decision], now: DateTime<Utc>) {
     let oldest_kept = decisions
         .iter()
         .filter(|d| d.keep && d.status != SnapshotStatus::Failed && d.created_at <= now)
         .map(|d| d.created_at)
         .min();
-    for d in &mut decisions {
+    for d in decisions.iter_mut() {
         if d.status == SnapshotStatus::Failed
             && d.created_at <= now
             && oldest_kept.is_some_and(|o| d.created_at >= o)
@@ -286,11 +307,6 @@ pub fn plan(snapshots: &[Candidate], policy: &RetentionConfig, tz: Tz, now: Date
             d.reasons.push(Reason::Expired);
             d.action = Action::Delete;
         }
-    }
-    Plan {
-        decisions,
-        hold: None,
-        unproven: None,
     }
 }
 
@@ -451,8 +467,29 @@ pub async fn prune(
 ) -> Result<PruneReport> {
     let catalog = catalog::load(store, &db.name).await?;
     let now = Utc::now();
+    let mut report = PruneReport {
+        db: db.name.clone(),
+        policy: db.retention.clone(),
+        plan: plan_with_marks(db, &catalog, now),
+        // Orphans are not snapshots: a hold (no policy, a failed newest snapshot) keeps every
+        // snapshot, but what interrupted backups left is removed after a day all the same.
+        orphans: plan_orphans(&catalog, now),
+        deleted: Vec::new(),
+        marked: Vec::new(),
+        unmarked: Vec::new(),
+        dry_run,
+    };
+    if !dry_run {
+        apply(store, db, &mut report, now).await?;
+    }
+    Ok(report)
+}
+
+/// The policy's plan, with the deletion marks already in the store turned into actions
+/// (mark, delete once `keep_delete` has passed, unmark).
+fn plan_with_marks(db: &DatabaseConfig, catalog: &Catalog, now: DateTime<Utc>) -> Plan {
     let policy = db.retention.clone().unwrap_or_default();
-    let mut plan = plan_for(db, &catalog, now);
+    let mut plan = plan_for(db, catalog, now);
     let marked_at = |id: &str| {
         catalog
             .snapshots
@@ -465,22 +502,17 @@ pub async fn prune(
     if db.retention.is_none() {
         plan.hold = Some("no [databases.retention] table; every snapshot is kept".into());
     }
-    // Orphans are not snapshots: a hold (no policy, a failed newest snapshot) keeps every
-    // snapshot, but what interrupted backups left is removed after a day all the same.
-    let orphans = plan_orphans(&catalog, now);
-    let mut report = PruneReport {
-        db: db.name.clone(),
-        policy: db.retention.clone(),
-        plan,
-        orphans,
-        deleted: Vec::new(),
-        marked: Vec::new(),
-        unmarked: Vec::new(),
-        dry_run,
-    };
-    if dry_run {
-        return Ok(report);
-    }
+    plan
+}
+
+/// Carry out a report's plan: take back marks, mark, delete (the manifest first), then delete
+/// old orphans; each done step is recorded in the report.
+async fn apply(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    report: &mut PruneReport,
+    now: DateTime<Utc>,
+) -> Result<()> {
     for d in report.plan.deletions() {
         let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
         info!(id = %d.id, created_at = %rfc3339(d.created_at), reasons = %reasons.join(", "), "deleting snapshot");
@@ -491,22 +523,14 @@ pub async fn prune(
             id: id.parse().map_err(crate::error::Error::Usage)?,
         })
     };
-    for d in report
-        .plan
-        .with_action(Action::Unmark)
-        .cloned()
-        .collect::<Vec<_>>()
-    {
+    let of = |action| -> Vec<Decision> { report.plan.with_action(action).cloned().collect() };
+    let (unmark, mark) = (of(Action::Unmark), of(Action::Mark));
+    for d in unmark {
         info!(id = %d.id, "the snapshot is needed again; taking back its deletion mark");
         store.delete(&key(&d.id)?.tombstone()).await?;
         report.unmarked.push(d.id);
     }
-    for d in report
-        .plan
-        .with_action(Action::Mark)
-        .cloned()
-        .collect::<Vec<_>>()
-    {
+    for d in mark {
         let delete_after = d.delete_after.unwrap_or(now);
         info!(id = %d.id, delete_after = %rfc3339(delete_after), "marking snapshot for deletion");
         let body = serde_json::json!({
@@ -544,7 +568,7 @@ pub async fn prune(
         delete_folder(store, &db.name, &id).await?;
         report.deleted.push(id);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Delete every object of a snapshot folder, the manifest first.

@@ -1,11 +1,11 @@
 //! `guardian status`: per database, the newest snapshot, its age, the last drill, totals, and
 //! a health verdict a monitor can act on (exit 1 when any database is unhealthy).
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::app::App;
-use crate::catalog::{self, Catalog, SnapshotStatus};
+use crate::catalog::{self, Catalog, SnapshotEntry, SnapshotStatus};
 use crate::config::DatabaseConfig;
 use crate::error::Result;
 use crate::human::{ago, human_age, human_bytes, rfc3339};
@@ -88,94 +88,17 @@ pub fn summarize(
             .map(rfc3339)
     };
     let usable: Vec<_> = catalog.usable().collect();
-    let last = usable.first().and_then(|s| {
-        let m = s.manifest.as_ref()?;
-        Some(LastSnapshot {
-            id: s.key.id.to_string(),
-            created_at: rfc3339(s.created_at),
-            age_seconds: (now - s.created_at).num_seconds(),
-            size_bytes: m.raw_len,
-            stored_bytes: m.stored_len,
-            status: s.status,
-        })
-    });
-    let last_drill = catalog
-        .snapshots
-        .iter()
-        .filter_map(|s| s.last_drill.as_ref().map(|d| (s, d)))
-        // A drill run records all its verdicts (newest snapshot and the older one in rotation)
-        // under one time: the run failed if any of them did, and then that one is shown.
-        .max_by_key(|(s, d)| (d.at, !d.ok, s.created_at))
-        .map(|(s, d)| LastDrill {
-            snapshot: s.key.id.to_string(),
-            at: rfc3339(d.at),
-            age_seconds: (now - d.at).num_seconds(),
-            ok: d.ok,
-        });
-    let mut problems = Vec::new();
-    // A failed attempt stays a problem until a snapshot taken after it exists (a success
-    // whose record could not be written still counts).
-    if let Some(a) = attempt.filter(|a| !a.ok) {
-        if !usable.iter().any(|s| s.created_at > a.at) {
-            problems.push(format!(
-                "last backup failed at {} (exit {}): {}; fix that and run `guardian backup --db {}`",
-                rfc3339(a.at),
-                a.exit_code,
-                a.error.as_deref().unwrap_or("no detail"),
-                db.name
-            ));
-        }
-    }
-    if let Some(newest) = catalog.snapshots.iter().find(|s| !s.skewed) {
-        if newest.status == SnapshotStatus::Failed && newest.last_drill.is_none() {
-            problems.push(format!(
-                "newest snapshot {} is failed: {}",
-                newest.key.id,
-                newest.problem.as_deref().unwrap_or("unknown")
-            ));
-        }
-    }
-    for s in catalog.snapshots.iter().filter(|s| s.skewed) {
-        problems.push(format!(
-            "clock skew: snapshot {} is dated {}, {} ahead of this host's clock; restore --latest skips it (check the clock of the host that took it, or remove it)",
-            s.key.id,
-            rfc3339(s.created_at),
-            human_age((now - s.created_at).num_seconds())
-        ));
-    }
-    // One line however many there are (after an upgrade, every older drill record is one).
-    let ignored: Vec<&String> = catalog
-        .snapshots
-        .iter()
-        .flat_map(|s| s.ignored_records.iter())
-        .collect();
-    let mut warnings: Vec<String> = match ignored.as_slice() {
-        [] => Vec::new(),
-        [one] => vec![format!("ignored record {one}")],
-        [first, rest @ ..] => vec![format!(
-            "ignored record {first}; and {} more (see `guardian list --db {}`)",
-            rest.len(),
-            db.name
-        )],
-    };
-    if let Some(why) = crate::retention::held_for_proof(db, catalog, now) {
-        warnings.push(format!("retention: {why}"));
-    }
-    match &last {
-        None => problems.push("no usable snapshot".to_string()),
-        Some(l) if l.age_seconds as u64 > max_age.as_secs() => problems.push(format!(
-            "newest snapshot is {} old, over max_age {}",
-            human_age(l.age_seconds),
-            humantime::format_duration(max_age)
-        )),
-        Some(_) => {}
-    }
-    if let Some(d) = last_drill.as_ref().filter(|d| !d.ok) {
-        problems.push(format!(
-            "last drill failed ({} on snapshot {})",
-            d.at, d.snapshot
-        ));
-    }
+    let last = last_snapshot(&usable, now);
+    let last_drill = last_drill(catalog, now);
+    let problems = problems(
+        db,
+        catalog,
+        &usable,
+        attempt,
+        last.as_ref(),
+        last_drill.as_ref(),
+        now,
+    );
     DbStatus {
         db: db.name.clone(),
         path: db.path.display().to_string(),
@@ -210,8 +133,122 @@ pub fn summarize(
             error: a.error.clone(),
             host: a.host.clone(),
         }),
-        warnings,
+        warnings: warnings(db, catalog, now),
     }
+}
+
+/// The newest usable snapshot (`usable` is newest first).
+fn last_snapshot(usable: &[&SnapshotEntry], now: DateTime<Utc>) -> Option<LastSnapshot> {
+    let s = usable.first()?;
+    let m = s.manifest.as_ref()?;
+    Some(LastSnapshot {
+        id: s.key.id.to_string(),
+        created_at: rfc3339(s.created_at),
+        age_seconds: (now - s.created_at).num_seconds(),
+        size_bytes: m.raw_len,
+        stored_bytes: m.stored_len,
+        status: s.status,
+    })
+}
+
+/// The newest drill verdict of any snapshot.
+fn last_drill(catalog: &Catalog, now: DateTime<Utc>) -> Option<LastDrill> {
+    catalog
+        .snapshots
+        .iter()
+        .filter_map(|s| s.last_drill.as_ref().map(|d| (s, d)))
+        // A drill run records all its verdicts (newest snapshot and the older one in rotation)
+        // under one time: the run failed if any of them did, and then that one is shown.
+        .max_by_key(|(s, d)| (d.at, !d.ok, s.created_at))
+        .map(|(s, d)| LastDrill {
+            snapshot: s.key.id.to_string(),
+            at: rfc3339(d.at),
+            age_seconds: (now - d.at).num_seconds(),
+            ok: d.ok,
+        })
+}
+
+/// What makes the database unhealthy; empty when it is healthy.
+fn problems(
+    db: &DatabaseConfig,
+    catalog: &Catalog,
+    usable: &[&SnapshotEntry],
+    attempt: Option<&Attempt>,
+    last: Option<&LastSnapshot>,
+    last_drill: Option<&LastDrill>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    // A failed attempt stays a problem until a snapshot taken after it exists (a success
+    // whose record could not be written still counts).
+    if let Some(a) = attempt.filter(|a| !a.ok) {
+        if !usable.iter().any(|s| s.created_at > a.at) {
+            problems.push(format!(
+                "last backup failed at {} (exit {}): {}; fix that and run `guardian backup --db {}`",
+                rfc3339(a.at),
+                a.exit_code,
+                a.error.as_deref().unwrap_or("no detail"),
+                db.name
+            ));
+        }
+    }
+    if let Some(newest) = catalog.snapshots.iter().find(|s| !s.skewed) {
+        if newest.status == SnapshotStatus::Failed && newest.last_drill.is_none() {
+            problems.push(format!(
+                "newest snapshot {} is failed: {}",
+                newest.key.id,
+                newest.problem.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+    for s in catalog.snapshots.iter().filter(|s| s.skewed) {
+        problems.push(format!(
+            "clock skew: snapshot {} is dated {}, {} ahead of this host's clock; restore --latest skips it (check the clock of the host that took it, or remove it)",
+            s.key.id,
+            rfc3339(s.created_at),
+            human_age((now - s.created_at).num_seconds())
+        ));
+    }
+    let max_age = db.max_age();
+    match last {
+        None => problems.push("no usable snapshot".to_string()),
+        Some(l) if l.age_seconds as u64 > max_age.as_secs() => problems.push(format!(
+            "newest snapshot is {} old, over max_age {}",
+            human_age(l.age_seconds),
+            humantime::format_duration(max_age)
+        )),
+        Some(_) => {}
+    }
+    if let Some(d) = last_drill.filter(|d| !d.ok) {
+        problems.push(format!(
+            "last drill failed ({} on snapshot {})",
+            d.at, d.snapshot
+        ));
+    }
+    problems
+}
+
+/// What is worth knowing but does not make the database unhealthy.
+fn warnings(db: &DatabaseConfig, catalog: &Catalog, now: DateTime<Utc>) -> Vec<String> {
+    // One line however many there are (after an upgrade, every older drill record is one).
+    let ignored: Vec<&String> = catalog
+        .snapshots
+        .iter()
+        .flat_map(|s| s.ignored_records.iter())
+        .collect();
+    let mut warnings: Vec<String> = match ignored.as_slice() {
+        [] => Vec::new(),
+        [one] => vec![format!("ignored record {one}")],
+        [first, rest @ ..] => vec![format!(
+            "ignored record {first}; and {} more (see `guardian list --db {}`)",
+            rest.len(),
+            db.name
+        )],
+    };
+    if let Some(why) = crate::retention::held_for_proof(db, catalog, now) {
+        warnings.push(format!("retention: {why}"));
+    }
+    warnings
 }
 
 /// Print the status of the selected databases; returns 1 when any is unhealthy.
