@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::CheckKind;
+use crate::damage::Damage;
 use crate::error::Result;
 use crate::human::rfc3339;
 use crate::manifest::{self, Manifest, ObjectRole, SnapshotKey, MAX_MANIFEST_BYTES};
@@ -374,9 +375,9 @@ fn check_record(
             "names no stored_sha256 (written by an older guardian); ignored: run `guardian drill` again"
                 .into(),
         ),
-        Some(h) if h != m.stored_sha256.as_str() => Err(format!(
+        Some(h) if h != m.stored_sha256().as_str() => Err(format!(
             "is about other data (stored_sha256 {h}, the manifest says {}); ignored",
-            m.stored_sha256
+            m.stored_sha256()
         )),
         Some(_) => Ok(()),
     }
@@ -418,23 +419,22 @@ fn entry(
     } = folder;
     let (manifest, problem) = match parsed {
         Ok(m) => {
-            let data = objs.iter().find(|(o, _)| o.key.file_name() == m.object);
-            let problem = match data {
-                None => Some(format!("data object {} is missing", m.object)),
-                Some((o, _)) if o.size != m.stored_len => Some(format!(
-                    "data object is {} bytes, manifest says {}",
-                    o.size, m.stored_len
-                )),
-                Some(_) => None,
-            };
+            let problem = missing_or_truncated(&m, objs).map(|d| d.to_string());
             (Some(m), problem)
         }
         Err(e) => (None, Some(e)),
     };
-    let data_size = manifest
-        .as_ref()
-        .and_then(|m| objs.iter().find(|(o, _)| o.key.file_name() == m.object))
-        .map(|(o, _)| o.size);
+    // What the listing says the data objects take (`None` when one is missing).
+    let data_size = manifest.as_ref().and_then(|m| {
+        m.objects()
+            .iter()
+            .map(|want| {
+                objs.iter()
+                    .find(|(o, _)| o.key == want.key)
+                    .map(|(o, _)| o.size)
+            })
+            .sum::<Option<u64>>()
+    });
     let status = match (&problem, &last_drill) {
         (Some(_), _) => SnapshotStatus::Failed,
         (None, Some(d)) if d.ok => SnapshotStatus::Verified,
@@ -472,6 +472,20 @@ fn entry(
         ignored_records: ignored,
         marked_at,
     }
+}
+
+/// Is every data object `m` names listed, with the size it records?
+fn missing_or_truncated(m: &Manifest, objs: &[(ObjectMeta, ObjectRole)]) -> Option<Damage> {
+    m.objects()
+        .into_iter()
+        .find_map(|want| match objs.iter().find(|(o, _)| o.key == want.key) {
+            None => Some(Damage::ObjectMissing(want.key.file_name().to_string())),
+            Some((o, _)) if o.size != want.len => Some(Damage::ObjectTruncated {
+                expected: want.len,
+                actual: o.size,
+            }),
+            Some(_) => None,
+        })
 }
 
 /// The `list --json` view of a snapshot (a contract: fields are only ever added).
@@ -512,9 +526,9 @@ impl SnapshotEntry {
             created_at: rfc3339(self.created_at),
             age_seconds: (now - self.created_at).num_seconds(),
             size_bytes: m.map(|m| m.raw_len),
-            stored_bytes: m.map(|m| m.stored_len),
+            stored_bytes: m.map(|m| m.stored_len()),
             sha256: m.map(|m| m.raw_sha256.as_str()),
-            stored_sha256: m.map(|m| m.stored_sha256.as_str()),
+            stored_sha256: m.map(|m| m.stored_sha256().as_str()),
             status: self.status,
             last_drill_at: self.last_drill.as_ref().map(|d| rfc3339(d.at)),
             problem: self.problem.as_deref(),
@@ -573,7 +587,7 @@ mod tests {
         };
         let good = serde_json::json!({
             "db": m.db, "snapshot": m.id.as_str(), "ok": true,
-            "stored_sha256": m.stored_sha256.as_str(),
+            "stored_sha256": m.stored_sha256().as_str(),
         });
         assert_eq!(
             check_record(good.to_string().as_bytes(), &sk, &m, true),

@@ -471,7 +471,7 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         outln!(
             "  size {} (stored {}), sha256 {}",
             human_bytes(m.raw_len),
-            human_bytes(m.stored_len),
+            human_bytes(m.stored_len()),
             m.raw_sha256
         );
         for p in &r.moved_aside {

@@ -38,6 +38,7 @@ use crate::catalog;
 use crate::config::{CheckKind, DatabaseConfig};
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
+use crate::layout::SnapshotReader;
 use crate::manifest::{Manifest, SnapshotKey};
 use crate::snapshot;
 use crate::storage::{PutMode, Storage};
@@ -273,7 +274,10 @@ async fn drill_one(
             .unwrap_or_default(),
         db: db.name.clone(),
         snapshot: entry.key.id.to_string(),
-        stored_sha256: entry.manifest.as_ref().map(|m| m.stored_sha256.to_string()),
+        stored_sha256: entry
+            .manifest
+            .as_ref()
+            .map(|m| m.stored_sha256().to_string()),
         snapshot_created_at: entry.created_at,
         started_at,
         finished_at: started_at,
@@ -311,7 +315,7 @@ async fn drill_one(
 /// report it as an operational error and record nothing.
 async fn still_there(store: &Arc<dyn Storage>, key: &SnapshotKey) -> Result<()> {
     match store.get_bytes(&key.manifest(), crate::manifest::MAX_MANIFEST_BYTES).await {
-        Err(e) if e.is_not_found() => Err(Error::Usage(format!(
+        Err(e) if e.is_not_found() => Err(Error::Gone(format!(
             "snapshot {}/{} was deleted while the drill ran (a prune?); nothing was recorded, run the drill again",
             key.db, key.id
         ))),
@@ -348,31 +352,71 @@ async fn run_steps(
     keys: &Keys,
     r: &mut DrillReport,
 ) -> Result<()> {
-    std::fs::create_dir_all(staging_dir)
-        .map_err(|e| Error::io("create staging folder", staging_dir, e))?;
-    // Named like backup staging folders, so a later run removes it if this process dies.
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!("{}drill-", crate::backup::staging_prefix(&m.db)))
-        .tempdir_in(staging_dir)
-        .map_err(|e| Error::io("create drill folder in", staging_dir, e))?;
-    let path = scratch.path().join("db.sqlite");
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::io("create scratch file", &path, e))?;
-
+    let scratch = Scratch::create(staging_dir, &m.db)?;
     // 1. Download, decompress, both SHA-256s.
+    if !download(store, m, keys, &scratch, r).await? {
+        return Ok(());
+    }
+    // 2-4. SQLite checks on the scratch copy, off the async threads.
+    let path = scratch.path.clone();
+    let results = tokio::task::spawn_blocking(move || SqliteResults::run(&path))
+        .await
+        .expect("drill checks do not panic");
+    integrity(r, results.integrity, results.seconds[0])?;
+    foreign_keys(r, results.fks, results.seconds[1])?;
+    compare(r, m, results.inspection, results.seconds[2])
+}
+
+/// The drill's private scratch file (its folder is removed on drop).
+struct Scratch {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl Scratch {
+    fn create(staging_dir: &Path, db: &str) -> Result<Scratch> {
+        std::fs::create_dir_all(staging_dir)
+            .map_err(|e| Error::io("create staging folder", staging_dir, e))?;
+        // Named like backup staging folders, so a later run removes it if this process dies.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}drill-", crate::backup::staging_prefix(db)))
+            .tempdir_in(staging_dir)
+            .map_err(|e| Error::io("create drill folder in", staging_dir, e))?;
+        let path = dir.path().join("db.sqlite");
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("create scratch file", &path, e))?;
+        Ok(Scratch {
+            _dir: dir,
+            path,
+            file,
+        })
+    }
+}
+
+/// Read the snapshot into the scratch file through the [`SnapshotReader`]; false (with the
+/// problem recorded) when its data is bad.
+async fn download(
+    store: &Arc<dyn Storage>,
+    m: &Manifest,
+    keys: &Keys,
+    scratch: &Scratch,
+    r: &mut DrillReport,
+) -> Result<bool> {
     let t = Instant::now();
-    let (file, fetched) = crate::restore::download_verified(store, m, file, &path, keys).await?;
-    drop(file);
+    let fetched = SnapshotReader::new(store, m, keys)
+        .read_into(&scratch.file, &scratch.path)
+        .await?;
     let secs = t.elapsed().as_secs_f64();
     match fetched {
         Ok(d) => {
             r.checks.push(check(
                 "stored_sha256",
-                &m.stored_sha256,
+                m.stored_sha256(),
                 &d.stored_sha256,
                 true,
             ));
@@ -388,54 +432,72 @@ async fn run_steps(
                     crate::human::human_bytes(d.raw_len)
                 ),
             ));
+            Ok(true)
         }
-        Err(why) => {
+        Err(damage) => {
+            let why = damage.to_string();
             r.checks.push(Check {
                 name: "sha256".into(),
                 ok: false,
-                expected: format!("stored {} / raw {}", m.stored_sha256, m.raw_sha256),
+                expected: format!("stored {} / raw {}", m.stored_sha256(), m.raw_sha256),
                 actual: why.clone(),
                 required: true,
             });
             r.steps.push(step("download", false, secs, why.clone()));
             r.problems.push(why);
-            return Ok(());
+            Ok(false)
         }
     }
+}
 
-    // 2-4. SQLite checks on the scratch copy, off the async threads.
-    let (integrity, fks, inspection, timings) = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || {
-            let t = Instant::now();
-            let integrity = snapshot::run_check(&path, CheckKind::IntegrityCheck);
-            let t_int = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let fks = snapshot::foreign_key_check(&path);
-            let t_fk = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let inspection = snapshot::inspect(&path);
-            let t_cmp = t.elapsed().as_secs_f64();
-            for p in snapshot::sidecars(&path) {
-                let _ = std::fs::remove_file(p);
-            }
-            (integrity, fks, inspection, [t_int, t_fk, t_cmp])
-        })
-        .await
-        .expect("drill checks do not panic")
-    };
+/// What SQLite said about the scratch copy, and how long each step took.
+struct SqliteResults {
+    integrity: Result<snapshot::CheckOutcome>,
+    fks: Result<Vec<String>>,
+    inspection: Result<snapshot::Inspection>,
+    seconds: [f64; 3],
+}
 
-    let data_or_fail =
-        |res: std::result::Result<String, Error>| -> Result<std::result::Result<String, String>> {
-            match res {
-                Ok(s) => Ok(Ok(s)),
-                Err(e) if e.is_data_error() || matches!(e, Error::Usage(_)) => {
-                    Ok(Err(crate::error::chain(&e)))
-                }
-                Err(e) => Err(e),
-            }
-        };
-    let integrity = data_or_fail(integrity.map(|o| match o {
+impl SqliteResults {
+    /// integrity_check, foreign_key_check and inspection of the file at `path` (blocking).
+    fn run(path: &Path) -> SqliteResults {
+        let t = Instant::now();
+        let integrity = snapshot::run_check(path, CheckKind::IntegrityCheck);
+        let t_int = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let fks = snapshot::foreign_key_check(path);
+        let t_fk = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let inspection = snapshot::inspect(path);
+        let t_cmp = t.elapsed().as_secs_f64();
+        for p in snapshot::sidecars(path) {
+            let _ = std::fs::remove_file(p);
+        }
+        SqliteResults {
+            integrity,
+            fks,
+            inspection,
+            seconds: [t_int, t_fk, t_cmp],
+        }
+    }
+}
+
+/// A SQLite result on the scratch copy: `Err(text)` when the copy's data is at fault (it is
+/// damaged or not a database), the error itself when the machine is.
+fn data_or_fail<T>(res: Result<T>) -> Result<std::result::Result<T, String>> {
+    match res {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if e.is_data_error() || e.is_not_a_database() => Ok(Err(crate::error::chain(&e))),
+        Err(e) => Err(e),
+    }
+}
+
+fn integrity(
+    r: &mut DrillReport,
+    outcome: Result<snapshot::CheckOutcome>,
+    seconds: f64,
+) -> Result<()> {
+    let integrity = data_or_fail(outcome.map(|o| match o {
         Ok(()) => "ok".to_string(),
         Err(problems) => problems.join("; "),
     }))?;
@@ -448,19 +510,17 @@ async fn run_steps(
         actual: int_text.clone(),
         required: true,
     });
-    r.steps.push(step(
-        "integrity_check",
-        int_ok,
-        timings[0],
-        int_text.clone(),
-    ));
+    r.steps
+        .push(step("integrity_check", int_ok, seconds, int_text.clone()));
     if !int_ok {
         r.problems
             .push(format!("PRAGMA integrity_check: {int_text}"));
     }
+    Ok(())
+}
 
-    let fks = data_or_fail(fks.map(|v| v.join("; ")))?;
-    let (fk_ok, fk_text) = match fks {
+fn foreign_keys(r: &mut DrillReport, fks: Result<Vec<String>>, seconds: f64) -> Result<()> {
+    let (fk_ok, fk_text) = match data_or_fail(fks.map(|v| v.join("; ")))? {
         Ok(v) if v.is_empty() => (true, "no violations".to_string()),
         Ok(v) => (false, v),
         Err(e) => (false, e),
@@ -472,69 +532,71 @@ async fn run_steps(
         actual: fk_text.clone(),
         required: false,
     });
-    r.steps.push(step(
-        "foreign_key_check",
-        fk_ok,
-        timings[1],
-        fk_text.clone(),
-    ));
+    r.steps
+        .push(step("foreign_key_check", fk_ok, seconds, fk_text.clone()));
     if !fk_ok {
         r.warnings.push(format!(
             "PRAGMA foreign_key_check: {fk_text} (present in the source when the backup ran)"
         ));
     }
+    Ok(())
+}
 
-    match inspection {
-        Ok(i) => {
-            let before = r.checks.len();
-            r.checks
-                .push(check("page_size", m.page_size, i.page_size, true));
-            r.checks
-                .push(check("page_count", m.page_count, i.page_count, true));
-            r.checks.push(check(
-                "schema_sha256",
-                &m.schema_sha256,
-                &i.schema_sha256,
-                true,
-            ));
-            let names: std::collections::BTreeSet<&String> =
-                m.tables.keys().chain(i.tables.keys()).collect();
-            for t in names {
-                let show = |v: Option<&u64>| v.map_or("absent".to_string(), u64::to_string);
-                r.checks.push(Check {
-                    name: format!("rows.{t}"),
-                    ok: m.tables.get(t) == i.tables.get(t),
-                    expected: show(m.tables.get(t)),
-                    actual: show(i.tables.get(t)),
-                    required: true,
-                });
-            }
-            let bad: Vec<String> = r.checks[before..]
-                .iter()
-                .filter(|c| !c.ok)
-                .map(|c| format!("{}: expected {}, got {}", c.name, c.expected, c.actual))
-                .collect();
-            let detail = if bad.is_empty() {
-                format!(
-                    "page size, {} pages, schema and {} tables match the manifest",
-                    i.page_count,
-                    i.tables.len()
-                )
-            } else {
-                bad.join("; ")
-            };
-            r.steps
-                .push(step("compare", bad.is_empty(), timings[2], detail));
-            r.problems.extend(bad);
-        }
-        Err(e) if e.is_data_error() || matches!(e, Error::Usage(_)) => {
-            let why = crate::error::chain(&e);
-            r.steps
-                .push(step("compare", false, timings[2], why.clone()));
+/// Compare page size, page count, schema hash and row counts with the manifest.
+fn compare(
+    r: &mut DrillReport,
+    m: &Manifest,
+    inspection: Result<snapshot::Inspection>,
+    seconds: f64,
+) -> Result<()> {
+    let i = match data_or_fail(inspection)? {
+        Ok(i) => i,
+        Err(why) => {
+            r.steps.push(step("compare", false, seconds, why.clone()));
             r.problems.push(format!("inspect: {why}"));
+            return Ok(());
         }
-        Err(e) => return Err(e),
+    };
+    let before = r.checks.len();
+    r.checks
+        .push(check("page_size", m.page_size, i.page_size, true));
+    r.checks
+        .push(check("page_count", m.page_count, i.page_count, true));
+    r.checks.push(check(
+        "schema_sha256",
+        &m.schema_sha256,
+        &i.schema_sha256,
+        true,
+    ));
+    let names: std::collections::BTreeSet<&String> =
+        m.tables.keys().chain(i.tables.keys()).collect();
+    for t in names {
+        let show = |v: Option<&u64>| v.map_or("absent".to_string(), u64::to_string);
+        r.checks.push(Check {
+            name: format!("rows.{t}"),
+            ok: m.tables.get(t) == i.tables.get(t),
+            expected: show(m.tables.get(t)),
+            actual: show(i.tables.get(t)),
+            required: true,
+        });
     }
+    let bad: Vec<String> = r.checks[before..]
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: expected {}, got {}", c.name, c.expected, c.actual))
+        .collect();
+    let detail = if bad.is_empty() {
+        format!(
+            "page size, {} pages, schema and {} tables match the manifest",
+            i.page_count,
+            i.tables.len()
+        )
+    } else {
+        bad.join("; ")
+    };
+    r.steps
+        .push(step("compare", bad.is_empty(), seconds, detail));
+    r.problems.extend(bad);
     Ok(())
 }
 

@@ -34,6 +34,25 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// The source database cannot be read as configured (missing, a wal without its -shm on
+    /// a read-only mount): fix the config or the file.
+    #[error("{0}")]
+    Source(String),
+
+    /// A file is not a SQLite database (empty, another format, encrypted). For a source this
+    /// is bad input; for a restored snapshot it is damage (see `damage`).
+    #[error("{0}")]
+    NotADatabase(String),
+
+    /// A database stayed locked by another process longer than guardian waits.
+    #[error("{0}")]
+    Timeout(String),
+
+    /// What a job was working on went away under it (a snapshot deleted by a concurrent
+    /// prune); nothing was recorded, and running it again is the fix.
+    #[error("{0}")]
+    Gone(String),
+
     /// A storage operation failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -121,6 +140,10 @@ impl Error {
             Error::Integrity { .. } | Error::Damaged { .. } | Error::NoGoodSnapshot(_) => 1,
             Error::Config(_)
             | Error::Usage(_)
+            | Error::Source(_)
+            | Error::NotADatabase(_)
+            | Error::Timeout(_)
+            | Error::Gone(_)
             | Error::Storage(_)
             | Error::Sqlite { .. }
             | Error::Io { .. }
@@ -141,6 +164,12 @@ impl Error {
     /// True when the error says the data itself is bad (exit code 1).
     pub fn is_data_error(&self) -> bool {
         self.exit_code() == 1
+    }
+
+    /// True when a file turned out not to be a SQLite database: damage when that file is a
+    /// restored snapshot.
+    pub fn is_not_a_database(&self) -> bool {
+        matches!(self, Error::NotADatabase(_))
     }
 
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {

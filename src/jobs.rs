@@ -190,7 +190,7 @@ impl Done {
                     db: db.to_string(),
                     id: manifest.id.to_string(),
                     seconds: *seconds,
-                    stored_bytes: manifest.stored_len,
+                    stored_bytes: manifest.stored_len(),
                 }];
                 if let Some(Err(e)) = prune {
                     events.push(Event::PruneFailed {

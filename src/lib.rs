@@ -13,8 +13,13 @@
 //!   3 another guardian holds the database's lock).
 //! - [`snapshot`]: SQLite access: the online copy, checks, inspection.
 //! - [`archive`]: streaming parallel gzip + SHA-256, and the verified reverse.
-//! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker).
-//! - [`storage`]: the narrow storage trait and its backends (local directory, S3).
+//! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker) and its data
+//!   layouts (format 2; format 1 still read).
+//! - [`layout`]: `SnapshotWriter` (a backup's data objects, then its manifest, last) and
+//!   `SnapshotReader` (the verified raw bytes of any snapshot, for restore, drill, verify).
+//! - [`damage`]: why a snapshot is bad, apart from operational errors.
+//! - [`storage`]: the narrow storage trait, its backends (local directory, S3) with their own
+//!   config and `doctor` checks.
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
@@ -47,6 +52,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub(crate) mod crypto;
+pub(crate) mod damage;
 pub mod doctor;
 pub mod drill;
 pub(crate) mod durable;
@@ -54,6 +60,7 @@ pub mod error;
 pub(crate) mod human;
 pub(crate) mod init;
 pub(crate) mod jobs;
+pub(crate) mod layout;
 pub(crate) mod lock;
 pub mod manifest;
 pub(crate) mod metrics;

@@ -2,7 +2,7 @@
 //!
 //! Layout (see `docs/FORMAT.md`):
 //! ```text
-//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/db.sqlite.gz     plain gzip of the SQLite file
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/db.sqlite.gz     the data objects its manifest names
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/manifest.json    the commit marker, written last
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/drill-{time}-{ok|failed}.json   drill results
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/restore-{time}-ok.json          restores that passed integrity_check
@@ -10,6 +10,10 @@
 //! ```
 //! Ids sort by time, so key order is time order. The manifest is untrusted input when read back:
 //! [`Manifest::parse`] bounds its size and checks every field before anything uses it.
+//!
+//! Format 2 (written now) says how the data is laid out in `data` ([`DataLayout`]: today one
+//! whole compressed object; page sets come next). Format 1 (one object named by top-level
+//! `object`/`compression`/`stored_*` fields) is still read, and is converted on parse.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::ObjectKey;
 
-/// The manifest format this guardian writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format this guardian writes, and the newest it reads (it reads 1 too).
+pub const FORMAT_VERSION: u32 = 2;
 /// Manifests larger than this are refused unread (a real one is a few KB).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// The data object's file name.
@@ -156,6 +160,7 @@ pub struct CheckRecord {
 /// The commit marker of a snapshot: everything needed to verify and restore it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The format this manifest was written in (a format-1 manifest keeps 1 when read).
     pub format_version: u32,
     pub guardian_version: String,
     pub db: String,
@@ -168,28 +173,108 @@ pub struct Manifest {
     pub page_count: u64,
     /// The source's journal mode (`wal`, `delete`, ...).
     pub journal_mode: String,
-    /// Size of the raw SQLite file (= page_size * page_count).
+    /// Size of the raw SQLite file (= page_size * page_count), whatever the layout.
     pub raw_len: u64,
-    /// SHA-256 of the raw SQLite file.
+    /// SHA-256 of the raw SQLite file: what a restore must rebuild, whatever the layout.
     pub raw_sha256: Sha256Hex,
-    /// Size of the stored object.
-    pub stored_len: u64,
-    /// SHA-256 of the stored object.
-    pub stored_sha256: Sha256Hex,
-    /// The data object's file name within the snapshot folder.
-    pub object: String,
-    /// `gzip`.
-    pub compression: String,
-    /// `"age"` when the stored object is gzip inside age encryption; absent when plain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<String>,
-    pub compression_level: u32,
+    /// How the data is stored: which objects, compressed and encrypted how.
+    pub data: DataLayout,
     /// Rows per table, from `SELECT count(*)` on the copy.
     pub tables: BTreeMap<String, u64>,
     /// SHA-256 of the schema (`type, name, tbl_name, sql` of every `sqlite_schema` row, sorted).
     pub schema_sha256: Sha256Hex,
     /// The check the copy passed before publication.
     pub check: CheckRecord,
+}
+
+/// How a snapshot's data is laid out in its folder. Serialized with its `layout` tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "layout", rename_all = "snake_case")]
+pub enum DataLayout {
+    /// The whole database file in one object: gzip, then age when encrypted.
+    Whole(WholeObject),
+}
+
+/// [`DataLayout::Whole`]: one object holding the whole database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WholeObject {
+    /// The object's file name within the snapshot folder (`db.sqlite.gz`, `db.sqlite.gz.age`).
+    pub object: String,
+    /// `gzip`.
+    pub compression: String,
+    pub compression_level: u32,
+    /// `"age"` when the gzip stream is inside age encryption; absent when plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+    /// Size of the stored object.
+    pub stored_len: u64,
+    /// SHA-256 of the stored object.
+    pub stored_sha256: Sha256Hex,
+}
+
+/// One stored object a manifest names, with the size and digest it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: ObjectKey,
+    pub len: u64,
+    pub sha256: Sha256Hex,
+}
+
+/// A format-1 manifest: the data fields at the top level, one whole gzip object.
+#[derive(Deserialize)]
+struct ManifestV1 {
+    format_version: u32,
+    guardian_version: String,
+    db: String,
+    id: SnapshotId,
+    created_at: DateTime<Utc>,
+    source_path: String,
+    sqlite_version: String,
+    page_size: u64,
+    page_count: u64,
+    journal_mode: String,
+    raw_len: u64,
+    raw_sha256: Sha256Hex,
+    stored_len: u64,
+    stored_sha256: Sha256Hex,
+    object: String,
+    compression: String,
+    #[serde(default)]
+    encryption: Option<String>,
+    compression_level: u32,
+    tables: BTreeMap<String, u64>,
+    schema_sha256: Sha256Hex,
+    check: CheckRecord,
+}
+
+impl From<ManifestV1> for Manifest {
+    fn from(v: ManifestV1) -> Manifest {
+        Manifest {
+            format_version: v.format_version,
+            guardian_version: v.guardian_version,
+            db: v.db,
+            id: v.id,
+            created_at: v.created_at,
+            source_path: v.source_path,
+            sqlite_version: v.sqlite_version,
+            page_size: v.page_size,
+            page_count: v.page_count,
+            journal_mode: v.journal_mode,
+            raw_len: v.raw_len,
+            raw_sha256: v.raw_sha256,
+            data: DataLayout::Whole(WholeObject {
+                object: v.object,
+                compression: v.compression,
+                compression_level: v.compression_level,
+                encryption: v.encryption,
+                stored_len: v.stored_len,
+                stored_sha256: v.stored_sha256,
+            }),
+            tables: v.tables,
+            schema_sha256: v.schema_sha256,
+            check: v.check,
+        }
+    }
 }
 
 impl Manifest {
@@ -218,8 +303,14 @@ impl Manifest {
                 v.format_version
             ));
         }
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid: {e}"))?;
+        let invalid = |e: serde_json::Error| format!("manifest is not valid: {e}");
+        let m: Manifest = if v.format_version == 1 {
+            serde_json::from_slice::<ManifestV1>(bytes)
+                .map_err(invalid)?
+                .into()
+        } else {
+            serde_json::from_slice(bytes).map_err(invalid)?
+        };
         m.check_fields(key)?;
         Ok(m)
     }
@@ -237,18 +328,8 @@ impl Manifest {
                 self.id, key.id
             ));
         }
-        if crate::names::validate_component(&self.object).is_err() || self.object == MANIFEST_OBJECT
-        {
-            return Err(format!(
-                "manifest names an invalid data object {:?}",
-                self.object
-            ));
-        }
-        if self.compression != "gzip" {
-            return Err(format!("unknown compression {:?}", self.compression));
-        }
-        if let Some(enc) = self.encryption.as_deref().filter(|e| *e != "age") {
-            return Err(format!("unknown encryption {enc:?} (upgrade guardian)"));
+        match &self.data {
+            DataLayout::Whole(w) => w.check_fields()?,
         }
         if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
             return Err(format!(
@@ -256,10 +337,11 @@ impl Manifest {
                 self.page_size
             ));
         }
-        if self.raw_len > MAX_DB_BYTES || self.stored_len > MAX_DB_BYTES * 2 {
+        if self.raw_len > MAX_DB_BYTES || self.stored_len() > MAX_DB_BYTES * 2 {
             return Err(format!(
                 "size fields are implausible (raw_len {}, stored_len {})",
-                self.raw_len, self.stored_len
+                self.raw_len,
+                self.stored_len()
             ));
         }
         if self.page_size.checked_mul(self.page_count) != Some(self.raw_len) {
@@ -277,9 +359,64 @@ impl Manifest {
         Ok(())
     }
 
-    /// Key of the data object.
-    pub fn data_key(&self) -> ObjectKey {
-        ObjectKey::new(format!("{}/{}/{}", self.db, self.id, self.object)).expect("validated parts")
+    /// The snapshot's folder.
+    pub fn key(&self) -> SnapshotKey {
+        SnapshotKey {
+            db: self.db.clone(),
+            id: self.id.clone(),
+        }
+    }
+
+    /// Every data object the snapshot needs, with the size and digest each must have.
+    pub fn objects(&self) -> Vec<StoredObject> {
+        match &self.data {
+            DataLayout::Whole(w) => vec![StoredObject {
+                key: self.key().object(&w.object),
+                len: w.stored_len,
+                sha256: w.stored_sha256.clone(),
+            }],
+        }
+    }
+
+    /// Bytes stored for the data, all objects together.
+    pub fn stored_len(&self) -> u64 {
+        match &self.data {
+            DataLayout::Whole(w) => w.stored_len,
+        }
+    }
+
+    /// The digest `list --json` and drill records show as the snapshot's `stored_sha256`: the
+    /// whole object's SHA-256.
+    pub fn stored_sha256(&self) -> &Sha256Hex {
+        match &self.data {
+            DataLayout::Whole(w) => &w.stored_sha256,
+        }
+    }
+
+    /// `"age"` when the data is encrypted.
+    pub fn encryption(&self) -> Option<&str> {
+        match &self.data {
+            DataLayout::Whole(w) => w.encryption.as_deref(),
+        }
+    }
+}
+
+impl WholeObject {
+    fn check_fields(&self) -> Result<(), String> {
+        if crate::names::validate_component(&self.object).is_err() || self.object == MANIFEST_OBJECT
+        {
+            return Err(format!(
+                "manifest names an invalid data object {:?}",
+                self.object
+            ));
+        }
+        if self.compression != "gzip" {
+            return Err(format!("unknown compression {:?}", self.compression));
+        }
+        if let Some(enc) = self.encryption.as_deref().filter(|e| *e != "age") {
+            return Err(format!("unknown encryption {enc:?} (upgrade guardian)"));
+        }
+        Ok(())
     }
 }
 
@@ -412,12 +549,14 @@ pub(crate) mod tests {
             journal_mode: "wal".into(),
             raw_len: 12288,
             raw_sha256: Sha256Hex::from_digest(&[1; 32]),
-            stored_len: 500,
-            stored_sha256: Sha256Hex::from_digest(&[2; 32]),
-            object: DATA_OBJECT.into(),
-            compression: "gzip".into(),
-            encryption: None,
-            compression_level: 6,
+            data: DataLayout::Whole(WholeObject {
+                object: DATA_OBJECT.into(),
+                compression: "gzip".into(),
+                compression_level: 6,
+                encryption: None,
+                stored_len: 500,
+                stored_sha256: Sha256Hex::from_digest(&[2; 32]),
+            }),
             tables: BTreeMap::from([("orders".into(), 10)]),
             schema_sha256: Sha256Hex::from_digest(&[3; 32]),
             check: CheckRecord {
@@ -441,6 +580,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn format_1_is_read_as_a_whole_object() {
+        let m = sample();
+        let mut v1: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        let data = v1.as_object_mut().unwrap().remove("data").unwrap();
+        for (k, v) in data.as_object().unwrap() {
+            if k != "layout" {
+                v1[k] = v.clone();
+            }
+        }
+        v1["format_version"] = 1.into();
+        let parsed = Manifest::parse(&serde_json::to_vec(&v1).unwrap(), &key_of(&m)).unwrap();
+        assert_eq!(parsed.format_version, 1);
+        assert_eq!(parsed.data, m.data);
+        assert_eq!(parsed.objects(), m.objects());
+        // A format-1 manifest names no layout: it must not be read as format 2, nor the reverse.
+        v1["format_version"] = 2.into();
+        assert!(Manifest::parse(&serde_json::to_vec(&v1).unwrap(), &key_of(&m)).is_err());
+    }
+
+    #[test]
+    fn unknown_layouts_are_refused() {
+        let m = sample();
+        let json = String::from_utf8(m.to_json())
+            .unwrap()
+            .replace("\"layout\": \"whole\"", "\"layout\": \"pages\"");
+        let e = Manifest::parse(json.as_bytes(), &key_of(&m)).unwrap_err();
+        assert!(e.contains("pages"), "{e}");
+    }
+
+    #[test]
     fn manifest_parse_rejects_damage() {
         let m = sample();
         let key = key_of(&m);
@@ -449,7 +618,7 @@ pub(crate) mod tests {
             ("not json", "{".to_string()),
             (
                 "future version",
-                json.replace("\"format_version\": 1", "\"format_version\": 99"),
+                json.replace("\"format_version\": 2", "\"format_version\": 99"),
             ),
             (
                 "huge size",

@@ -11,8 +11,7 @@
 //! operational error (store unreachable, disk full) stops the restore: an older snapshot would
 //! not fix it.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,12 +19,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, instrument, warn};
 
-use crate::archive::{self, BodyReader, ExtractError};
 use crate::catalog::{self, SnapshotEntry, SnapshotStatus};
 use crate::config::{CheckKind, DatabaseConfig};
 use crate::crypto::Keys;
 use crate::durable::{self, TempGuard};
 use crate::error::{Error, Result};
+use crate::layout::SnapshotReader;
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::snapshot;
@@ -412,7 +411,7 @@ async fn record(
         "kind": "restore",
         "db": m.db,
         "snapshot": m.id.as_str(),
-        "stored_sha256": m.stored_sha256.as_str(),
+        "stored_sha256": m.stored_sha256().as_str(),
         "ok": true,
         "check": CheckKind::IntegrityCheck.pragma(),
         "at": crate::human::rfc3339(at),
@@ -498,10 +497,12 @@ async fn stage(
         .map_err(|e| Error::io("create staging file in", &dir, e))?;
     let guard = TempGuard::new(path.clone());
     staging_registry().push(path.clone());
-    let file = match download_verified(store, m, file, &path, keys).await? {
-        (file, Ok(_)) => file,
-        (_, Err(why)) => return Ok(Err(Skip::data(why))),
-    };
+    if let Err(damage) = SnapshotReader::new(store, m, keys)
+        .read_into(&file, &path)
+        .await?
+    {
+        return Ok(Err(Skip::data(damage.to_string())));
+    }
     let db = m.db.clone();
     let raw_len = m.raw_len;
     let target_owned = target.to_path_buf();
@@ -528,7 +529,7 @@ async fn stage(
                         rescue,
                     }));
                 }
-                Err(e) if e.is_data_error() => {
+                Err(e) if e.is_data_error() || e.is_not_a_database() => {
                     remove_sidecars(&path);
                     return Ok(Err(Skip {
                         why: crate::error::chain(&e),
@@ -566,86 +567,6 @@ async fn stage(
     .await
     .expect("restore worker does not panic")?;
     Ok(verdict.map(|()| guard))
-}
-
-/// Stream `m`'s data object into `file` (at `path`): decrypt (with `keys`, when the snapshot is
-/// encrypted), decompress, and check the stored and raw SHA-256 and sizes against the
-/// manifest. Returns the file and, when the stored data is bad (missing, damaged, checksum
-/// mismatch), `Err(why)`. Shared by restore and the drill.
-///
-/// # Errors
-/// Operational failures only: the store is unreachable, the disk is full, the key is missing.
-pub(crate) async fn download_verified(
-    store: &Arc<dyn Storage>,
-    m: &Manifest,
-    file: File,
-    path: &Path,
-    keys: &Keys,
-) -> Result<(File, std::result::Result<archive::Digests, String>)> {
-    let keys = keys.clone();
-    let body = match store.get_stream(&m.data_key()).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok((file, Err("data object is missing".into()))),
-        Err(e) => return Err(e.into()),
-    };
-    let m2 = m.clone();
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let progress = Progress::start("download+restore", &m2.db, Some(m2.stored_len));
-        let identities = match m2.encryption.as_deref() {
-            Some(_) => Some(keys.decryption_identities(&format!("snapshot {}", m2.id))?),
-            None => None,
-        };
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let digests = archive::extract(
-            BodyReader::new(body),
-            &mut out,
-            m2.raw_len,
-            identities.as_ref().map(|ids| ids.as_slice()),
-            &|n| progress.set(n),
-        );
-        let digests = match digests {
-            Ok(d) => d,
-            Err(ExtractError::Data(e)) => {
-                drop(out);
-                return Ok((file, Err(format!("stored object is damaged: {e}"))));
-            }
-            Err(ExtractError::Key(e)) => {
-                return Err(Error::Config(format!(
-                    "snapshot {}: {e}; check encryption.identity_file",
-                    m2.id
-                )))
-            }
-            Err(ExtractError::Source(e)) => {
-                return Err(Error::Io {
-                    op: "download",
-                    path: m2.data_key().as_str().into(),
-                    source: e,
-                })
-            }
-            Err(ExtractError::Sink(e)) => return Err(Error::io("restore into", &path, e)),
-        };
-        out.flush().map_err(|e| Error::io("write", &path, e))?;
-        drop(out);
-        progress.finish(digests.stored_len);
-        if digests.stored_len != m2.stored_len || digests.stored_sha256 != m2.stored_sha256 {
-            let why = format!(
-                "stored object checksum mismatch (expected {} bytes sha256 {}, got {} bytes sha256 {})",
-                m2.stored_len, m2.stored_sha256, digests.stored_len, digests.stored_sha256
-            );
-            return Ok((file, Err(why)));
-        }
-        if digests.raw_len != m2.raw_len || digests.raw_sha256 != m2.raw_sha256 {
-            let why = format!(
-                "restored database checksum mismatch (expected sha256 {}, got {})",
-                m2.raw_sha256, digests.raw_sha256
-            );
-            return Ok((file, Err(why)));
-        }
-        Ok((file, Ok(digests)))
-    })
-    .await
-    .expect("download worker does not panic")
 }
 
 /// Move the old database and its sidecars aside and rename the staged file into place.

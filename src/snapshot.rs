@@ -44,7 +44,7 @@ pub type CheckOutcome = std::result::Result<(), Vec<String>>;
 /// device at the path is refused at once instead of blocking the open forever.
 pub fn check_source(path: &Path) -> Result<()> {
     let not_regular = |what: &str| {
-        Error::Usage(format!(
+        Error::Source(format!(
             "database file {} {what}; point databases[].path at the SQLite database file",
             path.display()
         ))
@@ -59,7 +59,7 @@ pub fn check_source(path: &Path) -> Result<()> {
         _ => {}
     }
     let mut f = crate::durable::open_regular(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Usage(format!(
+        std::io::ErrorKind::NotFound => Error::Source(format!(
             "database file {} does not exist (check databases[].path in the config)",
             path.display()
         )),
@@ -71,13 +71,13 @@ pub fn check_source(path: &Path) -> Result<()> {
     let n =
         crate::durable::read_full(&mut f, &mut header).map_err(|e| Error::io("read", path, e))?;
     if n == 0 {
-        return Err(Error::Usage(format!(
+        return Err(Error::NotADatabase(format!(
             "database file {} is empty (0 bytes); nothing to back up",
             path.display()
         )));
     }
     if &header[..n] != b"SQLite format 3\0" {
-        return Err(Error::Usage(format!(
+        return Err(Error::NotADatabase(format!(
             "{} is not a SQLite database (no \"SQLite format 3\" header; is it encrypted or the wrong file?)",
             path.display()
         )));
@@ -116,7 +116,7 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
             {
                 // SQLite needs a -shm file (or a writable folder to make one) to read a -wal;
                 // opening it `immutable` would silently ignore the WAL's commits. Say so instead.
-                return Err(Error::Usage(format!(
+                return Err(Error::Source(format!(
                     "cannot read {}: it has a -wal file but no -shm on a read-only filesystem, \
                      which SQLite cannot open read-only; back it up from a writable mount, or \
                      checkpoint it (PRAGMA wal_checkpoint) before making it read-only",
@@ -158,7 +158,7 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
                     _,
                 )) => wait_busy(src, started, &mut pause)?,
                 Ok(other) => {
-                    return Err(Error::Usage(format!(
+                    return Err(Error::Source(format!(
                         "unexpected backup step result {other:?}"
                     )));
                 }
@@ -177,7 +177,7 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
 /// One backoff step while the source is locked; an error once [`BUSY_DEADLINE`] has passed.
 fn wait_busy(src: &Path, started: Instant, pause: &mut Duration) -> Result<()> {
     if started.elapsed() > BUSY_DEADLINE {
-        return Err(Error::Usage(format!(
+        return Err(Error::Timeout(format!(
             "database {} stayed locked for {}s; is a process holding a long write lock?",
             src.display(),
             BUSY_DEADLINE.as_secs()
@@ -325,7 +325,7 @@ pub fn sqlite_error(op: &'static str, path: &Path, e: rusqlite::Error) -> Error 
             what: path.display().to_string(),
             detail: format!("{op}: {e}"),
         },
-        Some(ErrorCode::NotADatabase) => Error::Usage(format!(
+        Some(ErrorCode::NotADatabase) => Error::NotADatabase(format!(
             "{} is not a SQLite database (or is encrypted): {e}",
             path.display()
         )),
@@ -339,7 +339,7 @@ pub fn sqlite_error(op: &'static str, path: &Path, e: rusqlite::Error) -> Error 
 /// read-only and never modifies them, so it says what to do instead of doing it.
 fn hot_journal(path: &Path) -> Error {
     let [_, _, journal] = sidecars(path);
-    Error::Usage(format!(
+    Error::Source(format!(
         "database {} has a hot journal ({}): a writer was interrupted in the middle of a transaction, \
          and SQLite must roll that transaction back before the database can be read; guardian never \
          writes to a source, so: open the database once with its application, or run \

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::{debug, instrument};
 
-use crate::archive::{self, BodyReader};
 use crate::catalog;
+use crate::crypto::Keys;
 use crate::error::Result;
+use crate::layout::SnapshotReader;
 use crate::storage::Storage;
 
 /// The verdict on one snapshot.
@@ -51,23 +52,13 @@ pub async fn run(store: &Arc<dyn Storage>, db: &str, all: bool) -> Result<Vec<Ve
                     .clone()
                     .unwrap_or_else(|| "manifest is unreadable".into()),
             ),
-            Some(m) => match store.get_stream(&m.data_key()).await {
-                Err(e) if e.is_not_found() => Outcome::Bad("data object is missing".into()),
+            Some(m) => match SnapshotReader::new(store, m, &Keys::default())
+                .verify_stored()
+                .await
+            {
+                Ok(Ok(())) => Outcome::Ok,
+                Ok(Err(damage)) => Outcome::Bad(damage.to_string()),
                 Err(e) => Outcome::Error(crate::error::chain(&e)),
-                Ok(body) => {
-                    let read =
-                        tokio::task::spawn_blocking(move || archive::digest(BodyReader::new(body)))
-                            .await
-                            .expect("digest does not panic");
-                    match read {
-                        Err(e) => Outcome::Error(format!("read {}: {e}", m.data_key())),
-                        Ok((len, sha)) if len != m.stored_len || sha != m.stored_sha256 => Outcome::Bad(format!(
-                            "stored object checksum mismatch (expected {} bytes sha256 {}, got {len} bytes sha256 {sha})",
-                            m.stored_len, m.stored_sha256
-                        )),
-                        Ok(_) => Outcome::Ok,
-                    }
-                }
             },
         };
         match &outcome {
@@ -81,7 +72,7 @@ pub async fn run(store: &Arc<dyn Storage>, db: &str, all: bool) -> Result<Vec<Ve
             db: db.to_string(),
             id: s.key.id.to_string(),
             created_at: crate::human::rfc3339(s.created_at),
-            stored_bytes: s.manifest.as_ref().map(|m| m.stored_len),
+            stored_bytes: s.manifest.as_ref().map(|m| m.stored_len()),
             outcome,
         });
     }

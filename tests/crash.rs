@@ -276,7 +276,7 @@ fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
     assert_eq!(listed(&env), 301);
     // Time a prune of a copy of the store, to know where the kill points are.
     let copy = env.path("store-copy");
-    copy_dir(&env.store, &copy);
+    util::copy_dir(&env.store, &copy);
     env.write_config("[databases.retention]\nkeep_last = 1\nkeep_delete = \"0s\"\n");
     let full = {
         let cfg = fs::read_to_string(&env.config).unwrap();
@@ -328,13 +328,4 @@ fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
         .ok();
     assert_eq!(util::integrity(&out), "ok");
     eprintln!("prune kill sweep: {killed} kills over a prune of 300 snapshots (full prune {full:?}), {remaining} left before the last prune, 0 manifests without data");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for f in util::walk(from) {
-        let rel = f.strip_prefix(from).unwrap();
-        let dst = to.join(rel);
-        fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        fs::copy(&f, &dst).unwrap();
-    }
 }

@@ -121,8 +121,8 @@ fn swap_raw(env: &TestEnv, id: &str, raw: &[u8]) {
     let mut m = util::read_manifest(env, id);
     m["raw_sha256"] = hex::encode(Sha256::digest(raw)).into();
     m["raw_len"] = raw.len().into();
-    m["stored_sha256"] = hex::encode(Sha256::digest(&stored)).into();
-    m["stored_len"] = stored.len().into();
+    m["data"]["stored_sha256"] = hex::encode(Sha256::digest(&stored)).into();
+    m["data"]["stored_len"] = stored.len().into();
     util::write_manifest(env, id, &m);
 }
 

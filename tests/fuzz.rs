@@ -7,6 +7,23 @@ use guardian::manifest::{parse_key, Manifest, SnapshotId, SnapshotKey};
 use guardian::storage::ObjectKey;
 use proptest::prelude::*;
 
+/// A format-2 manifest (what guardian writes now).
+fn sample_manifest_v2() -> Vec<u8> {
+    let json = format!(
+        r#"{{"format_version":2,"guardian_version":"0.2.0","db":"market","id":"20261124T030000Z-a1b2c3d4",
+        "created_at":"2026-11-24T03:00:00.25Z","source_path":"/data/market.db","sqlite_version":"3.51.3",
+        "page_size":4096,"page_count":3,"journal_mode":"wal","raw_len":12288,"raw_sha256":"{a}",
+        "data":{{"layout":"whole","object":"db.sqlite.gz","compression":"gzip","compression_level":1,
+        "stored_len":500,"stored_sha256":"{b}"}},
+        "tables":{{"orders":10}},"schema_sha256":"{a}",
+        "check":{{"kind":"quick_check","result":"ok"}}}}"#,
+        a = "1".repeat(64),
+        b = "2".repeat(64)
+    );
+    json.into_bytes()
+}
+
+/// A format-1 manifest (still read).
 fn sample_manifest() -> Vec<u8> {
     let json = format!(
         r#"{{"format_version":1,"guardian_version":"0.1.0","db":"market","id":"20261124T030000Z-a1b2c3d4",
@@ -84,8 +101,9 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
+        v2 in any::<bool>(),
     ) {
-        let mut m = sample_manifest();
+        let mut m = if v2 { sample_manifest_v2() } else { sample_manifest() };
         for (at, byte) in edits {
             let i = at.index(m.len());
             m[i] = byte;
@@ -99,14 +117,20 @@ proptest! {
             prop_assert_eq!(parsed.page_size * parsed.page_count, parsed.raw_len);
             prop_assert_eq!(parsed.db.as_str(), "market");
             prop_assert_eq!(parsed.id.as_str(), "20261124T030000Z-a1b2c3d4");
-            let data_key = format!("market/{}/{}", parsed.id, parsed.object);
-            prop_assert!(ObjectKey::new(data_key).is_ok());
+            for object in parsed.objects() {
+                prop_assert!(object.key.as_str().starts_with("market/20261124T030000Z-a1b2c3d4/"));
+                prop_assert_ne!(object.key.file_name(), "manifest.json");
+            }
             prop_assert_eq!(parsed.check.result.as_str(), "ok");
         }
     }
 }
 
 #[test]
-fn the_sample_manifest_itself_parses() {
-    Manifest::parse(&sample_manifest(), &key()).unwrap();
+fn the_sample_manifests_themselves_parse_to_the_same_snapshot() {
+    let v1 = Manifest::parse(&sample_manifest(), &key()).unwrap();
+    let v2 = Manifest::parse(&sample_manifest_v2(), &key()).unwrap();
+    assert_eq!((v1.format_version, v2.format_version), (1, 2));
+    assert_eq!(v1.objects(), v2.objects());
+    assert_eq!(v1.raw_sha256, v2.raw_sha256);
 }

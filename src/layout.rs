@@ -1,0 +1,333 @@
+//! How a snapshot's bytes go into the store and come back out: [`SnapshotWriter`] (backup) and
+//! [`SnapshotReader`] (restore, drill, verify), over the data layouts a manifest can name
+//! ([`DataLayout`]).
+//!
+//! Today's one layout, [`DataLayout::Whole`], is the database file in one object: gzip in
+//! parallel members, then age when encrypted, hashed on both sides in the same pass. A new
+//! layout (page sets for incremental snapshots) adds a variant to `DataLayout` and one arm to
+//! each `match` here; callers keep asking for "the data of this copy" and "the verified raw
+//! bytes of this snapshot".
+//!
+//! Invariants: the manifest is written last and only by [`SnapshotWriter::publish`]; a reader
+//! hands out bytes only together with proof that their raw SHA-256 is the manifest's, and
+//! reports bad data as [`Damage`], never as an operational error.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::archive::{self, BodyReader, Digests, ExtractError};
+use crate::config::BackupConfig;
+use crate::crypto::Keys;
+use crate::damage::Damage;
+use crate::error::{Error, Result};
+use crate::manifest::{
+    DataLayout, Manifest, Sha256Hex, SnapshotKey, StoredObject, WholeObject, DATA_OBJECT,
+    DATA_OBJECT_AGE,
+};
+use crate::progress::Progress;
+use crate::storage::{body_channel, PutMode, Storage};
+
+/// What [`SnapshotWriter::write`] stored: the layout for the manifest, and the raw side's
+/// size and digest.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub data: DataLayout,
+    pub raw_len: u64,
+    pub raw_sha256: Sha256Hex,
+}
+
+/// Writes one new snapshot: its data objects, then (once the caller has proved the copy good)
+/// its manifest, last.
+pub struct SnapshotWriter {
+    store: Arc<dyn Storage>,
+    key: SnapshotKey,
+    level: u32,
+    threads: usize,
+    keys: Keys,
+}
+
+impl SnapshotWriter {
+    /// A writer for the snapshot `key`, compressing and encrypting as `opts` and `keys` say.
+    pub fn new(
+        store: &Arc<dyn Storage>,
+        key: SnapshotKey,
+        opts: &BackupConfig,
+        keys: &Keys,
+    ) -> Self {
+        SnapshotWriter {
+            store: Arc::clone(store),
+            key,
+            level: opts.compression_level(),
+            threads: opts.threads(),
+            keys: keys.clone(),
+        }
+    }
+
+    /// Store the data of the raw database file at `copy` (`raw_len` bytes) in one streaming
+    /// pass: hash, compress on every core, encrypt, upload. Setting `abort` (the copy failed
+    /// its check) stops the pass: the upload is abandoned and nothing is stored.
+    ///
+    /// # Errors
+    /// The upload's error when it failed (the compressor then only saw "upload stopped"), else
+    /// the compressor's; a store that took another byte count than was produced is damage.
+    pub async fn write(
+        &self,
+        copy: &Path,
+        raw_len: u64,
+        abort: &Arc<AtomicBool>,
+    ) -> Result<Written> {
+        let encryptor = self.keys.encryptor();
+        let object = if encryptor.is_some() {
+            DATA_OBJECT_AGE
+        } else {
+            DATA_OBJECT
+        };
+        let data_key = self.key.object(object);
+        let (tx, rx) = body_channel();
+        let pipeline = {
+            let (copy, abort) = (copy.to_path_buf(), Arc::clone(abort));
+            let (level, threads, db) = (self.level, self.threads, self.key.db.clone());
+            tokio::task::spawn_blocking(move || {
+                let progress = Progress::start("compress+upload", &db, Some(raw_len));
+                let digests = File::open(&copy)
+                    .map_err(|e| Error::io("open copy", &copy, e))
+                    .and_then(|f| {
+                        archive::compress(
+                            f,
+                            level,
+                            threads,
+                            &|n| progress.set(n),
+                            encryptor,
+                            |chunk: Bytes| {
+                                if abort.load(Ordering::SeqCst) {
+                                    return Err(std::io::Error::other("the copy failed its check"));
+                                }
+                                tx.blocking_send(Ok(chunk))
+                                    .map_err(|_| std::io::Error::other("upload stopped"))
+                            },
+                        )
+                        .map_err(|e| Error::io("compress copy", &copy, e))
+                    });
+                match &digests {
+                    Ok(d) => progress.finish(d.raw_len),
+                    // Tell the store the body is incomplete, so that nothing is published.
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    }
+                }
+                digests
+            })
+        };
+        let (upload, digests) = tokio::join!(
+            self.store.put_stream(&data_key, rx, Some(raw_len)),
+            pipeline
+        );
+        let digests = digests.expect("compressor does not panic");
+        // A failed upload makes the compressor fail too ("upload stopped"): report the root cause.
+        let (digests, stored_len) = match (digests, upload) {
+            (Ok(d), Ok(n)) => (d, n),
+            (_, Err(upload)) => return Err(upload.into()),
+            (Err(e), Ok(_)) => return Err(e),
+        };
+        if stored_len != digests.stored_len {
+            return Err(Error::Damaged {
+                id: self.key.id.to_string(),
+                detail: format!(
+                    "store took {stored_len} bytes, compressor produced {}",
+                    digests.stored_len
+                ),
+            });
+        }
+        Ok(Written {
+            data: DataLayout::Whole(WholeObject {
+                object: object.to_string(),
+                compression: "gzip".into(),
+                compression_level: self.level,
+                encryption: self.keys.encrypts().then(|| "age".to_string()),
+                stored_len: digests.stored_len,
+                stored_sha256: digests.stored_sha256,
+            }),
+            raw_len: digests.raw_len,
+            raw_sha256: digests.raw_sha256,
+        })
+    }
+
+    /// Remove the data objects of a copy that will not be published (it failed its check).
+    /// Failures are logged: an unpublished object is an orphan that prune removes later.
+    pub async fn discard(&self, data: &DataLayout) {
+        let keys = match data {
+            DataLayout::Whole(w) => vec![self.key.object(&w.object)],
+        };
+        for key in keys {
+            if let Err(e) = self.store.delete(&key).await {
+                tracing::warn!(key = %key, error = %crate::error::chain(&e), "could not delete the data object of a rejected copy");
+            }
+        }
+    }
+
+    /// Write the manifest, last: from here on the snapshot exists. Never overwrites one.
+    pub async fn publish(&self, manifest: &Manifest) -> Result<()> {
+        self.store
+            .put_bytes(
+                &self.key.manifest(),
+                Bytes::from(manifest.to_json()),
+                PutMode::IfAbsent,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Reads one snapshot back, proving every byte against its manifest.
+pub struct SnapshotReader {
+    store: Arc<dyn Storage>,
+    manifest: Manifest,
+    keys: Keys,
+}
+
+impl SnapshotReader {
+    /// A reader of the snapshot `manifest` describes, decrypting with `keys` where needed.
+    pub fn new(store: &Arc<dyn Storage>, manifest: &Manifest, keys: &Keys) -> Self {
+        SnapshotReader {
+            store: Arc::clone(store),
+            manifest: manifest.clone(),
+            keys: keys.clone(),
+        }
+    }
+
+    /// Write the snapshot's raw database into `file` (at `path`, named in errors): fetch,
+    /// decrypt, decompress, and check the stored and raw sizes and SHA-256s against the
+    /// manifest. `Ok(Err(damage))`: the snapshot is bad, and `file` holds garbage.
+    ///
+    /// # Errors
+    /// Operational failures only: the store is unreachable, the disk is full, no key fits.
+    pub async fn read_into(
+        &self,
+        file: &File,
+        path: &Path,
+    ) -> Result<std::result::Result<Digests, Damage>> {
+        match &self.manifest.data {
+            DataLayout::Whole(w) => self.read_whole(w, file, path).await,
+        }
+    }
+
+    async fn read_whole(
+        &self,
+        w: &WholeObject,
+        file: &File,
+        path: &Path,
+    ) -> Result<std::result::Result<Digests, Damage>> {
+        let m = &self.manifest;
+        let data_key = m.key().object(&w.object);
+        let body = match self.store.get_stream(&data_key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(Err(Damage::ObjectMissing(w.object.clone()))),
+            Err(e) => return Err(e.into()),
+        };
+        let identities = match &w.encryption {
+            Some(_) => Some(
+                self.keys
+                    .decryption_identities(&format!("snapshot {}", m.id))?,
+            ),
+            None => None,
+        };
+        let file = file.try_clone().map_err(|e| Error::io("reopen", path, e))?;
+        let (path, db, id, raw_len) = (path.to_path_buf(), m.db.clone(), m.id.clone(), m.raw_len);
+        let stored_len = w.stored_len;
+        let extracted = tokio::task::spawn_blocking(move || {
+            let progress = Progress::start("download+restore", &db, Some(stored_len));
+            let mut out = BufWriter::with_capacity(1 << 20, &file);
+            let digests = archive::extract(
+                BodyReader::new(body),
+                &mut out,
+                raw_len,
+                identities.as_ref().map(|ids| ids.as_slice()),
+                &|n| progress.set(n),
+            );
+            let digests = match digests {
+                Ok(d) => d,
+                Err(ExtractError::Data(e)) => return Ok(Err(Damage::Undecodable(e.to_string()))),
+                Err(ExtractError::Key(e)) => {
+                    return Err(Error::Config(format!(
+                        "snapshot {id}: {e}; check encryption.identity_file"
+                    )))
+                }
+                Err(ExtractError::Source(e)) => {
+                    return Err(Error::Io {
+                        op: "download",
+                        path: data_key.as_str().into(),
+                        source: e,
+                    })
+                }
+                Err(ExtractError::Sink(e)) => return Err(Error::io("restore into", &path, e)),
+            };
+            out.flush().map_err(|e| Error::io("write", &path, e))?;
+            progress.finish(digests.stored_len);
+            Ok(Ok(digests))
+        })
+        .await
+        .expect("download worker does not panic")?;
+        Ok(extracted.and_then(|d| self.prove(w, d)))
+    }
+
+    /// The digests of a whole read against the manifest.
+    fn prove(&self, w: &WholeObject, d: Digests) -> std::result::Result<Digests, Damage> {
+        let m = &self.manifest;
+        if d.stored_len != w.stored_len || d.stored_sha256 != w.stored_sha256 {
+            return Err(Damage::StoredChecksum {
+                expected_len: w.stored_len,
+                expected: w.stored_sha256.clone(),
+                actual_len: d.stored_len,
+                actual: d.stored_sha256,
+            });
+        }
+        if d.raw_len != m.raw_len || d.raw_sha256 != m.raw_sha256 {
+            return Err(Damage::RawChecksum {
+                expected: m.raw_sha256.clone(),
+                actual: d.raw_sha256,
+            });
+        }
+        Ok(d)
+    }
+
+    /// Re-read every stored object and check its size and SHA-256, without decompressing
+    /// (bit rot in the store). `Ok(Err(damage))`: an object is missing or not what the
+    /// manifest recorded.
+    ///
+    /// # Errors
+    /// An object could not be read (store unreachable, I/O error).
+    pub async fn verify_stored(&self) -> Result<std::result::Result<(), Damage>> {
+        for StoredObject { key, len, sha256 } in self.manifest.objects() {
+            let body = match self.store.get_stream(&key).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => {
+                    return Ok(Err(Damage::ObjectMissing(key.file_name().to_string())))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let (got_len, got) =
+                tokio::task::spawn_blocking(move || archive::digest(BodyReader::new(body)))
+                    .await
+                    .expect("digest does not panic")
+                    .map_err(|e| Error::Io {
+                        op: "read",
+                        path: key.as_str().into(),
+                        source: e,
+                    })?;
+            if got_len != len || got != sha256 {
+                return Ok(Err(Damage::StoredChecksum {
+                    expected_len: len,
+                    expected: sha256,
+                    actual_len: got_len,
+                    actual: got,
+                }));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
