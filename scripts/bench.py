@@ -138,7 +138,8 @@ def bench_size(size_mib, runs, work, s3):
     t_g, rss_g, _ = median_run(f"{GUARDIAN} -q --config {cfg} backup", runs)
     objs = sorted(store.glob("bench/*/db.sqlite.gz"))
     g_size = objs[-1].stat().st_size
-    level = json.loads((objs[-1].parent / "manifest.json").read_text())["compression_level"]
+    manifest = json.loads((objs[-1].parent / "manifest.json").read_text())
+    level = manifest.get("data", manifest)["compression_level"]  # format 2, or 1
     row(f"guardian backup (local, level {level})", t_g, rss_g, g_size)
 
     # Lower bound: copy + pigz on every core at the level whose output is closest to guardian's.
