@@ -48,9 +48,14 @@ fn fix(job: Option<&str>, db: Option<&str>, e: &Error, why: &str) -> Option<Stri
         Error::Busy(_) => {
             "that guardian reports its own outcome; run this again when it has finished".into()
         }
-        // Config messages name the key and what it should be; usage errors say what fits.
+        // Config messages name the key and what it should be; usage errors say what fits; the
+        // source, not-a-database, timeout and gone messages say what to do.
         Error::Config(_)
         | Error::Usage(_)
+        | Error::Source(_)
+        | Error::NotADatabase(_)
+        | Error::Timeout(_)
+        | Error::Gone(_)
         | Error::InUse(_)
         | Error::SourceGone { .. }
         | Error::Cancelled(_)
