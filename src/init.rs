@@ -90,7 +90,8 @@ pub fn write(req: &InitRequest) -> Result<Written> {
     // without blocking). A database that does not exist yet cannot be checked or backed up.
     let db_text = utf8(&db, "--db")?.to_string();
     crate::snapshot::check_source(&db).map_err(|e| match e {
-        Error::Usage(m) => Error::Usage(format!(
+        // A bad --db is a usage error of init, whatever kind of source problem it is.
+        Error::Usage(m) | Error::Source(m) | Error::NotADatabase(m) => Error::Usage(format!(
             "{}; give --db the path of an existing SQLite database",
             m.replace("; point databases[].path at the SQLite database file", "")
                 .replace(" (check databases[].path in the config)", "")
