@@ -34,14 +34,14 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, Duration, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use crate::catalog::{self, Catalog, SnapshotStatus};
 use crate::config::{DatabaseConfig, RetentionConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::human::rfc3339;
 use crate::manifest::{self, ObjectRole, SnapshotKey};
-use crate::storage::{PutMode, Storage};
+use crate::storage::{PutMode, Storage, StorageError};
 use bytes::Bytes;
 
 /// How old an orphan must be before it is deleted (an upload in progress is an orphan too).
@@ -419,6 +419,9 @@ pub struct PruneReport {
     pub marked: Vec<String>,
     /// Snapshot ids whose mark this prune took back.
     pub unmarked: Vec<String>,
+    /// Set when the store refused a delete: retention is delegated to the provider, and this
+    /// prune deleted nothing more (said once, not once per object; docs/S3.md).
+    pub delegated: Option<String>,
     pub dry_run: bool,
 }
 
@@ -477,10 +480,22 @@ pub async fn prune(
         deleted: Vec::new(),
         marked: Vec::new(),
         unmarked: Vec::new(),
+        delegated: None,
         dry_run,
     };
     if !dry_run {
-        apply(store, db, &mut report, now).await?;
+        match apply(store, db, &mut report, now).await {
+            Err(Error::Storage(StorageError::DeleteRefused { message, .. })) => {
+                let why = format!(
+                    "the store refuses deletes ({message}): retention is delegated to the provider \
+                     (its bucket policy, object lock or lifecycle rules keep or expire snapshots); \
+                     this prune deleted nothing more (see docs/S3.md, versioned and object-locked buckets)"
+                );
+                warn!(reason = %why, "prune stopped: deletes are refused");
+                report.delegated = Some(why);
+            }
+            other => other?,
+        }
     }
     Ok(report)
 }

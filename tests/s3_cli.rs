@@ -290,6 +290,52 @@ fn doctor_reports_a_versioned_or_locked_bucket_as_retention_delegated() {
 }
 
 #[test]
+fn prune_on_a_store_that_refuses_deletes_says_retention_is_delegated_and_exits_0() {
+    let server = S3Server::start();
+    let env = s3_env(&server.target, "locked");
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str("[databases.retention]\nkeep_last = 1\nkeep_delete = \"0s\"\n");
+    std::fs::write(&env.config, text).unwrap();
+    for _ in 0..3 {
+        run(&env, &server.target, &["backup"]).ok();
+    }
+    server.faults.lock().unwrap().deny_deletes = true;
+    let deletes = |s: &S3Server| s.requests().iter().filter(|q| q.method == "DELETE").count();
+    for round in 0..2 {
+        let before = deletes(&server);
+        let r = run(&env, &server.target, &["prune"]).ok();
+        assert!(
+            r.stdout.contains("retention delegated to the provider")
+                && r.stdout.contains("AccessDenied"),
+            "round {round}: {}",
+            r.stdout
+        );
+        assert!(!r.stdout.contains("  deleted"), "{}", r.stdout);
+        // One refused delete, then the prune stops: not one error per object.
+        assert_eq!(deletes(&server) - before, 1, "round {round}");
+        assert_eq!(
+            r.stderr.matches("deletes are refused").count(),
+            1,
+            "{}",
+            r.stderr
+        );
+    }
+    let listed = |env: &TestEnv| {
+        run(env, &server.target, &["list", "--json"])
+            .ok()
+            .stdout
+            .matches("\"id\"")
+            .count()
+    };
+    assert_eq!(listed(&env), 3);
+    // Once deletes work again, the policy applies.
+    server.faults.lock().unwrap().deny_deletes = false;
+    let r = run(&env, &server.target, &["prune"]).ok();
+    assert!(!r.stdout.contains("delegated"), "{}", r.stdout);
+    assert_eq!(listed(&env), 1);
+}
+
+#[test]
 fn doctor_warns_when_the_server_refuses_conditional_writes() {
     let server = S3Server::start();
     server.faults.lock().unwrap().refuse_if_none_match = true;

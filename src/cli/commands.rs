@@ -294,6 +294,9 @@ fn print_prune(r: &PruneReport) {
     if let Some(why) = &r.plan.unproven {
         outln!("  kept for want of proof: {why}");
     }
+    if let Some(why) = &r.delegated {
+        outln!("  retention delegated to the provider: {why}");
+    }
     for d in &r.plan.decisions {
         let verb = match (d.action, r.dry_run) {
             (Action::Keep, _) => "keep",
@@ -302,7 +305,8 @@ fn print_prune(r: &PruneReport) {
             (Action::Mark, true) => "would mark",
             (Action::Mark | Action::Wait, _) => "marked",
             (Action::Delete, true) => "would delete",
-            (Action::Delete, false) => "deleted",
+            (Action::Delete, false) if r.deleted.contains(&d.id) => "deleted",
+            (Action::Delete, false) => "not deleted",
         };
         let reasons: Vec<String> = d
             .reasons
@@ -328,7 +332,8 @@ fn print_prune(r: &PruneReport) {
         let verb = match (o.delete, r.dry_run) {
             (false, _) => "keep orphan",
             (true, true) => "would delete",
-            (true, false) => "deleted",
+            (true, false) if r.deleted.contains(&o.id) => "deleted",
+            (true, false) => "not deleted",
         };
         outln!(
             "  {verb:<12} {:<26} ({} objects, no manifest): {}",

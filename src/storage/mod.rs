@@ -158,6 +158,15 @@ pub enum StorageError {
         hint: Option<&'static str>,
     },
 
+    /// The store refuses to delete (a bucket policy that protects backups, an object lock):
+    /// retention is then the provider's business, not guardian's.
+    #[error("delete {key} in {location} refused: {message}")]
+    DeleteRefused {
+        key: String,
+        location: String,
+        message: String,
+    },
+
     /// The body producer failed or went away before the end; nothing was stored.
     #[error("upload of {key} to {location} aborted: {reason}")]
     Aborted {

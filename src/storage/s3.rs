@@ -485,10 +485,22 @@ impl Storage for S3Storage {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => match self.error("delete", key.as_str(), e) {
-                StorageError::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
+            Err(e) => {
+                let f = Failure::from_sdk(&e);
+                // AccessDenied on a delete, where reads and writes work: a policy or an object
+                // lock protects the object (MinIO says ObjectLocked).
+                if matches!(f.code.as_deref(), Some("AccessDenied" | "ObjectLocked")) {
+                    return Err(StorageError::DeleteRefused {
+                        key: key.to_string(),
+                        location: self.location.clone(),
+                        message: f.message,
+                    });
+                }
+                match f.into_error("delete", key.as_str(), &self.location, &self.hints) {
+                    StorageError::NotFound { .. } => Ok(()),
+                    other => Err(other),
+                }
+            }
         }
     }
 
