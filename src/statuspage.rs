@@ -290,107 +290,116 @@ pub fn html(d: &StatusData) -> String {
         o.push_str("<p>No database is configured.</p>");
     }
     for db in &d.databases {
-        let (cls, label) = match db.health {
-            "ok" => ("ok", "healthy"),
-            "unhealthy" => ("bad", "unhealthy"),
-            _ => ("unknown", "unknown"),
-        };
-        let _ = write!(
-            o,
-            "<section><h2>{}<span class=\"badge {cls}\">{label}</span></h2>",
-            esc(&db.db)
-        );
-        if let Some(p) = &db.path {
-            let _ = write!(o, "<div class=\"dim\">{}</div>", esc(p));
-        }
-        if !db.problems.is_empty() {
-            o.push_str("<ul class=\"problems\">");
-            for p in &db.problems {
-                let _ = write!(o, "<li>{}</li>", esc(p));
-            }
-            o.push_str("</ul>");
-        }
-        let drill = match &db.last_drill {
-            Some(e) => format!(
-                "<span class=\"{}\">{}</span> {}",
-                if e.ok { "okt" } else { "badt" },
-                if e.ok { "passed" } else { "FAILED" },
-                age(&db.last_drill)
-            ),
-            None => DASH.into(),
-        };
-        let store_rows: Vec<String> = db
-            .stores
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}: {} in {} snapshot{} <span class=\"dim\">{}</span>",
-                    esc(s.name),
-                    human_bytes(s.stored_bytes),
-                    s.snapshots,
-                    if s.snapshots == 1 { "" } else { "s" },
-                    esc(&s.location)
-                )
-            })
-            .collect();
-        let cells = [
-            (
-                "Effective RPO",
-                db.effective_rpo_seconds.map_or(DASH.into(), human_age),
-                "age of the newest usable snapshot",
-            ),
-            ("Last backup", age(&db.last_backup), "full snapshot"),
-            (
-                "Last incremental",
-                age(&db.last_incremental),
-                "not available yet",
-            ),
-            ("Last drill", drill, "restore into scratch, every check"),
-            (
-                "Last proven restore",
-                db.last_proven_restore_seconds.map_or(DASH.into(), |s| {
-                    if s < 1.0 {
-                        format!("{:.0} ms", (s * 1000.0).max(1.0))
-                    } else if s < 10.0 {
-                        format!("{s:.2} s")
-                    } else {
-                        human_age(s.round() as i64)
-                    }
-                }),
-                "how long the last passed drill took",
-            ),
-            (
-                "Store usage",
-                if store_rows.is_empty() {
-                    DASH.into()
-                } else {
-                    store_rows.join("<br>")
-                },
-                "stored bytes of usable snapshots",
-            ),
-        ];
-        o.push_str("<div class=\"grid\">");
-        for (title, value, hint) in cells {
-            let _ = write!(
-                o,
-                "<div class=\"cell\"><div class=\"k\">{title}</div><div class=\"v\">{value}</div><div class=\"hint\">{hint}</div></div>"
-            );
-        }
-        o.push_str("</div>");
-        timeline(&mut o, db, &d.generated_at);
-        if let Some(f) = &db.last_failure {
-            let _ = write!(
-                o,
-                "<p class=\"failure\"><b>Last failure</b> {} ({}): <code>{}</code></p>",
-                esc(&f.at),
-                esc(&f.job),
-                esc(&f.error)
-            );
-        }
-        o.push_str("</section>");
+        db_section(&mut o, db, &d.generated_at);
     }
     o.push_str("</body></html>\n");
     o
+}
+
+/// One database's section: name and health, problems, the cells, the timeline, the last failure.
+fn db_section(o: &mut String, db: &DbPage, generated_at: &str) {
+    let (cls, label) = match db.health {
+        "ok" => ("ok", "healthy"),
+        "unhealthy" => ("bad", "unhealthy"),
+        _ => ("unknown", "unknown"),
+    };
+    let _ = write!(
+        o,
+        "<section><h2>{}<span class=\"badge {cls}\">{label}</span></h2>",
+        esc(&db.db)
+    );
+    if let Some(p) = &db.path {
+        let _ = write!(o, "<div class=\"dim\">{}</div>", esc(p));
+    }
+    if !db.problems.is_empty() {
+        o.push_str("<ul class=\"problems\">");
+        for p in &db.problems {
+            let _ = write!(o, "<li>{}</li>", esc(p));
+        }
+        o.push_str("</ul>");
+    }
+    o.push_str("<div class=\"grid\">");
+    for (title, value, hint) in cells(db) {
+        let _ = write!(
+            o,
+            "<div class=\"cell\"><div class=\"k\">{title}</div><div class=\"v\">{value}</div><div class=\"hint\">{hint}</div></div>"
+        );
+    }
+    o.push_str("</div>");
+    timeline(o, db, generated_at);
+    if let Some(f) = &db.last_failure {
+        let _ = write!(
+            o,
+            "<p class=\"failure\"><b>Last failure</b> {} ({}): <code>{}</code></p>",
+            esc(&f.at),
+            esc(&f.job),
+            esc(&f.error)
+        );
+    }
+    o.push_str("</section>");
+}
+
+/// The cells of a database's grid: title, value (HTML, escaped), hint.
+fn cells(db: &DbPage) -> [(&'static str, String, &'static str); 6] {
+    let drill = match &db.last_drill {
+        Some(e) => format!(
+            "<span class=\"{}\">{}</span> {}",
+            if e.ok { "okt" } else { "badt" },
+            if e.ok { "passed" } else { "FAILED" },
+            age(&db.last_drill)
+        ),
+        None => DASH.into(),
+    };
+    let store_rows: Vec<String> = db
+        .stores
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {} in {} snapshot{} <span class=\"dim\">{}</span>",
+                esc(s.name),
+                human_bytes(s.stored_bytes),
+                s.snapshots,
+                if s.snapshots == 1 { "" } else { "s" },
+                esc(&s.location)
+            )
+        })
+        .collect();
+    [
+        (
+            "Effective RPO",
+            db.effective_rpo_seconds.map_or(DASH.into(), human_age),
+            "age of the newest usable snapshot",
+        ),
+        ("Last backup", age(&db.last_backup), "full snapshot"),
+        (
+            "Last incremental",
+            age(&db.last_incremental),
+            "not available yet",
+        ),
+        ("Last drill", drill, "restore into scratch, every check"),
+        (
+            "Last proven restore",
+            db.last_proven_restore_seconds.map_or(DASH.into(), |s| {
+                if s < 1.0 {
+                    format!("{:.0} ms", (s * 1000.0).max(1.0))
+                } else if s < 10.0 {
+                    format!("{s:.2} s")
+                } else {
+                    human_age(s.round() as i64)
+                }
+            }),
+            "how long the last passed drill took",
+        ),
+        (
+            "Store usage",
+            if store_rows.is_empty() {
+                DASH.into()
+            } else {
+                store_rows.join("<br>")
+            },
+            "stored bytes of usable snapshots",
+        ),
+    ]
 }
 
 /// The 14-day timeline: one row each for snapshots, drills and failures; a mark per event,

@@ -128,15 +128,7 @@ fn prune_removes_orphans_only_when_over_a_day_old() {
     env.write_config("[databases.retention]\nkeep_last = 5\n");
     let real = env.backup();
     // An interrupted backup from last month (data, no manifest) and one from a minute ago.
-    let old = util::plant_snapshot(&env, &real, "2026-10-01T03:00:00Z");
-    std::fs::remove_file(env.snapshot_dir(&old).join("manifest.json")).unwrap();
-    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
-    std::fs::File::options()
-        .write(true)
-        .open(env.snapshot_dir(&old).join("db.sqlite.gz"))
-        .unwrap()
-        .set_modified(month_ago)
-        .unwrap();
+    let old = util::plant_old_orphan(&env, &real);
     let young = util::plant_snapshot(&env, &real, &chrono::Utc::now().to_rfc3339());
     std::fs::remove_file(env.snapshot_dir(&young).join("manifest.json")).unwrap();
 
@@ -179,15 +171,7 @@ fn an_all_zero_policy_is_a_config_error() {
 fn prune_removes_old_orphans_without_a_policy_too() {
     let env = TestEnv::new();
     let real = env.backup();
-    let old = util::plant_snapshot(&env, &real, "2026-10-01T03:00:00Z");
-    std::fs::remove_file(env.snapshot_dir(&old).join("manifest.json")).unwrap();
-    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
-    std::fs::File::options()
-        .write(true)
-        .open(env.snapshot_dir(&old).join("db.sqlite.gz"))
-        .unwrap()
-        .set_modified(month_ago)
-        .unwrap();
+    let old = util::plant_old_orphan(&env, &real);
     let dry = env.run(&["prune", "--dry-run"]).ok();
     assert!(
         dry.stdout

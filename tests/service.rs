@@ -641,15 +641,7 @@ fn the_service_removes_old_orphans_without_a_retention_table() {
     let env = TestEnv::new();
     let real = env.backup();
     // What a cancelled backup leaves: data without a manifest, here from last month.
-    let old = util::plant_snapshot(&env, &real, "2026-10-01T03:00:00Z");
-    std::fs::remove_file(env.snapshot_dir(&old).join("manifest.json")).unwrap();
-    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
-    std::fs::File::options()
-        .write(true)
-        .open(env.snapshot_dir(&old).join("db.sqlite.gz"))
-        .unwrap()
-        .set_modified(month_ago)
-        .unwrap();
+    let old = util::plant_old_orphan(&env, &real);
     env.write_config("backup = \"* * * * * *\"\n\n[service]\nlisten = \"127.0.0.1:0\"\n");
     let mut svc = Service::start(&env);
     let deadline = Instant::now() + Duration::from_secs(20);

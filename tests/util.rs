@@ -237,6 +237,21 @@ pub fn plant_snapshot(env: &TestEnv, template: &str, at: &str) -> String {
     id
 }
 
+/// What an interrupted backup from October leaves: a copy of `template`'s data with no manifest,
+/// last written a month ago (older than prune's one-day grace for orphans). Returns its id.
+pub fn plant_old_orphan(env: &TestEnv, template: &str) -> String {
+    let id = plant_snapshot(env, template, "2026-10-01T03:00:00Z");
+    std::fs::remove_file(env.snapshot_dir(&id).join("manifest.json")).unwrap();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(env.snapshot_dir(&id).join("db.sqlite.gz"))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    id
+}
+
 /// A random u32 (unique ids for planted snapshots).
 pub fn rand_u32() -> u32 {
     getrandom::u32().unwrap()
