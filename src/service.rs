@@ -103,6 +103,7 @@ pub async fn run(
     });
 
     let http = tokio::spawn(metrics::serve(listener, metrics, shared.stop.clone()));
+    let refresh = tokio::spawn(refresh_from_store(Arc::clone(&shared)));
     let on_tick: OnTick = {
         let shared = Arc::clone(&shared);
         Arc::new(move |tick: Tick| {
@@ -116,6 +117,7 @@ pub async fn run(
 
     stop(&shared, scheduler, shutdown, abort).await;
     let _ = http.await;
+    let _ = refresh.await;
     info!("guardian service stopped");
     Ok(())
 }
@@ -149,6 +151,23 @@ async fn last_passed_drill_seconds(
     let bytes = app.store.get_bytes(&mark.key, 1 << 20).await.ok()?;
     let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     Some((mark.at, record["seconds"].as_f64()?))
+}
+
+/// Re-read the store every `service.refresh` until the service stops, so that what other
+/// processes did (a drill or backup from the command line, another host's backups) shows in
+/// `/metrics`, `/healthz` and the status page, not only what this service ran.
+async fn refresh_from_store(s: Arc<Shared>) {
+    let every = s.app().config.service.refresh();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = s.stop.cancelled() => return,
+        }
+        tokio::select! {
+            () = observe_store(s.app(), &s.metrics) => {}
+            () = s.stop.cancelled() => return,
+        }
+    }
 }
 
 /// Start the metrics from what the store holds (a store that is down is retried by the jobs).

@@ -121,3 +121,32 @@ fn error_texts_on_the_status_page_are_escaped() {
     svc.signal(Signal::SIGTERM);
     assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
 }
+
+/// A drill run from the command line (another process) shows on the page of a running
+/// service once it re-reads the store (`service.refresh`), not only after a restart.
+#[test]
+fn the_page_shows_what_other_processes_did_after_a_refresh() {
+    let env = TestEnv::new();
+    env.backup();
+    // A schedule that never fires while the test runs: only the CLI drills.
+    env.write_config(
+        "backup = \"0 3 1 1 *\"\n[service]\nlisten = \"127.0.0.1:0\"\nrefresh = \"1s\"\n",
+    );
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+    let drilled = |b: &str| {
+        let v: serde_json::Value = serde_json::from_str(b).unwrap();
+        v["databases"][0]["last_drill"]["ok"] == true
+    };
+    let before = poll(&addr, "/status.json", 10, |_| true, &svc);
+    assert!(!drilled(&before), "{before}");
+    env.run(&["drill"]).ok();
+    let after = poll(&addr, "/status.json", 15, drilled, &svc);
+    let v: serde_json::Value = serde_json::from_str(&after).unwrap();
+    assert!(
+        v["databases"][0]["last_proven_restore_seconds"].is_number(),
+        "{after}"
+    );
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+}

@@ -72,10 +72,16 @@ pub struct ServiceConfig {
     /// How long a stop signal waits for the job in flight before cancelling it. Default: "8s"
     /// (under Docker's 10 s stop timeout).
     pub shutdown_timeout: Option<String>,
+    /// How often the service re-reads the store, so that `/metrics`, `/healthz` and the status
+    /// page also show what other processes did (a backup or drill from the command line,
+    /// another host). Default: "60s"; from "1s" to "1h".
+    pub refresh: Option<String>,
 }
 
 /// Default `service.listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
+/// Default `service.refresh`.
+pub const DEFAULT_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// Default `service.shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 
@@ -87,6 +93,14 @@ impl ServiceConfig {
             .unwrap_or(DEFAULT_LISTEN)
             .parse()
             .expect("validated config: service.listen is an address")
+    }
+
+    /// How often the store is re-read (validated at load).
+    pub fn refresh(&self) -> std::time::Duration {
+        self.refresh
+            .as_deref()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(DEFAULT_REFRESH)
     }
 
     /// The shutdown grace period (validated at load).
@@ -214,6 +228,20 @@ pub(super) fn validate(cfg: &Config) -> Result<(), Invalid> {
                 "service.listen".into(),
                 format!("{l:?} is not an address with a port (e.g. \"127.0.0.1:9187\" or \"0.0.0.0:9187\")"),
             );
+        }
+    }
+    if let Some(r) = &cfg.service.refresh {
+        match humantime::parse_duration(r) {
+            Ok(d)
+                if (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600))
+                    .contains(&d) => {}
+            Ok(_) => {
+                return invalid(
+                    "service.refresh".into(),
+                    format!("{r:?} is out of range: give from \"1s\" to \"1h\" (default \"60s\")"),
+                )
+            }
+            Err(e) => return invalid("service.refresh".into(), format!("{e} (e.g. \"60s\")")),
         }
     }
     for (key, value) in [
