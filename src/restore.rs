@@ -193,7 +193,9 @@ impl Skip {
     }
 }
 
-/// Restore a snapshot of `db` from `store`.
+/// Restore a snapshot of `db` from `store`: check the target, select the candidates, then
+/// stage (read, verify, SQLite check) one after another until one is good, swap it into place
+/// and record the proof.
 #[instrument(skip_all, fields(db = %db.name))]
 pub async fn run(
     store: &Arc<dyn Storage>,
@@ -201,88 +203,15 @@ pub async fn run(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let target = opts.to.clone().unwrap_or_else(|| db.path.clone());
-    // Before anything opens it: a FIFO would block the open, a folder would be moved aside.
-    target::check(&target, &opts.protected)?;
-    let holder = target::in_use(&target);
-    if let Some(who) = &holder {
-        if !opts.force {
-            let refusal = format!(
-                "restore target {} is in use ({who}); stop the application first, or pass --force to replace it anyway",
-                target.display()
-            );
-            return Err(Error::InUse(if opts.dry_run {
-                format!("dry run: would refuse: {refusal}")
-            } else {
-                refusal
-            }));
-        }
-        if !opts.dry_run {
-            warn!(target = %target.display(), holder = %who, "replacing a database that is in use (--force); restart the process that holds it");
-        }
-    }
-    if !opts.dry_run {
-        target::sweep_dead_staging(&target);
-    }
-
+    let holder = check_target(&target, opts)?;
     let catalog = catalog::load(store, &db.name).await?;
-    let candidates: Vec<&SnapshotEntry> = match &opts.selector {
-        Selector::Latest => catalog.usable().collect(),
-        Selector::Before(t) => catalog.usable().filter(|s| s.created_at < *t).collect(),
-        Selector::Snapshot(id) => vec![catalog.find(id).map_err(Error::Usage)?],
-    };
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    if let Selector::Latest | Selector::Before(_) = opts.selector {
-        for s in catalog.snapshots.iter().filter(|s| s.skewed) {
-            skipped.push((
-                s.key.id.to_string(),
-                format!(
-                    "dated {}, ahead of this host's clock (clock skew); restore it only by name with --snapshot {}",
-                    crate::human::rfc3339(s.created_at),
-                    s.key.id
-                ),
-            ));
-        }
-        for s in catalog
-            .snapshots
-            .iter()
-            .filter(|s| s.status == SnapshotStatus::Failed && !s.skewed)
-        {
-            if candidates
-                .first()
-                .is_none_or(|c| s.created_at > c.created_at)
-            {
-                skipped.push((
-                    s.key.id.to_string(),
-                    s.problem.clone().unwrap_or_else(|| "failed".into()),
-                ));
-            }
-        }
-    }
+    let (candidates, mut skipped) = select(&catalog, &opts.selector)?;
     // The newest snapshot whose only fault is the SQLite check, and a check it passes.
     let mut rescue: Option<(String, RestoreCheck)> = None;
     let named = matches!(opts.selector, Selector::Snapshot(_));
     for cand in candidates {
-        let manifest = match (&cand.manifest, cand.status) {
-            (Some(m), st) if st != SnapshotStatus::Failed => m.clone(),
-            // Named with a weaker check than a drill used: the operator asked for it, and the
-            // SHA-256 checks still run.
-            (Some(m), _) if named && opts.check.is_some_and(|c| c != RestoreCheck::Integrity) => {
-                m.clone()
-            }
-            _ => {
-                let why = cand
-                    .problem
-                    .clone()
-                    .unwrap_or_else(|| "snapshot is failed".into());
-                if let Selector::Snapshot(_) = opts.selector {
-                    return Err(Error::Damaged {
-                        id: cand.key.id.to_string(),
-                        detail: why,
-                    });
-                }
-                skipped.push((cand.key.id.to_string(), why));
-                continue;
-            }
+        let Some(manifest) = usable_manifest(cand, opts, named, &mut skipped)? else {
+            continue;
         };
         let check = match opts.check {
             Some(c) => c.kind(),
@@ -308,13 +237,13 @@ pub async fn run(
                 rescue: weaker,
             }) => {
                 warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
-                let anyway = weaker.map(|c| {
-                    format!(
-                        "; to restore it anyway (the SHA-256 checks still run): {}",
-                        rescue_command(&db.name, manifest.id.as_str(), c, opts.to.as_deref())
-                    )
-                });
                 if named {
+                    let anyway = weaker.map(|c| {
+                        format!(
+                            "; to restore it anyway (the SHA-256 checks still run): {}",
+                            rescue_command(&db.name, manifest.id.as_str(), c, opts.to.as_deref())
+                        )
+                    });
                     return Err(Error::Damaged {
                         id: manifest.id.to_string(),
                         detail: format!("{why}{}", anyway.unwrap_or_default()),
@@ -351,7 +280,127 @@ pub async fn run(
             }
         }
     }
-    let mut msg = no_snapshot_message(&db.name, &opts.selector, &skipped);
+    Err(Error::NoGoodSnapshot(no_good_snapshot(
+        &catalog, db, opts, &skipped, rescue,
+    )))
+}
+
+/// Refuse a target that is not a file guardian may replace, or that another process has open
+/// (unless `--force`); returns who holds it open. Sweeps dead staging files of earlier
+/// restores unless this is a dry run.
+fn check_target(target: &Path, opts: &RestoreOptions) -> Result<Option<String>> {
+    // Before anything opens it: a FIFO would block the open, a folder would be moved aside.
+    target::check(target, &opts.protected)?;
+    let holder = target::in_use(target);
+    if let Some(who) = &holder {
+        if !opts.force {
+            let refusal = format!(
+                "restore target {} is in use ({who}); stop the application first, or pass --force to replace it anyway",
+                target.display()
+            );
+            return Err(Error::InUse(if opts.dry_run {
+                format!("dry run: would refuse: {refusal}")
+            } else {
+                refusal
+            }));
+        }
+        if !opts.dry_run {
+            warn!(target = %target.display(), holder = %who, "replacing a database that is in use (--force); restart the process that holds it");
+        }
+    }
+    if !opts.dry_run {
+        target::sweep_dead_staging(target);
+    }
+    Ok(holder)
+}
+
+/// The candidates `sel` picks, newest first, and the newer snapshots it passes over (skewed
+/// clocks, failed ones) with the reason.
+fn select<'a>(
+    catalog: &'a catalog::Catalog,
+    sel: &Selector,
+) -> Result<(Vec<&'a SnapshotEntry>, Skipped)> {
+    let candidates: Vec<&SnapshotEntry> = match sel {
+        Selector::Latest => catalog.usable().collect(),
+        Selector::Before(t) => catalog.usable().filter(|s| s.created_at < *t).collect(),
+        Selector::Snapshot(id) => vec![catalog.find(id).map_err(Error::Usage)?],
+    };
+    let mut skipped: Skipped = Vec::new();
+    if let Selector::Latest | Selector::Before(_) = sel {
+        for s in catalog.snapshots.iter().filter(|s| s.skewed) {
+            skipped.push((
+                s.key.id.to_string(),
+                format!(
+                    "dated {}, ahead of this host's clock (clock skew); restore it only by name with --snapshot {}",
+                    crate::human::rfc3339(s.created_at),
+                    s.key.id
+                ),
+            ));
+        }
+        for s in catalog
+            .snapshots
+            .iter()
+            .filter(|s| s.status == SnapshotStatus::Failed && !s.skewed)
+        {
+            if candidates
+                .first()
+                .is_none_or(|c| s.created_at > c.created_at)
+            {
+                skipped.push((
+                    s.key.id.to_string(),
+                    s.problem.clone().unwrap_or_else(|| "failed".into()),
+                ));
+            }
+        }
+    }
+    Ok((candidates, skipped))
+}
+
+/// Snapshots passed over, newest first: (id, why).
+type Skipped = Vec<(String, String)>;
+
+/// The manifest of `cand` if a restore may try it; otherwise the reason goes to `skipped`
+/// (`Ok(None)`), or, for a snapshot named on the command line, is the error.
+fn usable_manifest(
+    cand: &SnapshotEntry,
+    opts: &RestoreOptions,
+    named: bool,
+    skipped: &mut Vec<(String, String)>,
+) -> Result<Option<Manifest>> {
+    match (&cand.manifest, cand.status) {
+        (Some(m), st) if st != SnapshotStatus::Failed => Ok(Some(m.clone())),
+        // Named with a weaker check than a drill used: the operator asked for it, and the
+        // SHA-256 checks still run.
+        (Some(m), _) if named && opts.check.is_some_and(|c| c != RestoreCheck::Integrity) => {
+            Ok(Some(m.clone()))
+        }
+        _ => {
+            let why = cand
+                .problem
+                .clone()
+                .unwrap_or_else(|| "snapshot is failed".into());
+            if named {
+                return Err(Error::Damaged {
+                    id: cand.key.id.to_string(),
+                    detail: why,
+                });
+            }
+            skipped.push((cand.key.id.to_string(), why));
+            Ok(None)
+        }
+    }
+}
+
+/// The message when no candidate was good: what was skipped and why, and the command that
+/// restores the newest one anyway when a weaker check would take it.
+fn no_good_snapshot(
+    catalog: &catalog::Catalog,
+    db: &DatabaseConfig,
+    opts: &RestoreOptions,
+    skipped: &[(String, String)],
+    rescue: Option<(String, RestoreCheck)>,
+) -> String {
+    let mut msg = no_snapshot_message(&db.name, &opts.selector, skipped);
     match rescue {
         Some((id, c)) => msg.push_str(&format!(
             "; to restore the newest of them anyway (the SHA-256 checks still run; then run REINDEX or .recover on it): {}",
@@ -371,7 +420,7 @@ pub async fn run(
         }
         None => {}
     }
-    Err(Error::NoGoodSnapshot(msg))
+    msg
 }
 
 /// The exact command that restores snapshot `id` with the weaker `check`.
