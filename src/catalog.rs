@@ -18,9 +18,6 @@ use crate::human::rfc3339;
 use crate::manifest::{self, Manifest, ObjectRole, SnapshotKey, MAX_MANIFEST_BYTES};
 use crate::storage::{ObjectKey, ObjectMeta, Storage, StorageError};
 
-/// Marks a manifest that vanished between listing and reading.
-const GONE: &str = "manifest deleted while listing";
-
 /// Manifests fetched at once when listing.
 const FETCH_CONCURRENCY: usize = 16;
 
@@ -90,7 +87,7 @@ pub struct SnapshotEntry {
     pub last_drill: Option<DrillMark>,
     pub status: SnapshotStatus,
     /// Why the snapshot is `failed`.
-    pub problem: Option<String>,
+    pub problem: Option<Damage>,
     /// Dated more than [`SKEW_TOLERANCE`] ahead of this host's clock: listed and flagged,
     /// never picked by `--latest`/`--before` (only by `--snapshot`).
     pub skewed: bool,
@@ -126,8 +123,9 @@ impl Catalog {
             .filter(|s| s.status != SnapshotStatus::Failed && !s.skewed)
     }
 
-    /// Find a snapshot by full id or unique id prefix.
-    pub fn find(&self, id: &str) -> std::result::Result<&SnapshotEntry, String> {
+    /// Find a snapshot by full id or unique id prefix. A damaged snapshot is found too (its
+    /// `problem` says what is wrong): the caller decides what to do with it.
+    pub fn find(&self, id: &str) -> std::result::Result<&SnapshotEntry, FindError> {
         if let Some(s) = self.snapshots.iter().find(|s| s.key.id.as_str() == id) {
             return Ok(s);
         }
@@ -138,16 +136,26 @@ impl Catalog {
             .collect();
         match hits.as_slice() {
             [one] => Ok(one),
-            [] => Err(format!(
-                "no snapshot {id:?} for database {:?} (see `guardian list --db {}`)",
-                self.db, self.db
-            )),
-            many => Err(format!(
-                "snapshot id {id:?} is ambiguous ({} match); give more of it",
-                many.len()
-            )),
+            [] => Err(FindError::NotFound {
+                id: id.to_string(),
+                db: self.db.clone(),
+            }),
+            many => Err(FindError::Ambiguous {
+                id: id.to_string(),
+                matches: many.len(),
+            }),
         }
     }
+}
+
+/// Why [`Catalog::find`] found no snapshot: the command line named one that is not there
+/// (a usage error, see [`Error::Usage`](crate::error::Error::Usage)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindError {
+    #[error("no snapshot {id:?} for database {db:?} (see `guardian list --db {db}`)")]
+    NotFound { id: String, db: String },
+    #[error("snapshot id {id:?} is ambiguous ({matches} match); give more of it")]
+    Ambiguous { id: String, matches: usize },
 }
 
 /// Snapshots dated more than this ahead of the clock are flagged (clock skew) and never picked
@@ -199,7 +207,7 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
             (i, read_folder(&store, &sk, &objs).await)
         });
     }
-    let mut read: Vec<Option<Folder>> = vec![None; with_manifest.len()];
+    let mut read: Vec<Option<Option<Folder>>> = vec![None; with_manifest.len()];
     while let Some(done) = tasks.join_next().await {
         let (i, f) = done.expect("manifest fetch does not panic");
         read[i] = Some(f?);
@@ -208,10 +216,10 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
     let now = Utc::now();
     let mut snapshots = Vec::with_capacity(with_manifest.len());
     for ((sk, objs), folder) in with_manifest.into_iter().zip(read) {
-        let folder = folder.expect("every task reported");
-        if matches!(&folder.manifest, Err(e) if e == GONE) {
+        // `None`: deleted between the listing and the read (a concurrent prune).
+        let Some(folder) = folder.expect("every task reported") else {
             continue;
-        }
+        };
         snapshots.push(entry(sk, &objs, folder, now));
     }
     snapshots.sort_by(|a, b| (b.created_at, &b.key.id).cmp(&(a.created_at, &a.key.id)));
@@ -225,7 +233,7 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
 /// What was read from one snapshot folder.
 #[derive(Debug, Clone)]
 struct Folder {
-    manifest: std::result::Result<Manifest, String>,
+    manifest: std::result::Result<Manifest, Damage>,
     /// The newest drill verdict that parsed and vouches for this snapshot's data.
     last_drill: Option<DrillMark>,
     /// The newest restore record that parsed (read only when no other proof exists).
@@ -238,20 +246,22 @@ struct Folder {
 
 /// Read the manifest of `sk` and the records that say what is known of its data.
 ///
+/// `None` when the manifest was deleted since the listing (a concurrent prune): not a snapshot.
+///
 /// # Errors
 /// Only when the store cannot be read: damage is a finding, not an error.
 async fn read_folder(
     store: &Arc<dyn Storage>,
     sk: &SnapshotKey,
     objs: &[(ObjectMeta, ObjectRole)],
-) -> Result<Folder> {
+) -> Result<Option<Folder>> {
     // Damage (too large) makes the snapshot `failed`; a store that cannot be read is an
     // operational error for the whole listing, never a verdict on the snapshot.
     let manifest = match store.get_bytes(&sk.manifest(), MAX_MANIFEST_BYTES).await {
-        Ok(bytes) => Manifest::parse(&bytes, sk),
-        Err(e @ StorageError::TooLarge { .. }) => Err(format!("manifest unreadable: {e}")),
+        Ok(bytes) => Manifest::parse(&bytes, sk).map_err(Damage::from),
+        Err(e @ StorageError::TooLarge { .. }) => Err(Damage::ManifestUnreadable(e.to_string())),
         // Deleted between the listing and the read (a concurrent prune): not a snapshot.
-        Err(StorageError::NotFound { .. }) => Err(GONE.to_string()),
+        Err(StorageError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let mut folder = Folder {
@@ -265,7 +275,7 @@ async fn read_folder(
         folder.marked_at = Some(read_tombstone(store, o).await?);
     }
     let Ok(m) = &folder.manifest else {
-        return Ok(folder);
+        return Ok(Some(folder));
     };
     // The first verdict, newest first, that parses and names this data is the verdict.
     for d in drills_newest_first(objs).into_iter().take(MAX_RECORDS_READ) {
@@ -300,7 +310,7 @@ async fn read_folder(
             }
         }
     }
-    Ok(folder)
+    Ok(Some(folder))
 }
 
 /// The drill records of a folder, newest first; of two in the same second the failed one comes
@@ -419,7 +429,7 @@ fn entry(
     } = folder;
     let (manifest, problem) = match parsed {
         Ok(m) => {
-            let problem = missing_or_truncated(&m, objs).map(|d| d.to_string());
+            let problem = missing_or_truncated(&m, objs);
             (Some(m), problem)
         }
         Err(e) => (None, Some(e)),
@@ -442,13 +452,13 @@ fn entry(
         (None, None) => SnapshotStatus::Unverified,
     };
     let problem = problem.or_else(|| {
-        last_drill.as_ref().filter(|d| !d.ok).map(|d| {
-            format!(
-                "drill failed at {} (see {})",
-                d.at.format("%Y-%m-%dT%H:%M:%SZ"),
-                d.key
-            )
-        })
+        last_drill
+            .as_ref()
+            .filter(|d| !d.ok)
+            .map(|d| Damage::DrillFailed {
+                at: d.at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                record: d.key.to_string(),
+            })
     });
     let proof = match (&manifest, &last_drill) {
         _ if status == SnapshotStatus::Failed => None,
@@ -504,7 +514,7 @@ pub struct SnapshotView<'a> {
     pub stored_sha256: Option<&'a str>,
     pub status: SnapshotStatus,
     pub last_drill_at: Option<String>,
-    pub problem: Option<&'a str>,
+    pub problem: Option<String>,
     /// Dated more than 10 minutes ahead of this host's clock (clock skew): never picked by
     /// `restore --latest`/`--before`.
     pub future: bool,
@@ -531,7 +541,7 @@ impl SnapshotEntry {
             stored_sha256: m.map(|m| m.stored_sha256().as_str()),
             status: self.status,
             last_drill_at: self.last_drill.as_ref().map(|d| rfc3339(d.at)),
-            problem: self.problem.as_deref(),
+            problem: self.problem.as_ref().map(ToString::to_string),
             future: self.skewed,
             integrity_proof: self.proof.map(|p| p.to_string()),
             ignored_records: &self.ignored_records,

@@ -1,18 +1,29 @@
-//! Why a snapshot is bad: one enum for every way stored data can fail its proofs, kept apart
+//! Why a snapshot is bad: one enum for every way a snapshot can fail its proofs, kept apart
 //! from operational errors (a store that cannot be reached, a full disk), which say nothing
 //! about the snapshot.
 //!
 //! A [`Damage`] makes restore try the next older snapshot, makes a drill record a failed
-//! verdict, and marks a snapshot `failed` in the catalog. Today it covers the stored data (what
-//! the [`SnapshotReader`](crate::layout::SnapshotReader) and the listing prove); a bad
-//! manifest and a failed SQLite check on restored bytes are still reported as text.
+//! verdict, and marks a snapshot `failed` in the catalog. It covers the manifest
+//! ([`Manifest::parse`](crate::manifest::Manifest::parse)), the stored data (what the
+//! [`SnapshotReader`](crate::layout::SnapshotReader) and the listing prove), the SQLite check
+//! of the restored bytes, and a failed drill verdict. [`Error::Damaged`](crate::error::Error)
+//! carries one to the exit code 1.
 
-use crate::manifest::Sha256Hex;
+use crate::manifest::{ManifestError, Sha256Hex};
 
-/// What is wrong with a snapshot's stored data. The message is one line, without the snapshot
-/// id (the caller says which snapshot).
+/// What is wrong with a snapshot. The message is one line, without the snapshot id (the
+/// caller says which snapshot).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Damage {
+    /// The manifest cannot be used: invalid, or of a format this guardian does not read.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+
+    /// The manifest could not be read whole (larger than a manifest may be); the text is the
+    /// store's error.
+    #[error("manifest unreadable: {0}")]
+    ManifestUnreadable(String),
+
     /// A data object the manifest names is not in the store.
     #[error("data object {0} is missing")]
     ObjectMissing(String),
@@ -20,6 +31,11 @@ pub enum Damage {
     /// A data object has another size than the manifest says.
     #[error("data object is {actual} bytes, manifest says {expected}")]
     ObjectTruncated { expected: u64, actual: u64 },
+
+    /// The store kept another number of bytes than the backup wrote (found before the
+    /// manifest is published).
+    #[error("store took {stored} bytes, compressor produced {produced}")]
+    UploadShort { stored: u64, produced: u64 },
 
     /// The stored bytes are not a valid stream (gzip, age), or decompress to too much.
     #[error("stored object is damaged: {0}")]
@@ -40,4 +56,18 @@ pub enum Damage {
         expected: Sha256Hex,
         actual: Sha256Hex,
     },
+
+    /// The restored bytes failed a SQLite check (`check` is the pragma); `detail` holds the
+    /// first problems it reported.
+    #[error("PRAGMA {check} failed: {detail}")]
+    CheckFailed { check: &'static str, detail: String },
+
+    /// SQLite could not check the restored bytes at all: not a database, or too damaged to
+    /// open. The text is the error's cause chain.
+    #[error("{0}")]
+    NotADatabase(String),
+
+    /// The newest drill verdict on the snapshot is a failure; `record` is its key.
+    #[error("drill failed at {at} (see {record})")]
+    DrillFailed { at: String, record: String },
 }

@@ -129,10 +129,7 @@ pub async fn run(
 ) -> Result<DrillReport> {
     let catalog = catalog::load(store, &db.name).await?;
     let (entry, selected_by) = match snapshot {
-        Some(id) => (
-            catalog.find(id).map_err(Error::Usage)?,
-            Selection::Requested,
-        ),
+        Some(id) => (catalog.find(id)?, Selection::Requested),
         None => (latest(store, db, &catalog)?, Selection::Latest),
     };
     drill_one(store, db, staging_dir, entry, selected_by, Utc::now(), keys).await
@@ -296,8 +293,8 @@ async fn drill_one(
         None => r.problems.push(
             entry
                 .problem
-                .clone()
-                .unwrap_or_else(|| "manifest is unreadable".into()),
+                .as_ref()
+                .map_or_else(|| "manifest is unreadable".into(), ToString::to_string),
         ),
     }
     r.ok = r.problems.is_empty() && r.checks.iter().all(|c| c.ok || !c.required);

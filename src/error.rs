@@ -15,6 +15,8 @@
 
 use std::path::PathBuf;
 
+use crate::catalog::FindError;
+use crate::damage::Damage;
 use crate::storage::StorageError;
 
 /// Every error report renders the cause chain with this (it lives with the other formatting).
@@ -79,9 +81,14 @@ pub enum Error {
     #[error("integrity check failed for {what}: {detail}")]
     Integrity { what: String, detail: String },
 
-    /// A snapshot is damaged in some other way (bad manifest, wrong size, bad gzip).
-    #[error("snapshot {id} is damaged: {detail}")]
-    Damaged { id: String, detail: String },
+    /// A snapshot is damaged (bad manifest, missing or wrong object, failed SQLite check);
+    /// `remedy`, when there is one, says how to use it anyway.
+    #[error("snapshot {id} is damaged: {damage}{}", remedy.as_ref().map(|r| format!("; {r}")).unwrap_or_default())]
+    Damaged {
+        id: String,
+        damage: Damage,
+        remedy: Option<String>,
+    },
 
     /// No snapshot passed the checks (or none exists).
     #[error("{0}")]
@@ -110,9 +117,21 @@ pub enum Error {
     #[error("cancelled: {0}")]
     Cancelled(String),
 
+    /// A bug in guardian (a job that panicked, a value its own code produced that does not
+    /// parse): nothing about the data or the usage.
+    #[error("internal error (a bug in guardian): {0}")]
+    Internal(String),
+
     /// Failures were already reported one by one (e.g. one line per database); exit with this code.
     #[error("one or more operations failed (see above)")]
     Reported(u8),
+}
+
+impl From<FindError> for Error {
+    /// A snapshot named on the command line that is not there (or not one) is a usage error.
+    fn from(e: FindError) -> Self {
+        Error::Usage(e.to_string())
+    }
 }
 
 /// What happened to a source database file during its backup.
@@ -149,7 +168,8 @@ impl Error {
             | Error::Io { .. }
             | Error::InUse(_)
             | Error::SourceGone { .. }
-            | Error::Cancelled(_) => 2,
+            | Error::Cancelled(_)
+            | Error::Internal(_) => 2,
             Error::Busy(_) => 3,
             Error::Reported(code) => *code,
         }

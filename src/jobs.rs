@@ -462,7 +462,7 @@ impl Runner {
             Ended::Done(Done::Backup { manifest, .. }) => Ok(manifest),
             Ended::Failed(e) => Err(e),
             Ended::Crashed(why) => {
-                crashed = Error::Usage(format!("internal error (a bug in guardian): {why}"));
+                crashed = Error::Internal(why.to_string());
                 Err(&crashed)
             }
             Ended::Done(_) | Ended::Busy(_) | Ended::Cancelled => return,

@@ -137,10 +137,11 @@ impl SnapshotWriter {
         if stored_len != digests.stored_len {
             return Err(Error::Damaged {
                 id: self.key.id.to_string(),
-                detail: format!(
-                    "store took {stored_len} bytes, compressor produced {}",
-                    digests.stored_len
-                ),
+                damage: Damage::UploadShort {
+                    stored: stored_len,
+                    produced: digests.stored_len,
+                },
+                remedy: None,
             });
         }
         Ok(Written {

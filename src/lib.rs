@@ -17,7 +17,8 @@
 //!   layouts (format 2; format 1 still read).
 //! - [`layout`]: `SnapshotWriter` (a backup's data objects, then its manifest, last) and
 //!   `SnapshotReader` (the verified raw bytes of any snapshot, for restore, drill, verify).
-//! - [`damage`]: why a snapshot is bad, apart from operational errors.
+//! - [`damage`]: why a snapshot is bad (manifest, objects, checksums, SQLite check, failed
+//!   drill), apart from operational errors; `Error::Damaged` carries one (exit 1).
 //! - [`storage`]: the narrow storage trait, its backends (local directory, S3) with their own
 //!   config and `doctor` checks.
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
@@ -52,7 +53,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub(crate) mod crypto;
-pub(crate) mod damage;
+pub mod damage;
 pub mod doctor;
 pub mod drill;
 pub(crate) mod durable;

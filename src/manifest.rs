@@ -277,6 +277,20 @@ impl From<ManifestV1> for Manifest {
     }
 }
 
+/// Why a stored manifest cannot be used (part of [`Damage`](crate::damage::Damage)). The
+/// message is one line and names the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Too large, not JSON, or fields that contradict each other or the key it is stored
+    /// under; the text says which.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A format this guardian does not read (a newer guardian wrote it).
+    #[error("manifest format_version {version} is not supported (this guardian reads 1 to {max}; upgrade guardian)", max = FORMAT_VERSION)]
+    UnsupportedFormat { version: u32 },
+}
+
 impl Manifest {
     /// Serialize (pretty, so a human can read it in the bucket).
     pub fn to_json(&self) -> Vec<u8> {
@@ -286,32 +300,34 @@ impl Manifest {
     }
 
     /// Parse and check a manifest read from `key` (the key must name the same db and id).
-    pub fn parse(bytes: &[u8], key: &SnapshotKey) -> Result<Manifest, String> {
+    pub fn parse(bytes: &[u8], key: &SnapshotKey) -> Result<Manifest, ManifestError> {
+        let invalid = ManifestError::Invalid;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(format!("manifest is {} bytes, over the limit", bytes.len()));
+            return Err(invalid(format!(
+                "manifest is {} bytes, over the limit",
+                bytes.len()
+            )));
         }
         // Look at the version first, so a newer format gets a clear message, not a field error.
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
         }
-        let v: Version =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid: {e}"))?;
+        let not_valid = |e: serde_json::Error| invalid(format!("manifest is not valid: {e}"));
+        let v: Version = serde_json::from_slice(bytes).map_err(not_valid)?;
         if v.format_version == 0 || v.format_version > FORMAT_VERSION {
-            return Err(format!(
-                "manifest format_version {} is not supported (this guardian reads 1 to {FORMAT_VERSION}; upgrade guardian)",
-                v.format_version
-            ));
+            return Err(ManifestError::UnsupportedFormat {
+                version: v.format_version,
+            });
         }
-        let invalid = |e: serde_json::Error| format!("manifest is not valid: {e}");
         let m: Manifest = if v.format_version == 1 {
             serde_json::from_slice::<ManifestV1>(bytes)
-                .map_err(invalid)?
+                .map_err(not_valid)?
                 .into()
         } else {
-            serde_json::from_slice(bytes).map_err(invalid)?
+            serde_json::from_slice(bytes).map_err(not_valid)?
         };
-        m.check_fields(key)?;
+        m.check_fields(key).map_err(invalid)?;
         Ok(m)
     }
 
@@ -605,7 +621,9 @@ pub(crate) mod tests {
         let json = String::from_utf8(m.to_json())
             .unwrap()
             .replace("\"layout\": \"whole\"", "\"layout\": \"pages\"");
-        let e = Manifest::parse(json.as_bytes(), &key_of(&m)).unwrap_err();
+        let e = Manifest::parse(json.as_bytes(), &key_of(&m))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pages"), "{e}");
     }
 

@@ -22,6 +22,7 @@ use tracing::{info, instrument, warn};
 use crate::catalog::{self, SnapshotEntry, SnapshotStatus};
 use crate::config::{CheckKind, DatabaseConfig};
 use crate::crypto::Keys;
+use crate::damage::Damage;
 use crate::durable::{self, TempGuard};
 use crate::error::{Error, Result};
 use crate::layout::SnapshotReader;
@@ -183,12 +184,12 @@ pub async fn run_interruptible(
 /// A candidate snapshot's verification failed because of its data; try the next one.
 /// `rescue` is the weaker check its bytes do pass, when only the SQLite check failed.
 struct Skip {
-    why: String,
+    why: Damage,
     rescue: Option<RestoreCheck>,
 }
 
 impl Skip {
-    fn data(why: String) -> Skip {
+    fn data(why: Damage) -> Skip {
         Skip { why, rescue: None }
     }
 }
@@ -238,21 +239,26 @@ pub async fn run(
             }) => {
                 warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
                 if named {
-                    let anyway = weaker.map(|c| {
-                        format!(
-                            "; to restore it anyway (the SHA-256 checks still run): {}",
-                            rescue_command(&db.name, manifest.id.as_str(), c, opts.to.as_deref())
-                        )
-                    });
                     return Err(Error::Damaged {
                         id: manifest.id.to_string(),
-                        detail: format!("{why}{}", anyway.unwrap_or_default()),
+                        damage: why,
+                        remedy: weaker.map(|c| {
+                            format!(
+                                "to restore it anyway (the SHA-256 checks still run): {}",
+                                rescue_command(
+                                    &db.name,
+                                    manifest.id.as_str(),
+                                    c,
+                                    opts.to.as_deref()
+                                )
+                            )
+                        }),
                     });
                 }
                 if let (None, Some(c)) = (&rescue, weaker) {
                     rescue = Some((manifest.id.to_string(), c));
                 }
-                skipped.push((manifest.id.to_string(), why));
+                skipped.push((manifest.id.to_string(), why.to_string()));
             }
             Ok(staged) => {
                 // The target may have been opened while we downloaded: look again.
@@ -323,7 +329,7 @@ fn select<'a>(
     let candidates: Vec<&SnapshotEntry> = match sel {
         Selector::Latest => catalog.usable().collect(),
         Selector::Before(t) => catalog.usable().filter(|s| s.created_at < *t).collect(),
-        Selector::Snapshot(id) => vec![catalog.find(id).map_err(Error::Usage)?],
+        Selector::Snapshot(id) => vec![catalog.find(id)?],
     };
     let mut skipped: Skipped = Vec::new();
     if let Selector::Latest | Selector::Before(_) = sel {
@@ -348,7 +354,9 @@ fn select<'a>(
             {
                 skipped.push((
                     s.key.id.to_string(),
-                    s.problem.clone().unwrap_or_else(|| "failed".into()),
+                    s.problem
+                        .as_ref()
+                        .map_or_else(|| "failed".into(), ToString::to_string),
                 ));
             }
         }
@@ -367,25 +375,28 @@ fn usable_manifest(
     named: bool,
     skipped: &mut Vec<(String, String)>,
 ) -> Result<Option<Manifest>> {
-    match (&cand.manifest, cand.status) {
-        (Some(m), st) if st != SnapshotStatus::Failed => Ok(Some(m.clone())),
+    // A snapshot is failed exactly when the catalog found a problem with it.
+    match (&cand.manifest, &cand.problem) {
+        (Some(m), None) => Ok(Some(m.clone())),
         // Named with a weaker check than a drill used: the operator asked for it, and the
         // SHA-256 checks still run.
-        (Some(m), _) if named && opts.check.is_some_and(|c| c != RestoreCheck::Integrity) => {
+        (Some(m), Some(_)) if named && opts.check.is_some_and(|c| c != RestoreCheck::Integrity) => {
             Ok(Some(m.clone()))
         }
-        _ => {
-            let why = cand
-                .problem
-                .clone()
-                .unwrap_or_else(|| "snapshot is failed".into());
+        (_, problem) => {
+            let why = problem.clone().unwrap_or_else(|| {
+                Damage::from(crate::manifest::ManifestError::Invalid(
+                    "manifest is unreadable".into(),
+                ))
+            });
             if named {
                 return Err(Error::Damaged {
                     id: cand.key.id.to_string(),
-                    detail: why,
+                    damage: why,
+                    remedy: None,
                 });
             }
-            skipped.push((cand.key.id.to_string(), why));
+            skipped.push((cand.key.id.to_string(), why.to_string()));
             Ok(None)
         }
     }
@@ -550,7 +561,7 @@ async fn stage(
         .read_into(&file, &path)
         .await?
     {
-        return Ok(Err(Skip::data(damage.to_string())));
+        return Ok(Err(Skip::data(damage)));
     }
     let db = m.db.clone();
     let raw_len = m.raw_len;
@@ -574,14 +585,17 @@ async fn stage(
                     };
                     remove_sidecars(&path);
                     return Ok(Err(Skip {
-                        why: format!("PRAGMA {} failed: {}", check.pragma(), shorten(&problems)),
+                        why: Damage::CheckFailed {
+                            check: check.pragma(),
+                            detail: shorten(&problems),
+                        },
                         rescue,
                     }));
                 }
                 Err(e) if e.is_data_error() || e.is_not_a_database() => {
                     remove_sidecars(&path);
                     return Ok(Err(Skip {
-                        why: crate::error::chain(&e),
+                        why: Damage::NotADatabase(crate::error::chain(&e)),
                         rescue: Some(RestoreCheck::None),
                     }));
                 }

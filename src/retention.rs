@@ -535,7 +535,8 @@ async fn apply(
     let key = |id: &str| -> Result<SnapshotKey> {
         Ok(SnapshotKey {
             db: db.name.clone(),
-            id: id.parse().map_err(crate::error::Error::Usage)?,
+            // The ids come from the catalog: one that does not parse is a bug.
+            id: id.parse().map_err(crate::error::Error::Internal)?,
         })
     };
     let of = |action| -> Vec<Decision> { report.plan.with_action(action).cloned().collect() };

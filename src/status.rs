@@ -197,7 +197,10 @@ fn problems(
             problems.push(format!(
                 "newest snapshot {} is failed: {}",
                 newest.key.id,
-                newest.problem.as_deref().unwrap_or("unknown")
+                newest
+                    .problem
+                    .as_ref()
+                    .map_or_else(|| "unknown".into(), ToString::to_string)
             ));
         }
     }

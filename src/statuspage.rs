@@ -196,7 +196,7 @@ fn db_page(name: &str, input: &DbInput, now: DateTime<Utc>) -> DbPage {
                     snap.key.id,
                     snap.data_size.map_or("size unknown".into(), human_bytes),
                     snap.problem
-                        .as_deref()
+                        .as_ref()
                         .map(|p| format!(": {p}"))
                         .unwrap_or_default()
                 ),

@@ -49,8 +49,8 @@ pub async fn run(store: &Arc<dyn Storage>, db: &str, all: bool) -> Result<Vec<Ve
         let outcome = match &s.manifest {
             None => Outcome::Bad(
                 s.problem
-                    .clone()
-                    .unwrap_or_else(|| "manifest is unreadable".into()),
+                    .as_ref()
+                    .map_or_else(|| "manifest is unreadable".into(), ToString::to_string),
             ),
             Some(m) => match SnapshotReader::new(store, m, &Keys::default())
                 .verify_stored()

@@ -59,6 +59,7 @@ fn fix(job: Option<&str>, db: Option<&str>, e: &Error, why: &str) -> Option<Stri
         | Error::InUse(_)
         | Error::SourceGone { .. }
         | Error::Cancelled(_)
+        | Error::Internal(_)
         | Error::Reported(_) => return None,
     })
 }
