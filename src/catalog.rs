@@ -158,6 +158,13 @@ pub enum FindError {
     Ambiguous { id: String, matches: usize },
 }
 
+impl From<FindError> for crate::error::Error {
+    /// A snapshot named on the command line that is not there (or not one) is a usage error.
+    fn from(e: FindError) -> Self {
+        crate::error::Error::Usage(e.to_string())
+    }
+}
+
 /// Snapshots dated more than this ahead of the clock are flagged (clock skew) and never picked
 /// by `--latest`/`--before`; closer than this is ordinary skew between hosts.
 pub const SKEW_TOLERANCE: chrono::Duration = chrono::Duration::minutes(10);

@@ -71,3 +71,47 @@ pub enum Damage {
     #[error("drill failed at {at} (see {record})")]
     DrillFailed { at: String, record: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::manifest::ManifestError;
+
+    #[test]
+    fn a_damaged_snapshot_error_keeps_its_one_line_text_and_exit_code_1() {
+        let e = Error::Damaged {
+            id: "20260102T030405Z".into(),
+            damage: Damage::CheckFailed {
+                check: "integrity_check",
+                detail: "row 3 missing from index ia".into(),
+            },
+            remedy: Some("to restore it anyway (the SHA-256 checks still run): guardian restore --db market --snapshot 20260102T030405Z --check quick".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "snapshot 20260102T030405Z is damaged: PRAGMA integrity_check failed: row 3 missing from index ia; to restore it anyway (the SHA-256 checks still run): guardian restore --db market --snapshot 20260102T030405Z --check quick"
+        );
+        assert_eq!(e.exit_code(), 1);
+        let e = Error::Damaged {
+            id: "20260102T030405Z".into(),
+            damage: ManifestError::UnsupportedFormat { version: 99 }.into(),
+            remedy: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("snapshot 20260102T030405Z is damaged: manifest format_version 99 is not supported (this guardian reads 1 to {}; upgrade guardian)", crate::manifest::FORMAT_VERSION)
+        );
+    }
+
+    #[test]
+    fn a_bug_in_guardian_is_operational_not_usage_or_damage() {
+        let e = Error::Internal("job panicked".into());
+        assert_eq!(e.exit_code(), 2);
+        assert!(!e.is_data_error());
+        assert_eq!(
+            e.to_string(),
+            "internal error (a bug in guardian): job panicked"
+        );
+    }
+}

@@ -15,7 +15,6 @@
 
 use std::path::PathBuf;
 
-use crate::catalog::FindError;
 use crate::damage::Damage;
 use crate::storage::StorageError;
 
@@ -125,13 +124,6 @@ pub enum Error {
     /// Failures were already reported one by one (e.g. one line per database); exit with this code.
     #[error("one or more operations failed (see above)")]
     Reported(u8),
-}
-
-impl From<FindError> for Error {
-    /// A snapshot named on the command line that is not there (or not one) is a usage error.
-    fn from(e: FindError) -> Self {
-        Error::Usage(e.to_string())
-    }
 }
 
 /// What happened to a source database file during its backup.

@@ -668,6 +668,14 @@ pub(crate) mod tests {
         }
         let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
         assert!(Manifest::parse(&big, &key).is_err());
+        assert_eq!(
+            Manifest::parse(
+                json.replace("\"format_version\": 2", "\"format_version\": 99")
+                    .as_bytes(),
+                &key
+            ),
+            Err(ManifestError::UnsupportedFormat { version: 99 })
+        );
     }
 
     #[test]
