@@ -97,20 +97,41 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
     source
         .busy_timeout(Duration::from_millis(250))
         .map_err(|e| sqlite_error("configure", src, e))?;
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    // A long write transaction (rollback journal mode) blocks even this read: wait it out under
-    // the same deadline as the copy, instead of failing the backup at once.
-    let journal_mode: String = loop {
+    let mut busy = Busy {
+        started: Instant::now(),
+        pause: Duration::from_millis(20),
+    };
+    let journal_mode = read_journal_mode(&source, src, &mut busy)?;
+    let mut dest = create_copy(dst)?;
+    copy_pages(&source, &mut dest, src, &mut busy)?;
+    dest.close()
+        .map_err(|(_, e)| sqlite_error("close copy", dst, e))?;
+    source
+        .close()
+        .map_err(|(_, e)| sqlite_error("close database", src, e))?;
+    Ok(journal_mode)
+}
+
+/// When the copy started waiting on a locked source, and the next backoff pause.
+struct Busy {
+    started: Instant,
+    pause: Duration,
+}
+
+/// The source's journal mode. A long write transaction (rollback journal mode) blocks even
+/// this read: wait it out under the same deadline as the copy, instead of failing the backup
+/// at once.
+fn read_journal_mode(source: &Connection, src: &Path, busy: &mut Busy) -> Result<String> {
+    loop {
         match source.query_row("PRAGMA journal_mode", [], |r| r.get(0)) {
-            Ok(mode) => break mode,
+            Ok(mode) => return Ok(mode),
             Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error {
                     code: ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked,
                     ..
                 },
                 _,
-            )) => wait_busy(src, started, &mut pause)?,
+            )) => wait_busy(src, busy.started, &mut busy.pause)?,
             Err(e)
                 if e.sqlite_error_code() == Some(ErrorCode::CannotOpen) && on_read_only_fs(src) =>
             {
@@ -125,8 +146,11 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
             }
             Err(e) => return Err(sqlite_error("read journal mode of", src, e)),
         }
-    };
+    }
+}
 
+/// Create the copy at `dst` and open it for the page copy.
+fn create_copy(dst: &Path) -> Result<Connection> {
     // Created here, empty and 0600, so that the copy (the whole database) is never readable by
     // other users, even for a moment (SQLite would create it 0644); its folder is 0700 as well.
     {
@@ -138,40 +162,41 @@ pub fn copy_live(src: &Path, dst: &Path) -> Result<String> {
             .open(dst)
             .map_err(|e| Error::io("create copy", dst, e))?;
     }
-    let mut dest = Connection::open(dst).map_err(|e| sqlite_error("create copy", dst, e))?;
+    let dest = Connection::open(dst).map_err(|e| sqlite_error("create copy", dst, e))?;
     // The copy is a scratch file that is hashed and thrown away: no journal, no fsync.
     dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(|e| sqlite_error("configure copy", dst, e))?;
-    {
-        let backup =
-            Backup::new(&source, &mut dest).map_err(|e| sqlite_error("start backup of", src, e))?;
-        loop {
-            match backup.step(-1) {
-                Ok(StepResult::Done) => break,
-                Ok(StepResult::More) => continue, // not expected with -1, but harmless
-                Ok(StepResult::Busy | StepResult::Locked)
-                | Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error {
-                        code: ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked,
-                        ..
-                    },
-                    _,
-                )) => wait_busy(src, started, &mut pause)?,
-                Ok(other) => {
-                    return Err(Error::Source(format!(
-                        "unexpected backup step result {other:?}"
-                    )));
-                }
-                Err(e) => return Err(sqlite_error("copy database", src, e)),
+    Ok(dest)
+}
+
+/// Copy every page of `source` into `dest` with SQLite's online backup, waiting out locks.
+fn copy_pages(
+    source: &Connection,
+    dest: &mut Connection,
+    src: &Path,
+    busy: &mut Busy,
+) -> Result<()> {
+    let backup = Backup::new(source, dest).map_err(|e| sqlite_error("start backup of", src, e))?;
+    loop {
+        match backup.step(-1) {
+            Ok(StepResult::Done) => return Ok(()),
+            Ok(StepResult::More) => continue, // not expected with -1, but harmless
+            Ok(StepResult::Busy | StepResult::Locked)
+            | Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error {
+                    code: ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked,
+                    ..
+                },
+                _,
+            )) => wait_busy(src, busy.started, &mut busy.pause)?,
+            Ok(other) => {
+                return Err(Error::Source(format!(
+                    "unexpected backup step result {other:?}"
+                )));
             }
+            Err(e) => return Err(sqlite_error("copy database", src, e)),
         }
     }
-    dest.close()
-        .map_err(|(_, e)| sqlite_error("close copy", dst, e))?;
-    source
-        .close()
-        .map_err(|(_, e)| sqlite_error("close database", src, e))?;
-    Ok(journal_mode)
 }
 
 /// One backoff step while the source is locked; an error once [`BUSY_DEADLINE`] has passed.
