@@ -112,7 +112,14 @@ fn write_local(path: &Path, body: &[u8]) -> std::io::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("last-backup");
-    let (mut file, tmp) = crate::durable::create_temp(dir, stem, "tmp", 0o644)?;
+    // The temp name carries the pid (`.{stem}.tmp{pid}-{random}`), so that what a killed
+    // process left is recognised and swept here by the next record, and a live writer's
+    // file never is.
+    let tag = format!("tmp{}", std::process::id());
+    for dead in crate::durable::dead_leftovers(dir, &format!(".{stem}.tmp")) {
+        let _ = std::fs::remove_file(dead);
+    }
+    let (mut file, tmp) = crate::durable::create_temp(dir, stem, &tag, 0o644)?;
     let guard = crate::durable::TempGuard::new(tmp.clone());
     file.write_all(body)?;
     file.sync_all()?;
@@ -144,5 +151,41 @@ pub async fn last(store: &Arc<dyn Storage>, staging_dir: &Path, db: &str) -> Opt
     match (local, stored) {
         (Some(a), Some(b)) => Some(if b.at > a.at { b } else { a }),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record's temp file left by a killed process is swept by the next record; one of a
+    /// live process is not.
+    #[test]
+    fn a_killed_writers_temp_file_is_swept_by_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guardian-market.last-backup.json");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let dead = dir.path().join(format!(
+            ".guardian-market.last-backup.json.tmp{dead_pid}-0a0b0c"
+        ));
+        let live = dir.path().join(format!(
+            ".guardian-market.last-backup.json.tmp{}-0d0e0f",
+            std::process::id()
+        ));
+        std::fs::write(&dead, b"{").unwrap();
+        std::fs::write(&live, b"{").unwrap();
+        write_local(&path, b"{}\n").unwrap();
+        assert!(!dead.exists(), "a dead writer's temp file stayed");
+        assert!(live.exists(), "a live writer's temp file was removed");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}\n");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp") && !n.ends_with("-0d0e0f"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
