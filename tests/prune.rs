@@ -133,20 +133,8 @@ fn prune_removes_orphans_only_when_over_a_day_old() {
     std::fs::remove_file(env.snapshot_dir(&young).join("manifest.json")).unwrap();
 
     let dry = env.run(&["prune", "--dry-run"]).ok();
-    assert!(
-        dry.stdout
-            .lines()
-            .any(|l| l.contains(&old) && l.contains("would delete")),
-        "{}",
-        dry.stdout
-    );
-    assert!(
-        dry.stdout
-            .lines()
-            .any(|l| l.contains(&young) && l.contains("keep orphan")),
-        "{}",
-        dry.stdout
-    );
+    assert_line(&dry, &old, "would delete");
+    assert_line(&dry, &young, "keep orphan");
     env.run(&["prune"]).ok();
     assert!(!env.snapshot_dir(&old).exists());
     assert!(env.snapshot_dir(&young).exists());
@@ -173,13 +161,7 @@ fn prune_removes_old_orphans_without_a_policy_too() {
     let real = env.backup();
     let old = util::plant_old_orphan(&env, &real);
     let dry = env.run(&["prune", "--dry-run"]).ok();
-    assert!(
-        dry.stdout
-            .lines()
-            .any(|l| l.contains(&old) && l.contains("would delete")),
-        "{}",
-        dry.stdout
-    );
+    assert_line(&dry, &old, "would delete");
     env.run(&["prune"]).ok();
     assert!(!env.snapshot_dir(&old).exists());
     assert_eq!(env.list().len(), 1, "the snapshot itself is kept");
@@ -208,24 +190,12 @@ fn deletion_is_two_phase_mark_then_delete_after_keep_delete() {
     let new = env.backup();
 
     let dry = env.run(&["prune", "--dry-run"]).ok();
-    assert!(
-        dry.stdout
-            .lines()
-            .any(|l| l.contains(&old) && l.contains("would mark")),
-        "{}",
-        dry.stdout
-    );
+    assert_line(&dry, &old, "would mark");
     assert!(!env.snapshot_dir(&old).join("tombstone.json").exists());
 
     // First prune: marked, not deleted; listed with the mark, still restorable by name.
     let r = env.run(&["prune"]).ok();
-    assert!(
-        r.stdout
-            .lines()
-            .any(|l| l.contains(&old) && l.contains("marked")),
-        "{}",
-        r.stdout
-    );
+    assert_line(&r, &old, "marked");
     assert!(env.snapshot_dir(&old).join("tombstone.json").exists());
     let listed = env.list();
     let o = listed.iter().find(|s| s["id"] == old.as_str()).unwrap();
@@ -248,13 +218,7 @@ fn deletion_is_two_phase_mark_then_delete_after_keep_delete() {
     // Once marked for longer than keep_delete (24 h by default): deleted.
     age_tombstone(&env, &old, 25);
     let dry = env.run(&["prune", "--dry-run"]).ok();
-    assert!(
-        dry.stdout
-            .lines()
-            .any(|l| l.contains(&old) && l.contains("would delete")),
-        "{}",
-        dry.stdout
-    );
+    assert_line(&dry, &old, "would delete");
     env.run(&["prune"]).ok();
     assert!(!env.snapshot_dir(&old).exists());
     assert_eq!(env.list().len(), 1);
@@ -279,13 +243,17 @@ fn a_marked_snapshot_needed_again_is_unmarked() {
     age_tombstone(&env, &a, 25);
     env.write_config("[databases.retention]\nkeep_last = 2\n");
     let r = env.run(&["prune"]).ok();
-    assert!(
-        r.stdout
-            .lines()
-            .any(|l| l.contains(&a) && l.contains("unmarked")),
-        "{}",
-        r.stdout
-    );
+    assert_line(&r, &a, "unmarked");
     assert!(!env.snapshot_dir(&a).join("tombstone.json").exists());
     assert!(env.snapshot_dir(&a).exists() && env.snapshot_dir(&b).exists());
+}
+
+/// Assert that a line of `r`'s output names `id` and says `verb` (e.g. "would delete").
+#[track_caller]
+fn assert_line(r: &util::Run, id: &str, verb: &str) {
+    assert!(
+        r.stdout.lines().any(|l| l.contains(id) && l.contains(verb)),
+        "no line says {verb:?} of {id}:\n{}",
+        r.stdout
+    );
 }
