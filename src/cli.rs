@@ -509,5 +509,12 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
     if let Some(who) = &r.forced_over {
         outln!("  warning: the target was in use ({who}); restart that process so it opens the restored file");
     }
+    if let Some(cmd) = &r.newer_rescue {
+        outln!(
+            "  note: newer snapshots were skipped only for their SQLite check (see above); their \
+             checksums match, and the newest holds more recent data: {cmd} restores it anyway \
+             (the file restored now is kept aside)"
+        );
+    }
     Ok(0)
 }

@@ -108,6 +108,10 @@ pub struct RestoreReport {
     pub skipped: Vec<(String, String)>,
     /// Who held the target open when `--force` replaced it.
     pub forced_over: Option<String>,
+    /// When newer snapshots were skipped only because the SQLite check failed (their bytes
+    /// match their checksums): the command that restores the newest of them anyway, which
+    /// holds more recent data than the one restored (e.g. an index `REINDEX` can rebuild).
+    pub newer_rescue: Option<String>,
     pub dry_run: bool,
 }
 
@@ -229,6 +233,7 @@ pub async fn run(
                 check: None,
                 skipped,
                 forced_over: holder,
+                newer_rescue: None,
                 dry_run: true,
             });
         }
@@ -281,6 +286,8 @@ pub async fn run(
                     moved_aside,
                     skipped,
                     forced_over: holder,
+                    newer_rescue: rescue
+                        .map(|(id, c)| rescue_command(&db.name, &id, c, opts.to.as_deref())),
                     dry_run: false,
                 });
             }

@@ -156,3 +156,48 @@ fn a_restore_that_passed_integrity_check_is_recorded_as_proof() {
     let proof = entry(&env)["integrity_proof"].as_str().unwrap().to_string();
     assert!(proof.starts_with("restore at"), "{proof}");
 }
+
+/// When `restore --latest` passes over newer snapshots whose only fault is the SQLite check
+/// (their checksums match) to restore an older good one, it says so and prints the command that
+/// restores the newest of them anyway: it holds data the older one lacks.
+#[test]
+fn restore_past_newer_snapshots_with_a_broken_index_says_how_to_get_the_newest() {
+    let env = TestEnv::new();
+    env.write_config("check = \"quick\"\n");
+    let good = env.backup();
+    damage_index(&env);
+    let damaged = env.backup();
+    let out = env.path("out.db");
+    let r = env
+        .run(&["restore", "--latest", "--to", out.to_str().unwrap()])
+        .ok();
+    assert!(
+        r.stdout.contains(&format!("skipped {damaged}")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("snapshot {good}")),
+        "{}",
+        r.stdout
+    );
+    let cmd = format!(
+        "guardian restore --db market --snapshot {damaged} --check quick --to {}",
+        out.display()
+    );
+    let note = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("note:"))
+        .unwrap_or_else(|| panic!("no note:\n{}", r.stdout));
+    assert!(note.contains(&cmd), "{note}");
+    // The command works as printed, and keeps the file it replaces.
+    let args: Vec<&str> = cmd.split(' ').skip(1).collect();
+    let again = env.run(&args).ok();
+    assert!(
+        again.stdout.contains("previous file kept at"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(util::count(&out, "t"), 2000);
+}
