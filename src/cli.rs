@@ -356,10 +356,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             .iter()
             .flat_map(|c| c.snapshots.iter().map(|s| s.view(now)))
             .collect();
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&views).expect("views serialize")
-        );
+        crate::output::json(&views);
         return Ok(0);
     }
     let multi = catalogs.len() > 1;

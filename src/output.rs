@@ -55,6 +55,15 @@ macro_rules! warnln {
 }
 pub(crate) use warnln;
 
+/// A result as pretty JSON on stdout (`--json`); the value is guardian's own data, so it
+/// always serializes.
+pub(crate) fn json(value: &impl serde::Serialize) {
+    line(format_args!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("guardian's results serialize")
+    ));
+}
+
 /// Write error and warning lines as JSON objects (`--log-format json`).
 pub fn set_json(on: bool) {
     JSON.store(on, Ordering::Relaxed);

@@ -269,10 +269,7 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
         ));
     }
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&all).expect("status serializes")
-        );
+        crate::output::json(&all);
     } else {
         for s in &all {
             outln!(

@@ -174,18 +174,7 @@ c.execute("UPDATE t SET body = randomblob(1000)")
 print("ready", flush=True)
 time.sleep(600)
 "#;
-    let mut writer = Command::new("python3")
-        .args(["-c", script, db.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(writer.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let (mut writer, _out) = util::python_until_ready(script, db);
     writer.kill().unwrap(); // SIGKILL: no rollback, no cleanup
     writer.wait().unwrap();
     let journal = PathBuf::from(format!("{}-journal", db.display()));
@@ -388,19 +377,7 @@ c.execute("SELECT count(*) FROM sqlite_schema").fetchall()
 print("ready", flush=True)
 sys.stdin.read()
 "#;
-    let mut app = Command::new("python3")
-        .args(["-c", script, env.db.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(app.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let (mut app, _out) = util::python_until_ready(script, &env.db);
     let before = std::fs::read(&env.db).unwrap();
     let r = env.run(&["restore", "--latest"]).expect_code(2);
     let err = r.error_line();

@@ -3,7 +3,7 @@
 //! is backed up.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use rusqlite::Connection;
 
@@ -46,16 +46,8 @@ while not stop.is_set():
         print("error", e, file=sys.stderr, flush=True)
 print(n, errors, round(n / (time.time() - t0)), flush=True)
 "#;
-    let mut writer = Command::new("python3")
-        .args(["-c", script, env.db.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut out = BufReader::new(writer.stdout.take().unwrap());
+    let (mut writer, mut out) = util::python_until_ready(script, &env.db);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let ids: Vec<String> = (0..3).map(|_| env.backup()).collect();
     drop(writer.stdin.take()); // stop

@@ -252,6 +252,29 @@ pub fn plant_old_orphan(env: &TestEnv, template: &str) -> String {
     id
 }
 
+/// Start `python3 -c script db` (stdin and stdout piped) and wait for its first line, which
+/// must be `ready`; returns the process and the rest of its output.
+pub fn python_until_ready(
+    script: &str,
+    db: &Path,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .args(["-c", script, db.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    (child, out)
+}
+
 /// A random u32 (unique ids for planted snapshots).
 pub fn rand_u32() -> u32 {
     getrandom::u32().unwrap()

@@ -106,10 +106,7 @@ pub(super) async fn drill(runner: &Runner, args: DrillArgs) -> Result<u8> {
         json.push(v);
     }
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json).expect("reports serialize")
-        );
+        crate::output::json(&json);
     }
     worst.finish()
 }
@@ -221,10 +218,7 @@ pub(super) async fn verify(runner: &Runner, args: VerifyArgs) -> Result<u8> {
         all.extend(results);
     }
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&all).expect("results serialize")
-        );
+        crate::output::json(&all);
     }
     worst.finish()
 }
@@ -262,10 +256,7 @@ pub(super) async fn prune(runner: &Runner, args: PruneArgs) -> Result<u8> {
         }
     }
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&all).expect("reports serialize")
-        );
+        crate::output::json(&all);
     }
     worst.finish()
 }
