@@ -154,6 +154,14 @@ const INVALID: &[(&str, &str)] = &[
         "service.shutdown_timeout",
     ),
     (
+        "{S}\n[service]\nrefresh = \"0s\"\n{D}",
+        "service.refresh",
+    ),
+    (
+        "{S}\n[service]\nrefresh = \"often\"\n{D}",
+        "service.refresh",
+    ),
+    (
         "{S}\n[notify]\nwebhook_url = \"ftp://x\"\n{D}",
         "notify.webhook_url",
     ),
