@@ -153,10 +153,7 @@ const INVALID: &[(&str, &str)] = &[
         "{S}\n[service]\nshutdown_timeout = \"soon\"\n{D}",
         "service.shutdown_timeout",
     ),
-    (
-        "{S}\n[service]\nrefresh = \"0s\"\n{D}",
-        "service.refresh",
-    ),
+    ("{S}\n[service]\nrefresh = \"0s\"\n{D}", "service.refresh"),
     (
         "{S}\n[service]\nrefresh = \"often\"\n{D}",
         "service.refresh",
