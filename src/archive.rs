@@ -4,6 +4,8 @@
 //! members, written in order: the result is one valid (multi-member) gzip file that plain
 //! `gunzip` reads, produced at the speed of all cores. SHA-256 of the raw and of the stored bytes
 //! is computed in the same pass. Memory is bounded by a fixed number of blocks in flight.
+//! Extraction reverses it on every core too ([`members`]), and reads any other gzip stream
+//! (one big member, optional header fields) with the streaming decoder.
 //! This module knows nothing of storage or SQLite: bytes in, bytes out.
 
 use std::io::{self, Read, Write};
@@ -11,12 +13,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
 use crate::durable::read_full;
 use crate::manifest::Sha256Hex;
 use crate::storage::{Body, CHUNK_SIZE};
+
+mod members;
 
 /// Raw bytes per gzip member. Large enough that restarting the dictionary costs well under 1%
 /// of the compressed size, small enough to keep every core busy and memory low.
@@ -196,7 +199,7 @@ impl<F: FnMut(Bytes) -> io::Result<()>> Write for ChunkWriter<F> {
 
 /// One complete gzip member. libdeflate compresses a whole buffer at once, which is exactly the
 /// shape of an independent member, and is faster than zlib for a better ratio at low levels
-/// (see docs/PERFORMANCE.md); decompression stays a streaming flate2 reader.
+/// (see docs/PERFORMANCE.md); [`members`] decompresses such members with libdeflate too.
 fn gzip_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
     thread_local! {
         static COMPRESSOR: std::cell::RefCell<Option<(u32, libdeflater::Compressor)>> =
@@ -245,7 +248,9 @@ pub enum ExtractError {
 /// as soon as the output would exceed `max_raw_len` (a wrong or hostile object cannot fill the
 /// disk). `progress` is called with the stored bytes read so far.
 ///
-/// Decompression and hashing+writing run on two threads, so they overlap.
+/// Reading (with the stored SHA-256 and decryption), decompression (on every core, see
+/// [`members`]) and the raw SHA-256 with the writes run on their own threads, so they overlap;
+/// the output is written in order, and memory is a fixed number of members in flight.
 pub fn extract(
     src: impl Read + Send,
     mut dst: impl Write,
@@ -263,89 +268,42 @@ pub fn extract(
             ExtractError::Data(e)
         }
     };
-    std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-        let failed = &source_failed;
-        let decoder = s.spawn(move || {
-            let mut counted = HashingReader::new(src, progress, failed);
-            decode_into(&mut counted, identities, &tx);
-            drop(tx);
-            // Drain what follows the last member, so the stored hash covers every byte.
-            let _ = io::copy(&mut counted, &mut io::sink());
-            counted.finish()
-        });
-        let mut raw_hash = Sha256::new();
-        let mut raw_len = 0u64;
-        let mut result = Ok(());
-        for chunk in rx.iter() {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    result = Err(classify(e));
-                    break;
-                }
-            };
-            raw_len += chunk.len() as u64;
-            if raw_len > max_raw_len {
-                result = Err(ExtractError::Data(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("decompressed data is larger than the expected {max_raw_len} bytes"),
-                )));
-                break;
-            }
-            raw_hash.update(&chunk);
-            if let Err(e) = dst.write_all(&chunk) {
-                result = Err(ExtractError::Sink(e));
-                break;
-            }
+    let mut counted = HashingReader::new(src, progress, &source_failed);
+    let mut raw_hash = Sha256::new();
+    let mut raw_len = 0u64;
+    let mut out = |chunk: Vec<u8>| {
+        raw_len += chunk.len() as u64;
+        if raw_len > max_raw_len {
+            return Err(ExtractError::Data(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("decompressed data is larger than the expected {max_raw_len} bytes"),
+            )));
         }
-        drop(rx);
-        let stored = decoder.join().expect("decoder does not panic");
-        result?;
-        let (stored_len, stored_sha256) = stored;
-        Ok(Digests {
-            raw_len,
-            raw_sha256: Sha256Hex::from_digest(&raw_hash.finalize()),
-            stored_len,
-            stored_sha256,
-        })
-    })
-}
-
-/// Decrypt (when `identities` is given) and gunzip `src`, sending raw chunks (or the first
-/// error) to `tx`.
-fn decode_into(
-    src: &mut dyn Read,
-    identities: Option<&[age::x25519::Identity]>,
-    tx: &SyncSender<io::Result<Vec<u8>>>,
-) {
-    let plain: Box<dyn Read + '_> = match identities {
-        None => Box::new(src),
-        Some(ids) => match decryptor(src, ids) {
-            Ok(r) => Box::new(r),
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        },
+        raw_hash.update(&chunk);
+        dst.write_all(&chunk).map_err(ExtractError::Sink)
     };
-    let mut gz = MultiGzDecoder::new(plain);
-    loop {
-        let mut buf = vec![0u8; CHUNK_SIZE];
-        match read_full(&mut gz, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.send(Ok(buf)).is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                break;
-            }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let decoded = match identities {
+        None => members::decode(&mut counted, threads, &mut out),
+        Some(ids) => {
+            let mut plain = decryptor(&mut counted, ids).map_err(classify)?;
+            members::decode(&mut plain, threads, &mut out)
         }
+    };
+    match decoded {
+        Ok(()) => {}
+        Err(members::Stop::Io(e)) => return Err(classify(e)),
+        Err(members::Stop::Out(e)) => return Err(e),
     }
+    // Read what follows the end of the stream, so the stored hash covers every byte.
+    io::copy(&mut counted, &mut io::sink()).map_err(classify)?;
+    let (stored_len, stored_sha256) = counted.finish();
+    Ok(Digests {
+        raw_len,
+        raw_sha256: Sha256Hex::from_digest(&raw_hash.finalize()),
+        stored_len,
+        stored_sha256,
+    })
 }
 
 /// Open an age stream with `ids`. A key that does not match is `PermissionDenied` (an
@@ -465,6 +423,7 @@ pub fn digest(mut src: impl Read) -> io::Result<(u64, Sha256Hex)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::read::MultiGzDecoder;
 
     fn sample(len: usize) -> Vec<u8> {
         // Compressible but not trivial: text-like lines with varying numbers.
