@@ -201,3 +201,79 @@ fn restore_past_newer_snapshots_with_a_broken_index_says_how_to_get_the_newest()
     );
     assert_eq!(util::count(&out, "t"), 2000);
 }
+
+/// Point the first leaf of `db`'s freelist at a page of table `t` (the root of index `ia`):
+/// that page is then used twice and the old leaf never. Only the check of the whole file sees
+/// it (a check of one table's trees cannot know which pages the others use).
+fn damage_freelist(db: &std::path::Path) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(
+        "PRAGMA auto_vacuum = NONE;
+         CREATE TABLE spare(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+           INSERT INTO spare SELECT randomblob(1000) FROM n;
+         DELETE FROM spare;",
+    )
+    .unwrap();
+    let page_size: u32 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    let victim: u32 = c
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'ia'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(c);
+    let mut bytes = std::fs::read(db).unwrap();
+    let trunk = u32::from_be_bytes(bytes[32..36].try_into().unwrap());
+    assert!(trunk > 0, "the database has a freelist");
+    let at = (u64::from(trunk) - 1) * u64::from(page_size) + 8; // the trunk's first leaf entry
+    let at = usize::try_from(at).unwrap();
+    bytes[at..at + 4].copy_from_slice(&victim.to_be_bytes());
+    std::fs::write(db, bytes).unwrap();
+}
+
+/// `PRAGMA integrity_check` of the whole file, every line of it (SQLite's own verdict).
+fn whole_check(db: &std::path::Path) -> String {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let mut stmt = c.prepare("PRAGMA integrity_check").unwrap();
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows.join("\n")
+}
+
+#[test]
+fn the_integrity_check_split_over_the_cores_finds_a_broken_index_and_a_broken_freelist() {
+    // Each damage alone, then both together: the backup check (integrity_check, split per
+    // table on a machine with two cores or more) refuses the copy and names what SQLite's
+    // whole check names.
+    for (index, freelist) in [(true, false), (false, true), (true, true)] {
+        let env = TestEnv::new();
+        if index {
+            damage_index(&env);
+        } else {
+            let c = rusqlite::Connection::open(&env.db).unwrap();
+            c.execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, a, b); CREATE INDEX ia ON t(a);
+                 INSERT INTO t VALUES (1, 1, 1);",
+            )
+            .unwrap();
+        }
+        if freelist {
+            damage_freelist(&env.db);
+        }
+        let whole = whole_check(&env.db);
+        let index_problem = "missing from index ia";
+        let page_problem = "2nd reference to page";
+        assert_eq!(whole.contains(index_problem), index, "{whole}");
+        assert_eq!(whole.contains(page_problem), freelist, "{whole}");
+        let r = env.run(&["backup"]).expect_code(1);
+        assert!(r.stderr.contains("integrity_check"), "{}", r.stderr);
+        assert_eq!(r.stderr.contains(index_problem), index, "{}", r.stderr);
+        assert_eq!(r.stderr.contains(page_problem), freelist, "{}", r.stderr);
+    }
+}

@@ -1,0 +1,238 @@
+//! `PRAGMA integrity_check` split over the cores, with the verdict of the whole check.
+//!
+//! What the whole check does (SQLite's `pragma.c`, `PragTyp_INTEGRITY_CHECK`, and
+//! `sqlite3BtreeIntegrityCheck` in `btree.c`), and where each part runs here:
+//!
+//! 1. One b-tree pass over every table and index together: page structure, the freelist, every
+//!    page used exactly once, the auto-vacuum pointer map, and the entry count of each tree.
+//!    `quick_check` runs exactly this pass too (it skips only step 3 below); the per-table
+//!    form cannot (its pass is "partial": no freelist, no page accounting, since it sees only
+//!    some trees). So `quick_check` runs here, on its own connection.
+//! 2. Per table: NOT NULL, column types and CHECK constraints on every row (in `quick_check`
+//!    as well as in `integrity_check(T)`).
+//! 3. Per table: every row has its entry in each index, no extra entries, UNIQUE holds.
+//!    `PRAGMA integrity_check(T)` runs steps 2 and 3 for table `T` only, with the code the whole
+//!    check generates for `T`, and a b-tree pass over `T`'s trees.
+//!
+//! Every problem the whole check reports therefore shows up in `quick_check` (step 1 and 2) or
+//! in `integrity_check(T)` for its table (steps 2 and 3), and both report only what the whole
+//! check also reports: the verdict is the same. The split is used only where it can be
+//! exact and faster: two cores or more, two tables or more, no virtual table (their own
+//! `xIntegrity` runs differently in `quick_check`), no table whose name the pragma would read
+//! as a number (an error limit). Otherwise, and when the schema cannot even be read, the whole
+//! check runs as one pragma.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use rusqlite::Connection;
+
+use super::{open_read_only, sqlite_error, CheckOutcome, MAX_PROBLEMS};
+use crate::error::Result;
+
+/// One part of a split check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// `PRAGMA quick_check`: the b-tree pass over the whole file.
+    Whole,
+    /// `PRAGMA integrity_check(table)`.
+    Table(String),
+}
+
+/// `PRAGMA integrity_check` of the database at `path`, on up to `threads` connections.
+pub(super) fn integrity(path: &Path, threads: usize) -> Result<CheckOutcome> {
+    let parts = match open_read_only(path).map(|conn| plan(&conn)) {
+        Ok(Some(parts)) if threads >= 2 => parts,
+        _ => return pragma(path, "integrity_check", None).map(outcome),
+    };
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Vec<String>>>>> =
+        Mutex::new((0..parts.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(parts.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(part) = parts.get(i) else { break };
+                let problems = match part {
+                    Part::Whole => pragma(path, "quick_check", None),
+                    Part::Table(t) => pragma(path, "integrity_check", Some(t)),
+                };
+                results.lock().expect("no checker panics holding the lock")[i] = Some(problems);
+            });
+        }
+    });
+    let mut lists = Vec::new();
+    for r in results.into_inner().expect("checkers finished") {
+        lists.push(r.expect("every part ran")?);
+    }
+    Ok(outcome(interleave(lists)))
+}
+
+/// The parts of a split check, biggest first, or `None` where only the whole check is exact
+/// (or no faster).
+fn plan(conn: &Connection) -> Option<Vec<Part>> {
+    let mut stmt = conn
+        .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table'")
+        .ok()?;
+    let tables: Vec<(String, Option<String>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|rows| rows.collect())
+        .ok()?;
+    let virtual_table = |sql: &Option<String>| {
+        sql.as_deref().is_some_and(|s| {
+            s.trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE VIRTUAL")
+        })
+    };
+    if tables.len() < 2
+        || tables
+            .iter()
+            .any(|(name, sql)| virtual_table(sql) || reads_as_number(name))
+    {
+        return None;
+    }
+    // Biggest first, so that the longest part does not start last. The largest rowid is a
+    // cheap size estimate (one descent of the b-tree); a table without one goes first.
+    let mut sized: Vec<(u64, String)> = tables
+        .into_iter()
+        .map(|(name, _)| {
+            let sql = format!("SELECT max(_rowid_) FROM {}", quoted(&name));
+            let rows = conn
+                .query_row(&sql, [], |r| r.get::<_, Option<i64>>(0))
+                .map_or(u64::MAX, |n| n.map_or(0, |n| n.unsigned_abs()));
+            (rows, name)
+        })
+        .collect();
+    sized.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut parts = vec![Part::Whole];
+    parts.extend(sized.into_iter().map(|(_, name)| Part::Table(name)));
+    Some(parts)
+}
+
+/// Whether SQLite would take `name`, given as the pragma's argument, as an error limit
+/// (`sqlite3GetInt32`) instead of a table name.
+fn reads_as_number(name: &str) -> bool {
+    let digits = name.strip_prefix(['-', '+']).unwrap_or(name);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Run `PRAGMA <pragma>(<table or the error limit>)` on a fresh read-only connection and
+/// return its problems: empty when SQLite answered "ok".
+fn pragma(path: &Path, pragma: &str, table: Option<&str>) -> Result<Vec<String>> {
+    let conn = open_read_only(path)?;
+    let arg = table.map_or_else(|| MAX_PROBLEMS.to_string(), quoted);
+    let sql = format!("PRAGMA {pragma}({arg})");
+    let mut stmt = conn
+        .prepare(&sql)
+        .map_err(|e| sqlite_error("check", path, e))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| sqlite_error("check", path, e))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        return Ok(Vec::new());
+    }
+    // One problem per item, without SQLite's "*** in database main ***" banner lines.
+    Ok(rows
+        .iter()
+        .flat_map(|r| r.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("***"))
+        .take(MAX_PROBLEMS)
+        .map(String::from)
+        .collect())
+}
+
+/// Run `check` (`quick_check` or the whole `integrity_check`) as one pragma.
+pub(super) fn whole(path: &Path, check: &str) -> Result<CheckOutcome> {
+    pragma(path, check, None).map(outcome)
+}
+
+fn outcome(problems: Vec<String>) -> CheckOutcome {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// The first problems of every part, taken in turn, so that each failing part is named even
+/// when another one has many problems.
+fn interleave(lists: Vec<Vec<String>>) -> Vec<String> {
+    let mut iters: Vec<_> = lists.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::new();
+    while out.len() < MAX_PROBLEMS {
+        let before = out.len();
+        for it in &mut iters {
+            if let Some(p) = it.next() {
+                if out.len() < MAX_PROBLEMS {
+                    out.push(p);
+                }
+            }
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(sql: &str) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(sql).unwrap();
+        c
+    }
+
+    #[test]
+    fn the_split_has_the_whole_file_pass_and_every_table_biggest_first() {
+        let c = db("CREATE TABLE small(x); INSERT INTO small VALUES (1);
+                    CREATE TABLE big(id INTEGER PRIMARY KEY); INSERT INTO big VALUES (500);
+                    CREATE TABLE kv(k PRIMARY KEY, v) WITHOUT ROWID;
+                    CREATE TABLE \"odd \"\"name\"(x);");
+        let names = |parts: Vec<Part>| -> Vec<String> {
+            parts
+                .into_iter()
+                .map(|p| match p {
+                    Part::Whole => "(whole file)".to_string(),
+                    Part::Table(t) => t,
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(plan(&c).unwrap()),
+            ["(whole file)", "kv", "big", "small", "odd \"name"]
+        );
+    }
+
+    #[test]
+    fn the_whole_check_runs_where_a_split_would_not_be_exact() {
+        // One table: nothing to split. A virtual table: its own check differs in quick_check.
+        // A table named like a number: the pragma would take it as an error limit.
+        for sql in [
+            "CREATE TABLE only(x);",
+            "CREATE TABLE a(x); CREATE VIRTUAL TABLE r USING rtree(id, x0, x1);",
+            "CREATE TABLE a(x); CREATE TABLE \"42\"(x);",
+        ] {
+            assert_eq!(plan(&db(sql)), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn every_failing_part_is_named_within_the_limit() {
+        let many: Vec<String> = (0..20).map(|i| format!("index problem {i}")).collect();
+        let out = interleave(vec![vec!["freelist problem".into()], Vec::new(), many]);
+        assert_eq!(out.len(), MAX_PROBLEMS);
+        assert_eq!(out[0], "freelist problem");
+        assert_eq!(out[1], "index problem 0");
+    }
+}
