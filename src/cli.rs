@@ -4,6 +4,7 @@
 //! it parses arguments, runs jobs through `jobs.rs` and prints; nothing else imports it.
 
 mod commands;
+mod diff;
 mod fix;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Last snapshot, its age and health, per database; exit 1 when unhealthy
     Status(StatusArgs),
+    /// Rows only in FROM, only in TO, and changed, per table, between two of: a snapshot, the
+    /// live database, a file (e.g. one a restore kept aside); exit 1 when a side is damaged
+    Diff(DiffArgs),
     /// Run as a service: scheduled backups, drills and prunes, /metrics and /healthz
     Run(RunArgs),
     /// Restore the newest snapshot and one older one in rotation into a scratch folder, check
@@ -298,6 +302,33 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The database whose snapshots and live file `latest`, `snapshot:`, `before:` and `live`
+    /// mean (may be left out when only one is configured)
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// The older side: latest, snapshot:<ID>, before:<RFC3339>, live, or a file path
+    #[arg(long, value_name = "SPEC", default_value = "latest")]
+    pub from: crate::diff::Spec,
+    /// The newer side (same forms as --from)
+    #[arg(long, value_name = "SPEC", default_value = "live")]
+    pub to: crate::diff::Spec,
+    /// Only this table (repeat for more) [default: every table]
+    #[arg(long, value_name = "TABLE")]
+    pub table: Vec<String>,
+    /// Print the comparison as JSON
+    #[arg(long, conflicts_with = "sql")]
+    pub json: bool,
+    /// Print one SQL transaction that turns FROM into TO (review it, then apply it to FROM's
+    /// database, e.g. to replay rows lost since a snapshot onto the restored database)
+    #[arg(long)]
+    pub sql: bool,
+    /// Rows shown per table
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Only this database
     #[arg(long, value_name = "NAME")]
@@ -327,6 +358,7 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
         Command::List(args) => list(app, args).await,
         Command::Restore(args) => restore(app, args).await,
         Command::Status(args) => status::print(app, args.db.as_deref(), args.json).await,
+        Command::Diff(args) => diff::diff(app, args).await,
         Command::Run(RunArgs {}) => {
             let (first, second) = crate::service::os_signals()?;
             crate::service::run(app.clone(), first, second)

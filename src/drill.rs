@@ -349,7 +349,7 @@ async fn run_steps(
     keys: &Keys,
     r: &mut DrillReport,
 ) -> Result<()> {
-    let scratch = Scratch::create(staging_dir, &m.db)?;
+    let scratch = Scratch::create(staging_dir, &m.db, "drill")?;
     // 1. Download, decompress, both SHA-256s.
     if !download(store, m, keys, &scratch, r).await? {
         return Ok(());
@@ -364,22 +364,24 @@ async fn run_steps(
     compare(r, m, results.inspection, results.seconds[2])
 }
 
-/// The drill's private scratch file (its folder is removed on drop).
-struct Scratch {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
+/// A private scratch folder under the staging folder holding one snapshot's rebuilt file (a
+/// drill's, a diff's): the folder is removed on drop.
+pub(crate) struct Scratch {
+    dir: tempfile::TempDir,
+    pub(crate) path: std::path::PathBuf,
     file: std::fs::File,
 }
 
 impl Scratch {
-    fn create(staging_dir: &Path, db: &str) -> Result<Scratch> {
+    /// A new scratch folder for `purpose` (`drill`, `diff`) of `db`, with an empty file in it.
+    pub(crate) fn create(staging_dir: &Path, db: &str, purpose: &str) -> Result<Scratch> {
         std::fs::create_dir_all(staging_dir)
             .map_err(|e| Error::io("create staging folder", staging_dir, e))?;
         // Named like backup staging folders, so a later run removes it if this process dies.
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{}drill-", crate::backup::staging_prefix(db)))
+            .prefix(&format!("{}{purpose}-", crate::backup::staging_prefix(db)))
             .tempdir_in(staging_dir)
-            .map_err(|e| Error::io("create drill folder in", staging_dir, e))?;
+            .map_err(|e| Error::io("create scratch folder in", staging_dir, e))?;
         let path = dir.path().join("db.sqlite");
         let file = OpenOptions::new()
             .write(true)
@@ -387,11 +389,25 @@ impl Scratch {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("create scratch file", &path, e))?;
-        Ok(Scratch {
-            _dir: dir,
-            path,
-            file,
-        })
+        Ok(Scratch { dir, path, file })
+    }
+
+    /// The scratch folder (room for more files of the same job).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Rebuild snapshot `m` into the scratch file through the [`SnapshotReader`] (both
+    /// SHA-256s proven); `Ok(Err(damage))` when its data is bad.
+    pub(crate) async fn read_snapshot(
+        &self,
+        store: &Arc<dyn Storage>,
+        m: &Manifest,
+        keys: &Keys,
+    ) -> Result<std::result::Result<crate::archive::Digests, crate::damage::Damage>> {
+        SnapshotReader::new(store, m, keys)
+            .read_into(&self.file, &self.path)
+            .await
     }
 }
 
@@ -405,9 +421,7 @@ async fn download(
     r: &mut DrillReport,
 ) -> Result<bool> {
     let t = Instant::now();
-    let fetched = SnapshotReader::new(store, m, keys)
-        .read_into(&scratch.file, &scratch.path)
-        .await?;
+    let fetched = scratch.read_snapshot(store, m, keys).await?;
     let secs = t.elapsed().as_secs_f64();
     match fetched {
         Ok(d) => {

@@ -55,6 +55,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod crypto;
 pub mod damage;
+pub mod diff;
 pub mod doctor;
 pub mod drill;
 pub(crate) mod durable;

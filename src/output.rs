@@ -80,6 +80,17 @@ pub(crate) fn line(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Write `bytes` to stdout as they are (`diff --sql`: text values may hold any byte). Never
+/// panics.
+pub(crate) fn raw(bytes: &[u8]) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = std::io::stdout().lock().write_all(bytes) {
+        failed(&e);
+    }
+}
+
 /// Say on stderr that something failed: `guardian: error: {message}`, or its JSON object.
 pub fn error(message: impl fmt::Display) {
     stderr_line("ERROR", "error", &message.to_string());

@@ -329,7 +329,7 @@ fn check_target(target: &Path, opts: &RestoreOptions) -> Result<Option<String>> 
 
 /// The candidates `sel` picks, newest first, and the newer snapshots it passes over (skewed
 /// clocks, failed ones) with the reason.
-fn select<'a>(
+pub(crate) fn select<'a>(
     catalog: &'a catalog::Catalog,
     sel: &Selector,
 ) -> Result<(Vec<&'a SnapshotEntry>, Skipped)> {
@@ -372,7 +372,7 @@ fn select<'a>(
 }
 
 /// Snapshots passed over, newest first: (id, why).
-type Skipped = Vec<(String, String)>;
+pub(crate) type Skipped = Vec<(String, String)>;
 
 /// The manifest of `cand` if a restore may try it; otherwise the reason goes to `skipped`
 /// (`Ok(None)`), or, for a snapshot named on the command line, is the error.

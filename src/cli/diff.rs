@@ -1,0 +1,254 @@
+//! `guardian diff`: what it prints (a summary per table, `--json`, or `--sql` as it goes).
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::DiffArgs;
+use crate::app::App;
+use crate::diff::{self, Change, DiffOptions, DiffReport, Spec, TableReport, Val};
+use crate::error::{Error, Result};
+use crate::human::rfc3339;
+use crate::output::{errln, outln, warnln};
+
+/// `guardian diff`.
+pub(super) async fn diff(app: &App, args: DiffArgs) -> Result<u8> {
+    let (from, to): (Spec, Spec) = (args.from, args.to);
+    let db = if from.needs_db() || to.needs_db() || args.db.is_some() {
+        Some(app.config.select_one(args.db.as_deref())?)
+    } else {
+        app.config.select_one(None).ok()
+    };
+    let opts = DiffOptions {
+        from,
+        to,
+        tables: args.table,
+        limit: args.limit,
+        sql: args.sql,
+        keys: app.keys.clone(),
+        staging_dir: app.config.backup.staging_dir(),
+    };
+    let r = diff::run(&app.store, db, &app.config.databases, &opts).await?;
+    for (side, info) in [("FROM", &r.from), ("TO", &r.to)] {
+        for (id, why) in &info.skipped {
+            warnln!("{side} {}: skipped snapshot {id}: {why}", info.spec);
+        }
+    }
+    if args.json {
+        crate::output::json(&to_json(&r));
+    } else if !args.sql {
+        print(&r);
+    }
+    if r.complete() {
+        return Ok(0);
+    }
+    let partial: Vec<&str> = r
+        .tables
+        .iter()
+        .filter(|t| t.partial())
+        .map(|t| t.name.as_str())
+        .collect();
+    errln!(
+        "the comparison is PARTIAL: {} could not be read in full (see {}); the rows that were read are reported, the unreadable ones are neither missing nor present",
+        partial.join(", "),
+        if args.sql { "the -- PARTIAL lines" } else if args.json { "\"partial\" in each table" } else { "PARTIAL above" }
+    );
+    Err(Error::Reported(1))
+}
+
+fn print(r: &DiffReport) {
+    let now = Utc::now();
+    for (side, info) in [("from", &r.from), ("to", &r.to)] {
+        let age = info
+            .taken_at
+            .map(|t| format!(", {}", crate::human::ago((now - t).num_seconds())))
+            .unwrap_or_default();
+        outln!("{side:<5} {}{age}: {}", diff::describe(info), info.read_as);
+    }
+    let mut totals = [0u64; 4];
+    let mut differing = 0;
+    for t in &r.tables {
+        print_table(t);
+        if let Some(c) = &t.counts {
+            totals[0] += c.only_in_from;
+            totals[1] += c.only_in_to;
+            totals[2] += c.changed;
+            totals[3] += c.unknown;
+            if c.differs() || t.schema_changed {
+                differing += 1;
+            }
+        }
+    }
+    for s in &r.schema {
+        let what = match s.change {
+            "only_in_from" => format!("only in FROM: {}", s.from_sql.as_deref().unwrap_or("")),
+            "only_in_to" => format!("only in TO: {}", s.to_sql.as_deref().unwrap_or("")),
+            _ => format!(
+                "changed: {} -> {}",
+                s.from_sql.as_deref().unwrap_or(""),
+                s.to_sql.as_deref().unwrap_or("")
+            ),
+        };
+        outln!("schema {} {} {what}", s.kind, s.name);
+    }
+    outln!(
+        "total: {} row(s) only in FROM, {} only in TO, {} changed, in {differing} of {} table(s); {} schema difference(s){}{}",
+        totals[0],
+        totals[1],
+        totals[2],
+        r.tables.len(),
+        r.schema.len(),
+        if totals[3] > 0 {
+            format!("; {} row(s) unknown (their counterpart is unreadable)", totals[3])
+        } else {
+            String::new()
+        },
+        if r.complete() { "" } else { "; PARTIAL" }
+    );
+}
+
+fn print_table(t: &TableReport) {
+    let key = if t.key.is_empty() {
+        String::new()
+    } else {
+        format!(" (key {})", t.key.join(", "))
+    };
+    let presence = match (t.in_from, t.in_to) {
+        (true, false) => " only in FROM;",
+        (false, true) => " only in TO;",
+        _ => "",
+    };
+    let Some(c) = &t.counts else {
+        outln!(
+            "table {}{key}:{presence} not compared: {}",
+            t.name,
+            t.note.as_deref().unwrap_or("")
+        );
+        return;
+    };
+    let state = if c.partial.is_empty() {
+        ""
+    } else {
+        " PARTIAL:"
+    };
+    outln!(
+        "table {}{key}:{presence}{state} {} only in FROM, {} only in TO, {} changed, {} same{}",
+        t.name,
+        c.only_in_from,
+        c.only_in_to,
+        c.changed,
+        c.same,
+        if c.unknown > 0 {
+            format!(", {} unknown", c.unknown)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(n) = &t.note {
+        outln!("  note: {n}");
+    }
+    for p in &c.partial {
+        outln!("  unreadable: {p}");
+    }
+    for row in &c.rows {
+        let key = row
+            .key
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.short()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cols = row
+            .columns
+            .iter()
+            .map(|(n, f, t)| match row.change {
+                Change::Changed => format!("{n}: {} -> {}", short(f), short(t)),
+                Change::OnlyInFrom => format!("{n}={}", short(f)),
+                Change::OnlyInTo => format!("{n}={}", short(t)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let word = match row.change {
+            Change::OnlyInFrom => "only in FROM",
+            Change::OnlyInTo => "only in TO  ",
+            Change::Changed => "changed     ",
+        };
+        outln!("  {word} {key}: {cols}");
+    }
+    let shown = c.rows.len() as u64;
+    let total = c.only_in_from + c.only_in_to + c.changed;
+    if total > shown {
+        outln!(
+            "  … and {} more (--limit N shows more, --json gives them as data)",
+            total - shown
+        );
+    }
+}
+
+fn short(v: &Option<Val>) -> String {
+    v.as_ref().map_or_else(|| "NULL".into(), Val::short)
+}
+
+fn to_json(r: &DiffReport) -> serde_json::Value {
+    let side = |s: &diff::SideInfo| {
+        json!({
+            "spec": s.spec,
+            "kind": s.kind,
+            "snapshot": s.snapshot,
+            "taken_at": s.taken_at.map(rfc3339),
+            "path": s.path,
+            "read_as": s.read_as,
+            "skipped": s.skipped.iter().map(|(id, why)| json!({"id": id, "reason": why})).collect::<Vec<_>>(),
+        })
+    };
+    let tables: Vec<serde_json::Value> = r
+        .tables
+        .iter()
+        .map(|t| {
+            let mut v = json!({
+                "table": t.name,
+                "key": t.key,
+                "in_from": t.in_from,
+                "in_to": t.in_to,
+                "schema_changed": t.schema_changed,
+                "note": t.note,
+                "compared": t.counts.is_some(),
+                "partial": t.partial(),
+            });
+            if let Some(c) = &t.counts {
+                v["rows_from"] = c.rows_from.into();
+                v["rows_to"] = c.rows_to.into();
+                v["only_in_from"] = c.only_in_from.into();
+                v["only_in_to"] = c.only_in_to.into();
+                v["changed"] = c.changed.into();
+                v["same"] = c.same.into();
+                v["unknown"] = c.unknown.into();
+                v["unreadable"] = json!(c.partial);
+                v["rows"] = c.rows.iter().map(diff::RowChange::json).collect();
+            }
+            v
+        })
+        .collect();
+    let sum = |f: fn(&diff::Counts) -> u64| -> u64 {
+        r.tables
+            .iter()
+            .filter_map(|t| t.counts.as_ref())
+            .map(f)
+            .sum()
+    };
+    json!({
+        "db": r.db,
+        "from": side(&r.from),
+        "to": side(&r.to),
+        "complete": r.complete(),
+        "tables": tables,
+        "schema": r.schema,
+        "totals": {
+            "only_in_from": sum(|c| c.only_in_from),
+            "only_in_to": sum(|c| c.only_in_to),
+            "changed": sum(|c| c.changed),
+            "unknown": sum(|c| c.unknown),
+            "tables_differing": r.tables.iter().filter(|t| t.schema_changed || t.counts.as_ref().is_some_and(diff::Counts::differs)).count(),
+            "tables_partial": r.tables.iter().filter(|t| t.partial()).count(),
+            "schema_differences": r.schema.len(),
+        },
+    })
+}
