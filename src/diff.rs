@@ -195,6 +195,12 @@ pub async fn run(
     opts: &DiffOptions,
 ) -> Result<DiffReport> {
     let name = db.map_or("diff", |d| d.name.as_str());
+    // Bad input first, before a snapshot is fetched for the other side.
+    for (spec, which) in [(&opts.from, "FROM"), (&opts.to, "TO")] {
+        if let Spec::File(p) = spec {
+            check_file(p, which)?;
+        }
+    }
     let from_scratch = Scratch::create(&opts.staging_dir, name, "diff")?;
     let to_scratch = Scratch::create(&opts.staging_dir, name, "diff")?;
     let (from, from_path) = open_side(

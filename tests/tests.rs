@@ -20,6 +20,9 @@ mod install;
 mod config;
 // SIGKILL sweeps over backup and restore: nothing partial, old-or-new, leftovers cleaned.
 mod crash;
+// `diff`: rows only in FROM/TO and changed, by key; --sql round trip; damaged files read
+// past the damage and left untouched; bad sides.
+mod diff;
 // The restore drill: verified on success; bit rot, corruption and count mismatches fail it;
 // the rotation of older snapshots (property tests of the choice, drills through the binary).
 mod drill;
