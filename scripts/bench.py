@@ -9,7 +9,10 @@ same file:
      and a plain read of the file;
   4. `guardian restore --latest` vs gunzip + sha256sum + PRAGMA integrity_check;
   5. peak RSS of guardian (from /usr/bin/time -v) for each command;
-  6. writer impact: p50/p99 commit latency of a steady writer before and during a backup.
+  6. writer impact: p50/p99 commit latency of a steady writer before and during a backup;
+  7. `guardian diff` of the database and a copy with 0.1% of its rows changed, against one
+     `PRAGMA integrity_check` of the database in the same run (target: at most that time, peak
+     RSS under 64 MiB).
 Prints medians and ratios. Machines are noisy: run on an idle machine and quote medians.
 
 Usage: scripts/bench.py [--sizes 100,1024] [--runs 3] [--work DIR] [--s3 http://127.0.0.1:PORT]
@@ -171,6 +174,12 @@ def bench_size(size_mib, runs, work, s3):
         runs, setup=clean_out)
     row("baseline restore: gunzip + sha256sum + integrity_check", t_bl_r)
 
+    # diff: two files that differ in 0.1% of their rows, against one integrity_check.
+    t_d, rss_d, changed = bench_diff(db, work, runs)
+    t_ic, _, _ = median_run(f"sqlite3 {db} 'PRAGMA integrity_check' > /dev/null", runs)
+    row("PRAGMA integrity_check (sqlite3)", t_ic)
+    row(f"guardian diff of two files differing in 0.1% of rows ({changed} rows)", t_d, rss_d)
+
     # S3.
     if s3:
         env = dict(os.environ)
@@ -206,9 +215,36 @@ def bench_size(size_mib, runs, work, s3):
     print(f"- database: {raw / 2**20:.0f} MiB; guardian object / gzip -6 size: {g_size / gz6:.3f}")
     print(f"- backup: baseline / guardian = {baseline / t_g:.2f}x faster; guardian / lower bound = {t_g / lower:.2f}")
     print(f"- restore: guardian / baseline = {t_r / t_bl_r:.2f}")
+    print(f"- diff: guardian diff / integrity_check = {t_d / t_ic:.2f} (target <= 1), peak RSS {rss_d / 1024:.0f} MiB (target < 64)")
     print(f"- writer commit latency without backup: p50 {pct(lat0, .5):.2f} ms, p99 {pct(lat0, .99):.2f} ms ({len(lat0)} commits, {err0} errors)")
     print(f"- writer commit latency during backup:  p50 {pct(lat1, .5):.2f} ms, p99 {pct(lat1, .99):.2f} ms ({len(lat1)} commits, {err1} errors); p99 ratio {pct(lat1, .99) / pct(lat0, .99):.2f}")
     sys.stdout.flush()
+
+
+def bench_diff(db, work, runs):
+    """`guardian diff --json` of a copy of `db` and a second copy with 0.1% of the rows of its
+    two big tables updated, deleted or inserted: (median s, peak RSS KiB, rows changed)."""
+    a, b = work / "diff-a.sqlite", work / "diff-b.sqlite"
+    for p in (a, b):
+        shutil.copy(db, p)
+    c = sqlite3.connect(b, isolation_level=None)
+    n = c.execute("SELECT max(id) FROM orders").fetchone()[0]
+    c.execute("BEGIN")
+    # Spread over the whole table: 1 row in 1000 of each kind of change.
+    c.execute("UPDATE orders SET status = 'refunded' WHERE id % 3000 = 1")
+    c.execute("DELETE FROM order_items WHERE order_id % 3000 = 2")
+    c.execute("DELETE FROM orders WHERE id % 3000 = 2")
+    c.execute("UPDATE order_items SET qty = qty + 1 WHERE order_id % 3000 = 3")
+    c.execute(f"INSERT INTO orders SELECT id + {n}, customer_id, placed_at, 'new', total_cents, shipping_address, notes FROM orders WHERE id % 3000 = 4")
+    c.execute("COMMIT")
+    changed = c.total_changes
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    cfg = write_config(work, db)
+    t, rss, out = median_run(f"{GUARDIAN} -q --config {cfg} diff --from {a} --to {b} --json", runs)
+    totals = json.loads(out)["totals"]
+    assert totals["only_in_from"] + totals["only_in_to"] + totals["changed"] > 0, totals
+    return t, rss, changed
 
 
 def bench_scale(count, size_mib, work):

@@ -289,6 +289,11 @@ pub struct RestoreArgs {
     /// Restore to this file instead of the configured database path
     #[arg(long, value_name = "PATH")]
     pub to: Option<PathBuf>,
+    /// Put back only this table's rows (repeat for more), in the configured database: the
+    /// whole file is kept aside first, then one transaction replaces the rows and checks
+    /// foreign keys before it commits
+    #[arg(long, value_name = "TABLE", conflicts_with = "to")]
+    pub table: Vec<String>,
     /// Replace the target even if another process has it open
     #[arg(long)]
     pub force: bool,
@@ -454,7 +459,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
 
 async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
     let db = app.config.select_one(args.db.as_deref())?;
-    let selector = match (args.latest, args.snapshot, args.before) {
+    let selector = match (args.latest, args.snapshot.clone(), args.before) {
         (true, None, None) => Selector::Latest,
         (false, Some(id), None) => Selector::Snapshot(id),
         (false, None, Some(t)) => Selector::Before(t),
@@ -464,6 +469,9 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
             ))
         }
     };
+    if !args.table.is_empty() {
+        return diff::restore_tables(app, db, selector, args).await;
+    }
     let opts = RestoreOptions {
         selector,
         to: args.to,
@@ -534,6 +542,12 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
     }
     for p in &r.moved_aside {
         outln!("  previous file kept at {}", p.display());
+    }
+    if let Some(old) = r.moved_aside.first() {
+        outln!(
+            "  what it holds beyond the snapshot: {}",
+            diff::command(&r.db, m.id.as_str(), old, &[])
+        );
     }
     if let Some(who) = &r.forced_over {
         outln!("  warning: the target was in use ({who}); restart that process so it opens the restored file");

@@ -37,6 +37,12 @@ use rusqlite::{Connection, OpenFlags};
 pub use compare::{Change, Counts, RowChange};
 pub use value::Val;
 
+/// The name the rowid goes by in a table with these columns (`rowid`, else `_rowid_`, else
+/// `oid`), if a column does not take all three.
+pub(crate) fn rowid_alias(columns: &[String]) -> Option<&'static str> {
+    scan::rowid_name(columns)
+}
+
 use crate::catalog;
 use crate::config::DatabaseConfig;
 use crate::crypto::Keys;
@@ -504,7 +510,7 @@ pub fn describe(s: &SideInfo) -> String {
 }
 
 /// A path for a `file:` URI: `%`, `?` and `#` (and anything not printable) percent-encoded.
-fn uri_path(p: &Path) -> String {
+pub(crate) fn uri_path(p: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let mut out = String::new();

@@ -112,6 +112,16 @@ pub enum Error {
         how: SourceChange,
     },
 
+    /// A table restore's rows break foreign keys: its transaction was rolled back, nothing
+    /// changed.
+    #[error("the restored rows break foreign keys, so the transaction was rolled back and nothing changed ({}): {}; put back the tables they refer to as well (more --table), or restore the whole database", aside.as_ref().map_or_else(String::new, |p| format!("the copy kept aside at {} stays", p.display())), violations.join("; "))]
+    ForeignKeys {
+        /// The first violations, one line each (the last may say how many more there are).
+        violations: Vec<String>,
+        /// The copy of the whole database taken first.
+        aside: Option<PathBuf>,
+    },
+
     /// The operation was stopped by a signal (a restore), before it changed anything.
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -148,7 +158,10 @@ impl Error {
     /// The process exit code this error maps to (see the module doc).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Integrity { .. } | Error::Damaged { .. } | Error::NoGoodSnapshot(_) => 1,
+            Error::Integrity { .. }
+            | Error::Damaged { .. }
+            | Error::NoGoodSnapshot(_)
+            | Error::ForeignKeys { .. } => 1,
             Error::Config(_)
             | Error::Usage(_)
             | Error::Source(_)

@@ -25,9 +25,14 @@
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
+//! - [`table_restore`]: `restore --table`: the whole file kept aside, then one transaction
+//!   that puts the tables' rows back from a snapshot, foreign keys checked before the commit.
 //! - [`target`]: what a restore may write to: target checks, in-use detection, its staging files.
 //! - [`status`]: health per database.
 //! - [`outcome`]: the recorded outcome of each database's last backup attempt.
+//! - [`diff`]: `guardian diff`: rows only in FROM, only in TO and changed between snapshots,
+//!   the live database and files (read-only, read past damage), and the `--sql` that replays
+//!   them (`diff/`: schema, key-ordered scans, the merge, SQL).
 //! - [`drill`]: the restore drill: restore into scratch, check everything, record the verdict.
 //! - [`verify`]: re-read stored snapshots and check their checksums (bit rot), no SQLite.
 //! - [`retention`]: which snapshots to keep (a pure function) and the prune that applies it.
@@ -80,6 +85,7 @@ pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod statuspage;
 pub mod storage;
+pub(crate) mod table_restore;
 pub(crate) mod target;
 pub(crate) mod verify;
 

@@ -681,7 +681,7 @@ fn swap_into_place(staged: TempGuard, target: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// `<target>.pre-restore-<UTC time>`, made unique if a restore ran in the same second.
-fn aside_name(target: &Path) -> PathBuf {
+pub(crate) fn aside_name(target: &Path) -> PathBuf {
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     let base = format!("{}.pre-restore-{stamp}", target.display());
     let mut candidate = PathBuf::from(&base);

@@ -465,3 +465,193 @@ fn bad_sides_are_one_clear_line_and_never_hang() {
         .unwrap_or_default();
     assert!(staging.is_empty(), "{staging:?}");
 }
+
+#[test]
+fn restore_ends_with_the_diff_command_that_shows_what_the_old_file_holds() {
+    let env = TestEnv::new();
+    let id = env.backup();
+    // Orders written after the snapshot, then the database is "lost" and restored.
+    Connection::open(&env.db)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO orders VALUES (41, 1, '2026-12-05T01:00:00Z', 'paid'),
+                                       (42, 2, '2026-12-05T02:00:00Z', 'paid');",
+        )
+        .unwrap();
+    let r = env.run(&["restore", "--latest"]).ok();
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("guardian diff"))
+        .unwrap_or_else(|| panic!("no diff command in:\n{}", r.stdout));
+    let cmd = &line[line.find("guardian diff").unwrap()..];
+    assert!(cmd.contains(&format!("--from snapshot:{id}")), "{cmd}");
+    assert!(cmd.contains(".pre-restore-"), "{cmd}");
+    // Run it as printed (no path here needs quoting).
+    let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+    let r = env.run(&[&args[..], &["--json"]].concat()).ok();
+    let v = json_of(&r);
+    assert_eq!(counts(&v, "orders"), (0, 2, 0), "{v:#}");
+    assert_eq!(v["totals"]["only_in_to"], 2);
+}
+
+/// The live database after `sql`, with a snapshot taken before it; returns the snapshot id.
+fn env_with_snapshot_then(sql: &str) -> (TestEnv, String) {
+    let env = TestEnv::new();
+    let id = env.backup();
+    Connection::open(&env.db)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+    (env, id)
+}
+
+#[test]
+fn table_restore_puts_back_only_those_tables_and_keeps_the_whole_file_aside() {
+    let (env, id) = env_with_snapshot_then(
+        "DELETE FROM order_items; DELETE FROM orders WHERE id > 30;
+         UPDATE customers SET name = 'kept' WHERE id = 1;",
+    );
+    let before = util::dump(&env.db);
+    let r = env
+        .run(&[
+            "restore",
+            "--snapshot",
+            &id,
+            "--table",
+            "orders",
+            "--table",
+            "order_items",
+        ])
+        .ok();
+    assert!(r.stdout.contains("put back 2 table(s)"), "{}", r.stdout);
+    assert_eq!(util::count(&env.db, "orders"), 40);
+    assert_eq!(util::count(&env.db, "order_items"), 80);
+    // Other tables keep what was written since.
+    let name: String = Connection::open(&env.db)
+        .unwrap()
+        .query_row("SELECT name FROM customers WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "kept");
+    assert_eq!(util::integrity(&env.db), "ok");
+    // The whole file as it was is kept aside, and the diff command to look into it printed.
+    let aside: Vec<PathBuf> = fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".pre-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(util::dump(&aside[0]), before);
+    assert!(
+        r.stdout.contains(&format!(
+            "guardian diff --db market --from snapshot:{id} --to {} --table orders --table order_items",
+            aside[0].display()
+        )),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn table_restore_that_breaks_a_foreign_key_changes_nothing_and_lists_the_violations() {
+    // order_items back from the snapshot would point at orders deleted since.
+    let (env, _) = env_with_snapshot_then(
+        "PRAGMA foreign_keys = ON; DELETE FROM order_items WHERE order_id > 30; DELETE FROM orders WHERE id > 30;",
+    );
+    let before = util::dump(&env.db);
+    let r = env
+        .run(&["restore", "--latest", "--table", "order_items"])
+        .expect_code(1);
+    let line = r.error_line();
+    assert!(line.contains("break foreign keys"), "{line}");
+    assert!(line.contains("order_items row"), "{line}");
+    assert!(line.contains("-> orders"), "{line}");
+    assert!(line.contains("nothing changed"), "{line}");
+    assert_eq!(util::dump(&env.db), before);
+    // With the table they refer to, it goes through.
+    env.run(&[
+        "restore",
+        "--latest",
+        "--table",
+        "order_items",
+        "--table",
+        "orders",
+    ])
+    .ok();
+    assert_eq!(util::count(&env.db, "order_items"), 80);
+}
+
+#[test]
+fn table_restore_refuses_what_it_cannot_do_before_changing_anything() {
+    let (env, _) = env_with_snapshot_then(
+        "CREATE TABLE later (x); ALTER TABLE products ADD COLUMN note TEXT;",
+    );
+    let before = util::dump(&env.db);
+    for (table, says) in [
+        ("nope", "no such table"),
+        ("later", "the snapshot has no table later"),
+        ("products", "its columns differ"),
+    ] {
+        let r = env
+            .run(&["restore", "--latest", "--table", table])
+            .expect_code(2);
+        assert!(r.error_line().contains(says), "{table}: {}", r.stderr);
+    }
+    let r = env
+        .run(&["restore", "--latest", "--table", "orders", "--to", "x.db"])
+        .expect_code(2);
+    assert!(r.stderr.contains("--to"), "{}", r.stderr);
+    assert_eq!(util::dump(&env.db), before);
+    let aside = fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("pre-restore")
+        })
+        .count();
+    assert_eq!(aside, 0);
+}
+
+#[test]
+fn an_interrupted_table_restore_rolls_back_and_keeps_the_copy_aside() {
+    let (env, _) = env_with_snapshot_then("DELETE FROM order_items;");
+    let before = util::dump(&env.db);
+    // Another writer holds the write lock, so the restore's transaction waits for it.
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nc.execute(\"UPDATE products SET stock = stock\")\nprint('ready', flush=True)\nsys.stdin.readline()\nc.execute('ROLLBACK')\n";
+    let (mut writer, _out) = util::python_until_ready(script, &env.db);
+    let mut cmd = env.command();
+    cmd.args(["restore", "--latest", "--table", "order_items", "--force"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Wait until the whole file is kept aside: the transaction is next.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !fs::read_dir(env.dir.path()).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".pre-restore-")
+    }) {
+        assert!(std::time::Instant::now() < deadline, "no copy kept aside");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert!(stderr.contains("nothing changed"), "{stderr}");
+    use std::io::Write;
+    writer.stdin.take().unwrap().write_all(b"\n").unwrap();
+    writer.wait().unwrap();
+    assert_eq!(util::dump(&env.db), before);
+    assert_eq!(util::count(&env.db, "order_items"), 0);
+}

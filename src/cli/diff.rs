@@ -3,7 +3,7 @@
 use chrono::Utc;
 use serde_json::json;
 
-use super::DiffArgs;
+use super::{DiffArgs, RestoreArgs};
 use crate::app::App;
 use crate::diff::{self, Change, DiffOptions, DiffReport, Spec, TableReport, Val};
 use crate::error::{Error, Result};
@@ -251,4 +251,94 @@ fn to_json(r: &DiffReport) -> serde_json::Value {
             "schema_differences": r.schema.len(),
         },
     })
+}
+
+/// The exact `guardian diff` command that shows what `file` holds beyond snapshot `id`.
+pub(super) fn command(db: &str, id: &str, file: &std::path::Path, tables: &[String]) -> String {
+    let word = |s: &str| crate::init::shell_word(s);
+    let mut cmd = format!(
+        "guardian diff --db {} --from snapshot:{id} --to {}",
+        word(db),
+        word(&file.to_string_lossy())
+    );
+    for t in tables {
+        cmd.push_str(&format!(" --table {}", word(t)));
+    }
+    cmd
+}
+
+/// `guardian restore --table T...`.
+pub(super) async fn restore_tables(
+    app: &App,
+    db: &crate::config::DatabaseConfig,
+    selector: crate::restore::Selector,
+    args: RestoreArgs,
+) -> Result<u8> {
+    let opts = crate::table_restore::TableRestoreOptions {
+        selector,
+        tables: args.table,
+        force: args.force,
+        dry_run: args.dry_run,
+        keys: app.keys.clone(),
+        protected: app
+            .config
+            .storage
+            .local_root()
+            .map(Into::into)
+            .into_iter()
+            .collect(),
+        check: args.check,
+        staging_dir: app.config.backup.staging_dir(),
+    };
+    let r = crate::table_restore::run(&app.store, db, &opts).await?;
+    let m = &r.manifest;
+    for (id, why) in &r.skipped {
+        outln!("skipped {id}: {why}");
+    }
+    let when = format!(
+        "taken {}, {}",
+        rfc3339(m.created_at),
+        crate::human::ago((Utc::now() - m.created_at).num_seconds())
+    );
+    let verb = if r.dry_run {
+        "dry run: would put back"
+    } else {
+        "put back"
+    };
+    outln!(
+        "{verb} {} table(s) of {} from snapshot {} ({when}) in {}",
+        r.tables.len(),
+        r.db,
+        m.id,
+        r.target.display()
+    );
+    for t in &r.tables {
+        outln!(
+            "  {:<24} {} row(s){} {} in the snapshot",
+            t.name,
+            t.before,
+            if r.dry_run { " now," } else { " before," },
+            t.after
+        );
+    }
+    if r.dry_run {
+        outln!("  the whole database would be kept aside first; nothing was written");
+        if let Some(who) = &r.forced_over {
+            outln!("  the database is in use ({who}); --force would go ahead anyway");
+        }
+        return Ok(0);
+    }
+    outln!("  foreign_key_check passed on these tables and those that refer to them");
+    if let Some(old) = &r.kept_aside {
+        outln!("  previous file kept at {}", old.display());
+        let names: Vec<String> = r.tables.iter().map(|t| t.name.clone()).collect();
+        outln!(
+            "  what it holds beyond the snapshot: {}",
+            command(&r.db, m.id.as_str(), old, &names)
+        );
+    }
+    if let Some(who) = &r.forced_over {
+        outln!("  warning: the database was in use ({who}); its connections see the new rows at their next transaction");
+    }
+    Ok(0)
 }

@@ -57,6 +57,7 @@ fn fix(job: Option<&str>, db: Option<&str>, e: &Error, why: &str) -> Option<Stri
         | Error::Timeout(_)
         | Error::Gone(_)
         | Error::InUse(_)
+        | Error::ForeignKeys { .. }
         | Error::SourceGone { .. }
         | Error::Cancelled(_)
         | Error::Internal(_)
