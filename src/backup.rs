@@ -18,20 +18,31 @@ use crate::config::{BackupConfig, DatabaseConfig};
 use crate::crypto::Keys;
 use crate::durable;
 use crate::error::{Error, Result, SourceChange};
+use crate::incremental::Attempt;
 use crate::layout::{SnapshotWriter, Written};
 use crate::manifest::{CheckRecord, Manifest, SnapshotId, SnapshotKey, FORMAT_VERSION};
 use crate::progress::Progress;
 use crate::snapshot;
 use crate::storage::Storage;
 
-/// Take one snapshot of `db` and publish it to `store`.
+/// What a backup published.
+#[derive(Debug)]
+pub struct Backup {
+    pub manifest: Manifest,
+    /// Why a full was taken when an incremental was asked for (one line).
+    pub full_because: Option<String>,
+}
+
+/// Take one snapshot of `db` and publish it to `store`: an incremental when `incremental` and
+/// one is possible (see `incremental`), else a full.
 #[instrument(skip_all, fields(db = %db.name))]
 pub async fn run(
     store: &Arc<dyn Storage>,
     db: &DatabaseConfig,
     opts: &BackupConfig,
     keys: &Keys,
-) -> Result<Manifest> {
+    incremental: bool,
+) -> Result<Backup> {
     let started = Instant::now();
     let staging_root = opts.staging_dir();
     sweep_staging(&staging_root, &db.name);
@@ -42,11 +53,24 @@ pub async fn run(
         db: db.name.clone(),
         id: SnapshotId::new(created_at),
     };
-    info!(id = %key.id, source = %db.path.display(), "backup started");
+    info!(id = %key.id, source = %db.path.display(), incremental, "backup started");
 
     // Which file is at the path now: if it is gone or another one at the end, an operator
     // must hear of it even though the copy (through SQLite's open descriptors) is consistent.
     let source_file = file_identity(&db.path);
+
+    let mut full_because = None;
+    if incremental {
+        match crate::incremental::run(store, db, opts, keys, key.clone(), created_at).await? {
+            Attempt::Done(manifest) => {
+                return finish(store, db, *manifest, None, started, source_file).await
+            }
+            Attempt::Full(why) => {
+                tracing::info!(reason = %why, "taking a full snapshot instead of an incremental");
+                full_because = Some(why);
+            }
+        }
+    }
 
     // 1. The consistent copy.
     let copy = take_copy(db, &staging_root).await?;
@@ -78,7 +102,27 @@ pub async fn run(
         },
     };
     writer.publish(&manifest).await?;
+    if db.incremental.is_some() || incremental {
+        let (opts, m, path) = (opts.clone(), manifest.clone(), copy.path.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || crate::incremental::cache_full(&opts, &m, &path))
+                .await;
+    }
     drop(copy);
+    finish(store, db, manifest, full_because, started, source_file).await
+}
+
+/// After a snapshot is published: sweep leftovers of interrupted uploads, log, and say when
+/// the source file was replaced or removed meanwhile.
+async fn finish(
+    store: &Arc<dyn Storage>,
+    db: &DatabaseConfig,
+    manifest: Manifest,
+    full_because: Option<String>,
+    started: Instant,
+    source_file: Option<(u64, u64)>,
+) -> Result<Backup> {
+    let key = manifest.key();
     // Clean up after interrupted runs once this one is safe, so that a store that is down
     // fails the backup after one round of retries, not two.
     if let Err(e) = store.sweep(&crate::manifest::db_prefix(&db.name)).await {
@@ -86,8 +130,9 @@ pub async fn run(
     }
     info!(
         id = %key.id,
+        kind = manifest.kind().as_str(),
         raw_bytes = manifest.raw_len,
-        stored_bytes = manifest.stored_len(),
+        stored_bytes = manifest.own_stored_len(),
         seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
         "backup finished"
     );
@@ -98,7 +143,10 @@ pub async fn run(
             how,
         });
     }
-    Ok(manifest)
+    Ok(Backup {
+        manifest,
+        full_because,
+    })
 }
 
 /// The consistent copy of a database in its private staging folder (removed on drop).

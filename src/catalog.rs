@@ -99,7 +99,9 @@ pub struct SnapshotEntry {
     pub marked_at: Option<DateTime<Utc>>,
 }
 
-/// A snapshot folder with objects but no manifest: an interrupted backup (or one in progress).
+/// A snapshot folder with objects but no manifest: an interrupted backup (or one in progress),
+/// or what a deleted snapshot left. Objects that a manifest names (a deleted full's data object
+/// that incrementals still build on) are not in it: they are kept as long as they are named.
 #[derive(Debug, Clone)]
 pub struct Orphan {
     pub key: SnapshotKey,
@@ -179,6 +181,8 @@ const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// List and read everything stored for database `db`.
 pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
     let objects = store.list(&manifest::db_prefix(db)).await?;
+    let listed: BTreeMap<ObjectKey, ObjectMeta> =
+        objects.iter().map(|o| (o.key.clone(), o.clone())).collect();
     let mut folders: BTreeMap<SnapshotKey, Vec<(ObjectMeta, ObjectRole)>> = BTreeMap::new();
     for obj in objects {
         match manifest::parse_key(&obj.key) {
@@ -187,16 +191,13 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
         }
     }
 
-    let mut orphans = Vec::new();
+    let mut without_manifest = Vec::new();
     let mut with_manifest = Vec::new();
     for (sk, objs) in folders {
         if objs.iter().any(|(_, r)| *r == ObjectRole::Manifest) {
             with_manifest.push((sk, objs));
         } else {
-            orphans.push(Orphan {
-                key: sk,
-                objects: objs.into_iter().map(|(o, _)| o).collect(),
-            });
+            without_manifest.push((sk, objs));
         }
     }
 
@@ -222,13 +223,25 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
 
     let now = Utc::now();
     let mut snapshots = Vec::with_capacity(with_manifest.len());
-    for ((sk, objs), folder) in with_manifest.into_iter().zip(read) {
+    for ((sk, _), folder) in with_manifest.into_iter().zip(read) {
         // `None`: deleted between the listing and the read (a concurrent prune).
         let Some(folder) = folder.expect("every task reported") else {
             continue;
         };
-        snapshots.push(entry(sk, &objs, folder, now));
+        snapshots.push(entry(sk, &listed, folder, now));
     }
+    let named = named_objects(&snapshots);
+    let orphans = without_manifest
+        .into_iter()
+        .filter_map(|(sk, objs)| {
+            let objects: Vec<ObjectMeta> = objs
+                .into_iter()
+                .map(|(o, _)| o)
+                .filter(|o| !named.contains(&o.key))
+                .collect();
+            (!objects.is_empty()).then_some(Orphan { key: sk, objects })
+        })
+        .collect();
     snapshots.sort_by(|a, b| (b.created_at, &b.key.id).cmp(&(a.created_at, &a.key.id)));
     Ok(Catalog {
         db: db.to_string(),
@@ -421,9 +434,20 @@ async fn read_tombstone(store: &Arc<dyn Storage>, o: &ObjectMeta) -> Result<Date
     })
 }
 
+/// Every object the readable manifests name: what no prune may delete while they stay.
+pub fn named_objects<'a>(
+    snapshots: impl IntoIterator<Item = &'a SnapshotEntry>,
+) -> std::collections::BTreeSet<ObjectKey> {
+    snapshots
+        .into_iter()
+        .filter_map(|s| s.manifest.as_ref())
+        .flat_map(|m| m.objects().into_iter().map(|o| o.key))
+        .collect()
+}
+
 fn entry(
     key: SnapshotKey,
-    objs: &[(ObjectMeta, ObjectRole)],
+    listed: &BTreeMap<ObjectKey, ObjectMeta>,
     folder: Folder,
     now: DateTime<Utc>,
 ) -> SnapshotEntry {
@@ -436,7 +460,7 @@ fn entry(
     } = folder;
     let (manifest, problem) = match parsed {
         Ok(m) => {
-            let problem = missing_or_truncated(&m, objs);
+            let problem = missing_or_truncated(&m, listed);
             (Some(m), problem)
         }
         Err(e) => (None, Some(e)),
@@ -445,11 +469,7 @@ fn entry(
     let data_size = manifest.as_ref().and_then(|m| {
         m.objects()
             .iter()
-            .map(|want| {
-                objs.iter()
-                    .find(|(o, _)| o.key == want.key)
-                    .map(|(o, _)| o.size)
-            })
+            .map(|want| listed.get(&want.key).map(|o| o.size))
             .sum::<Option<u64>>()
     });
     let status = match (&problem, &last_drill) {
@@ -491,13 +511,24 @@ fn entry(
     }
 }
 
-/// Is every data object `m` names listed, with the size it records?
-fn missing_or_truncated(m: &Manifest, objs: &[(ObjectMeta, ObjectRole)]) -> Option<Damage> {
+/// Is every data object `m` names listed (in its folder or, for an incremental, its base's and
+/// parents'), with the size it records?
+fn missing_or_truncated(m: &Manifest, listed: &BTreeMap<ObjectKey, ObjectMeta>) -> Option<Damage> {
+    let own = m.key();
     m.objects()
         .into_iter()
-        .find_map(|want| match objs.iter().find(|(o, _)| o.key == want.key) {
+        .find_map(|want| match listed.get(&want.key) {
+            // Objects in other folders are named by their folder too.
+            None if manifest::parse_key(&want.key).is_some_and(|(sk, _)| sk != own) => {
+                Some(Damage::ObjectMissing(
+                    want.key
+                        .as_str()
+                        .split_once('/')
+                        .map_or_else(|| want.key.to_string(), |(_, rest)| rest.to_string()),
+                ))
+            }
             None => Some(Damage::ObjectMissing(want.key.file_name().to_string())),
-            Some((o, _)) if o.size != want.len => Some(Damage::ObjectTruncated {
+            Some(o) if o.size != want.len => Some(Damage::ObjectTruncated {
                 expected: want.len,
                 actual: o.size,
             }),
@@ -514,7 +545,8 @@ pub struct SnapshotView<'a> {
     pub age_seconds: i64,
     /// Size of the raw database.
     pub size_bytes: Option<u64>,
-    /// Size of the stored object.
+    /// Bytes the snapshot added to the store (an incremental: its page set; a restore also
+    /// reads its base's and parents' objects).
     pub stored_bytes: Option<u64>,
     /// SHA-256 of the raw database.
     pub sha256: Option<&'a str>,
@@ -532,6 +564,10 @@ pub struct SnapshotView<'a> {
     pub ignored_records: &'a [String],
     /// When prune marked it for deletion, and when prune may delete it.
     pub marked_at: Option<String>,
+    /// `full` or `incremental` (null when the manifest cannot be read).
+    pub kind: Option<&'static str>,
+    /// An incremental's full snapshot (the base of its chain); null for a full.
+    pub base: Option<&'a str>,
 }
 
 impl SnapshotEntry {
@@ -543,7 +579,7 @@ impl SnapshotEntry {
             created_at: rfc3339(self.created_at),
             age_seconds: (now - self.created_at).num_seconds(),
             size_bytes: m.map(|m| m.raw_len),
-            stored_bytes: m.map(|m| m.stored_len()),
+            stored_bytes: m.map(|m| m.own_stored_len()),
             sha256: m.map(|m| m.raw_sha256.as_str()),
             stored_sha256: m.map(|m| m.stored_sha256().as_str()),
             status: self.status,
@@ -553,6 +589,8 @@ impl SnapshotEntry {
             integrity_proof: self.proof.map(|p| p.to_string()),
             ignored_records: &self.ignored_records,
             marked_at: self.marked_at.map(rfc3339),
+            kind: m.map(|m| m.kind().as_str()),
+            base: m.and_then(|m| m.base()).map(|b| b.as_str()),
         }
     }
 }

@@ -259,6 +259,10 @@ pub struct BackupArgs {
     /// Only this database
     #[arg(long, value_name = "NAME")]
     pub db: Option<String>,
+    /// Store only the pages that changed since the newest full snapshot (a full is taken
+    /// instead, with the reason on stderr, when there is none to build on)
+    #[arg(long)]
+    pub incremental: bool,
 }
 
 #[derive(Debug, Args)]
@@ -398,7 +402,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
     }
     let multi = catalogs.len() > 1;
     outln!(
-        "{}{:<26} {:<20} {:>8} {:>10} {:>10}  STATUS",
+        "{}{:<26} {:<20} {:>8} {:>10} {:>10} {:<5} STATUS",
         if multi {
             format!("{:<12} ", "DB")
         } else {
@@ -409,6 +413,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
         "AGE",
         "SIZE",
         "STORED",
+        "KIND",
     );
     for c in &catalogs {
         for s in &c.snapshots {
@@ -427,7 +432,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
                 status.push_str(&format!("; ignored record {r}"));
             }
             outln!(
-                "{}{:<26} {:<20} {:>8} {:>10} {:>10}  {}",
+                "{}{:<26} {:<20} {:>8} {:>10} {:>10} {:<5} {}",
                 if multi {
                     format!("{:<12} ", c.db)
                 } else {
@@ -442,6 +447,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
                 },
                 v.size_bytes.map_or("-".into(), human_bytes),
                 v.stored_bytes.map_or("-".into(), human_bytes),
+                s.manifest.as_ref().map_or("-", |m| m.kind().short()),
                 status
             );
         }
@@ -508,7 +514,7 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         outln!(
             "  size {} (stored {}), sha256 {}",
             human_bytes(m.raw_len),
-            human_bytes(m.stored_len()),
+            human_bytes(m.own_stored_len()),
             m.raw_sha256
         );
         for p in &r.moved_aside {

@@ -97,9 +97,62 @@ pub struct BackupConfig {
     /// database's own `check` overrides it.
     #[serde(default)]
     pub check: CheckKind,
+    /// Folder for the page digests incremental snapshots compare with (a cache, rebuilt from
+    /// the store when lost). Default: `guardian.cache` in the staging folder.
+    pub cache_dir: Option<PathBuf>,
+    /// An incremental becomes a full when more than this share of the database's pages differ
+    /// from its full snapshot: a percentage, `50` or `"50%"` (default 50%).
+    pub incremental_max_changed: Option<Percent>,
+}
+
+/// A percentage in a config file: `50`, `12.5` or `"50%"`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "PercentRepr")]
+pub struct Percent(pub f64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PercentRepr {
+    Number(f64),
+    Text(String),
+}
+
+impl TryFrom<PercentRepr> for Percent {
+    type Error = String;
+    fn try_from(r: PercentRepr) -> std::result::Result<Self, String> {
+        let v = match r {
+            PercentRepr::Number(n) => n,
+            PercentRepr::Text(t) => t
+                .trim()
+                .strip_suffix('%')
+                .unwrap_or(&t)
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{t:?} is not a percentage (e.g. \"50%\")"))?,
+        };
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(format!(
+                "{v} is not a percentage between 0 (excluded) and 100"
+            ));
+        }
+        Ok(Percent(v))
+    }
 }
 
 impl BackupConfig {
+    /// The page digest cache folder.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.staging_dir().join("guardian.cache"))
+    }
+
+    /// The share of pages (0 to 1) that may differ from the full before an incremental
+    /// becomes a full.
+    pub fn incremental_max_changed(&self) -> f64 {
+        self.incremental_max_changed.map_or(0.5, |p| p.0 / 100.0)
+    }
+
     /// The staging folder to use.
     pub fn staging_dir(&self) -> PathBuf {
         self.staging_dir.clone().unwrap_or_else(|| {
@@ -149,6 +202,9 @@ pub struct DatabaseConfig {
     pub max_age: Option<String>,
     /// Backup schedule for `guardian run`: cron, 5 fields (`"0 3 * * *"`) or 6 with seconds.
     pub backup: Option<String>,
+    /// Incremental snapshot schedule (cron, like `backup`), e.g. `"*/15 * * * *"`: the pages
+    /// that changed since the newest full, which `backup` takes.
+    pub incremental: Option<String>,
     /// Restore-drill schedule for `guardian run` (cron, like `backup`), e.g. `"30 4 * * sun"`.
     pub drill: Option<String>,
     /// IANA time zone the schedules (and retention's calendar days) are read in. Default: UTC.

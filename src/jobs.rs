@@ -39,8 +39,12 @@ use crate::{backup, catalog, drill, retention};
 /// What to do to a database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Job {
-    /// Take a snapshot; then, with `prune_after` (the service) and a retention policy, prune.
-    Backup { prune_after: bool },
+    /// Take a snapshot (`incremental`: the changed pages, or a full when that is not
+    /// possible); then, with `prune_after` (the service) and a retention policy, prune.
+    Backup {
+        prune_after: bool,
+        incremental: bool,
+    },
     /// Drill the snapshot named (an id or a unique prefix), or else the newest usable one and
     /// an older one in rotation.
     Drill { snapshot: Option<String> },
@@ -77,6 +81,8 @@ impl Job {
 pub(crate) enum Done {
     Backup {
         manifest: Manifest,
+        /// Why a full was taken when an incremental was asked for.
+        full_because: Option<String>,
         /// How long the backup took (without the prune after it).
         seconds: f64,
         /// The prune after it (`None` when none was asked for).
@@ -185,12 +191,13 @@ impl Done {
                 manifest,
                 seconds,
                 prune,
+                ..
             } => {
                 let mut events = vec![Event::BackupOk {
                     db: db.to_string(),
                     id: manifest.id.to_string(),
                     seconds: *seconds,
-                    stored_bytes: manifest.stored_len(),
+                    stored_bytes: manifest.own_stored_len(),
                 }];
                 if let Some(Err(e)) = prune {
                     events.push(Event::PruneFailed {
@@ -409,9 +416,14 @@ impl Runner {
         let app = &self.app;
         let staging = app.config.backup.staging_dir();
         match job {
-            Job::Backup { prune_after } => {
+            Job::Backup {
+                prune_after,
+                incremental,
+            } => {
                 let started = Instant::now();
-                let manifest = backup::run(&app.store, db, &app.config.backup, &app.keys).await?;
+                let done = backup::run(&app.store, db, &app.config.backup, &app.keys, *incremental)
+                    .await?;
+                let (manifest, full_because) = (done.manifest, done.full_because);
                 let seconds = started.elapsed().as_secs_f64();
                 // A failed prune is a warning: the backup itself is safe in the store. Also
                 // without a retention table: that prune removes only orphans over a day old
@@ -422,6 +434,7 @@ impl Runner {
                 };
                 Ok(Done::Backup {
                     manifest,
+                    full_because,
                     seconds,
                     prune,
                 })

@@ -13,7 +13,7 @@
 //! reports bad data as [`Damage`], never as an operational error.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,11 +26,11 @@ use crate::crypto::Keys;
 use crate::damage::Damage;
 use crate::error::{Error, Result};
 use crate::manifest::{
-    DataLayout, Manifest, Sha256Hex, SnapshotKey, StoredObject, WholeObject, DATA_OBJECT,
-    DATA_OBJECT_AGE,
+    DataLayout, Manifest, Part, PartContent, Sha256Hex, SnapshotKey, StoredObject, WholeObject,
+    DATA_OBJECT, DATA_OBJECT_AGE, PAGES_OBJECT, PAGES_OBJECT_AGE,
 };
 use crate::progress::Progress;
-use crate::storage::{body_channel, PutMode, Storage};
+use crate::storage::{body_channel, ObjectKey, PutMode, Storage};
 
 /// What [`SnapshotWriter::write`] stored: the layout for the manifest, and the raw side's
 /// size and digest.
@@ -81,38 +81,100 @@ impl SnapshotWriter {
         raw_len: u64,
         abort: &Arc<AtomicBool>,
     ) -> Result<Written> {
-        let encryptor = self.keys.encryptor();
-        let object = if encryptor.is_some() {
-            DATA_OBJECT_AGE
+        let object = self.object_name(DATA_OBJECT, DATA_OBJECT_AGE);
+        let src = File::open(copy).map_err(|e| Error::io("open copy", copy, e))?;
+        let digests = self
+            .store_stream(object, Box::new(src), Some(raw_len), abort)
+            .await?;
+        Ok(Written {
+            data: DataLayout::Whole(WholeObject {
+                object: object.to_string(),
+                compression: "gzip".into(),
+                compression_level: self.level,
+                encryption: self.encryption(),
+                stored_len: digests.stored_len,
+                stored_sha256: digests.stored_sha256,
+            }),
+            raw_len: digests.raw_len,
+            raw_sha256: digests.raw_sha256,
+        })
+    }
+
+    /// Store an incremental's page set, streamed from `src` (see `pageset`), as this
+    /// snapshot's own part; `pages` counts its records (the caller sets `page_count`).
+    /// Setting `abort` stops the pass as in [`SnapshotWriter::write`]; an error from `src`
+    /// stops it too.
+    pub async fn write_pages(
+        &self,
+        src: Box<dyn Read + Send>,
+        pages: &Arc<std::sync::atomic::AtomicU64>,
+        abort: &Arc<AtomicBool>,
+    ) -> Result<Part> {
+        let object = self.object_name(PAGES_OBJECT, PAGES_OBJECT_AGE);
+        let d = self.store_stream(object, src, None, abort).await?;
+        Ok(Part {
+            snapshot: self.key.id.clone(),
+            object: object.to_string(),
+            content: PartContent::Pages,
+            compression: "gzip".into(),
+            encryption: self.encryption(),
+            stored_len: d.stored_len,
+            stored_sha256: d.stored_sha256,
+            raw_len: d.raw_len,
+            raw_sha256: d.raw_sha256,
+            page_count: 0,
+            pages: pages.load(Ordering::SeqCst),
+        })
+    }
+
+    fn object_name(&self, plain: &'static str, age: &'static str) -> &'static str {
+        if self.keys.encrypts() {
+            age
         } else {
-            DATA_OBJECT
-        };
+            plain
+        }
+    }
+
+    fn encryption(&self) -> Option<String> {
+        self.keys.encrypts().then(|| "age".to_string())
+    }
+
+    /// One streaming pass: hash, compress on every core, encrypt, upload `src` as `object`.
+    async fn store_stream(
+        &self,
+        object: &str,
+        src: Box<dyn Read + Send>,
+        raw_len: Option<u64>,
+        abort: &Arc<AtomicBool>,
+    ) -> Result<Digests> {
+        let encryptor = self.keys.encryptor();
         let data_key = self.key.object(object);
         let (tx, rx) = body_channel();
         let pipeline = {
-            let (copy, abort) = (copy.to_path_buf(), Arc::clone(abort));
+            let abort = Arc::clone(abort);
             let (level, threads, db) = (self.level, self.threads, self.key.db.clone());
+            let what = data_key.to_string();
             tokio::task::spawn_blocking(move || {
-                let progress = Progress::start("compress+upload", &db, Some(raw_len));
-                let digests = File::open(&copy)
-                    .map_err(|e| Error::io("open copy", &copy, e))
-                    .and_then(|f| {
-                        archive::compress(
-                            f,
-                            level,
-                            threads,
-                            &|n| progress.set(n),
-                            encryptor,
-                            |chunk: Bytes| {
-                                if abort.load(Ordering::SeqCst) {
-                                    return Err(std::io::Error::other("the copy failed its check"));
-                                }
-                                tx.blocking_send(Ok(chunk))
-                                    .map_err(|_| std::io::Error::other("upload stopped"))
-                            },
-                        )
-                        .map_err(|e| Error::io("compress copy", &copy, e))
-                    });
+                let progress = Progress::start("compress+upload", &db, raw_len);
+                let digests = archive::compress(
+                    src,
+                    level,
+                    threads,
+                    &|n| progress.set(n),
+                    encryptor,
+                    |chunk: Bytes| {
+                        if abort.load(Ordering::SeqCst) {
+                            return Err(std::io::Error::other("the copy failed its check"));
+                        }
+                        tx.blocking_send(Ok(chunk))
+                            .map_err(|_| std::io::Error::other("upload stopped"))
+                    },
+                )
+                .map_err(|e| Error::Io {
+                    op: "compress",
+                    path: what.into(),
+                    source: e,
+                });
                 match &digests {
                     Ok(d) => progress.finish(d.raw_len),
                     // Tell the store the body is incomplete, so that nothing is published.
@@ -123,10 +185,8 @@ impl SnapshotWriter {
                 digests
             })
         };
-        let (upload, digests) = tokio::join!(
-            self.store.put_stream(&data_key, rx, Some(raw_len)),
-            pipeline
-        );
+        let (upload, digests) =
+            tokio::join!(self.store.put_stream(&data_key, rx, raw_len), pipeline);
         let digests = digests.expect("compressor does not panic");
         // A failed upload makes the compressor fail too ("upload stopped"): report the root cause.
         let (digests, stored_len) = match (digests, upload) {
@@ -144,25 +204,16 @@ impl SnapshotWriter {
                 remedy: None,
             });
         }
-        Ok(Written {
-            data: DataLayout::Whole(WholeObject {
-                object: object.to_string(),
-                compression: "gzip".into(),
-                compression_level: self.level,
-                encryption: self.keys.encrypts().then(|| "age".to_string()),
-                stored_len: digests.stored_len,
-                stored_sha256: digests.stored_sha256,
-            }),
-            raw_len: digests.raw_len,
-            raw_sha256: digests.raw_sha256,
-        })
+        Ok(digests)
     }
 
     /// Remove the data objects of a copy that will not be published (it failed its check).
     /// Failures are logged: an unpublished object is an orphan that prune removes later.
     pub async fn discard(&self, data: &DataLayout) {
+        // Only this snapshot's own objects: an incremental names its base's too.
         let keys = match data {
             DataLayout::Whole(w) => vec![self.key.object(&w.object)],
+            DataLayout::Pages(c) => vec![c.own().key(&self.key.db)],
         };
         for key in keys {
             if let Err(e) = self.store.delete(&key).await {
@@ -182,6 +233,16 @@ impl SnapshotWriter {
             .await?;
         Ok(())
     }
+}
+
+/// What [`SnapshotReader::fetch`] gave.
+pub(crate) enum Fetched<W> {
+    /// Every byte went into the sink: the digests of both sides, and the sink back.
+    Done(Digests, W),
+    /// The stored object is missing or not a valid stream.
+    Damaged(Damage),
+    /// The sink refused a write.
+    SinkFailed(std::io::Error, W),
 }
 
 /// Reads one snapshot back, proving every byte against its manifest.
@@ -214,6 +275,7 @@ impl SnapshotReader {
     ) -> Result<std::result::Result<Digests, Damage>> {
         match &self.manifest.data {
             DataLayout::Whole(w) => self.read_whole(w, file, path).await,
+            DataLayout::Pages(c) => crate::chain::rebuild(self, c, file, path).await,
         }
     }
 
@@ -274,6 +336,74 @@ impl SnapshotReader {
         .await
         .expect("download worker does not panic")?;
         Ok(extracted.and_then(|d| self.prove(w, d)))
+    }
+
+    /// The manifest this reader proves bytes against.
+    pub(crate) fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Fetch the stored object `key`, decrypt it when `encrypted`, and decompress it into
+    /// `sink` (at most `max_raw_len` bytes), hashing both sides. Bad stored data is
+    /// [`Fetched::Damaged`]; a sink that refused the bytes is [`Fetched::SinkFailed`], for the
+    /// caller to tell bad content (a page set that does not parse) from a failing disk.
+    ///
+    /// # Errors
+    /// The store could not be read, or no key fits.
+    pub(crate) async fn fetch<W: Write + Send + 'static>(
+        &self,
+        key: ObjectKey,
+        encrypted: bool,
+        stored_len: u64,
+        max_raw_len: u64,
+        mut sink: W,
+    ) -> Result<Fetched<W>> {
+        let m = &self.manifest;
+        let body = match self.store.get_stream(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Ok(Fetched::Damaged(Damage::ObjectMissing(key.to_string())))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let identities = match encrypted {
+            true => Some(
+                self.keys
+                    .decryption_identities(&format!("snapshot {}", m.id))?,
+            ),
+            false => None,
+        };
+        let (db, id) = (m.db.clone(), m.id.clone());
+        tokio::task::spawn_blocking(move || {
+            let progress = Progress::start("download+restore", &db, Some(stored_len));
+            let got = archive::extract(
+                BodyReader::new(body),
+                &mut sink,
+                max_raw_len,
+                identities.as_ref().map(|ids| ids.as_slice()),
+                &|n| progress.set(n),
+            );
+            match got {
+                Ok(d) => {
+                    progress.finish(d.stored_len);
+                    Ok(Fetched::Done(d, sink))
+                }
+                Err(ExtractError::Data(e)) => {
+                    Ok(Fetched::Damaged(Damage::Undecodable(format!("{key}: {e}"))))
+                }
+                Err(ExtractError::Key(e)) => Err(Error::Config(format!(
+                    "snapshot {id}: {e}; check encryption.identity_file"
+                ))),
+                Err(ExtractError::Source(e)) => Err(Error::Io {
+                    op: "download",
+                    path: key.as_str().into(),
+                    source: e,
+                }),
+                Err(ExtractError::Sink(e)) => Ok(Fetched::SinkFailed(e, sink)),
+            }
+        })
+        .await
+        .expect("download worker does not panic")
     }
 
     /// The digests of a whole read against the manifest.

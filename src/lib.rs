@@ -24,6 +24,11 @@
 //!   config and `doctor` checks.
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
+//! - [`incremental`]: one incremental snapshot: the changed pages of one read transaction,
+//!   streamed into a page set on the newest chain (or the reason a full is needed).
+//! - [`pageset`]: the page-set format, and the page digests an incremental compares with (a
+//!   local cache, rebuilt from the store).
+//! - [`chain`]: rebuilding an incremental from its base's whole object and its page sets.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
 //! - [`table_restore`]: `restore --table`: the whole file kept aside, then one transaction
 //!   that puts the tables' rows back from a snapshot, foreign keys checked before the commit.
@@ -56,6 +61,7 @@ pub mod app;
 pub(crate) mod archive;
 pub(crate) mod backup;
 pub mod catalog;
+pub(crate) mod chain;
 pub mod cli;
 pub mod config;
 pub(crate) mod crypto;
@@ -66,6 +72,7 @@ pub mod drill;
 pub(crate) mod durable;
 pub mod error;
 pub(crate) mod human;
+pub(crate) mod incremental;
 pub(crate) mod init;
 pub(crate) mod jobs;
 pub(crate) mod layout;
@@ -76,6 +83,7 @@ pub(crate) mod names;
 pub mod notify;
 pub(crate) mod outcome;
 pub mod output;
+pub(crate) mod pageset;
 pub mod progress;
 pub mod restore;
 pub mod retention;

@@ -32,6 +32,10 @@ pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 pub const DATA_OBJECT: &str = "db.sqlite.gz";
 /// The data object's file name when it is encrypted with age.
 pub const DATA_OBJECT_AGE: &str = "db.sqlite.gz.age";
+/// An incremental's page set's file name.
+pub const PAGES_OBJECT: &str = "pages.gz";
+/// An incremental's page set's file name when it is encrypted with age.
+pub const PAGES_OBJECT_AGE: &str = "pages.gz.age";
 /// The manifest's file name.
 pub const MANIFEST_OBJECT: &str = "manifest.json";
 /// The tombstone's file name (see `retention`).
@@ -193,6 +197,57 @@ pub struct Manifest {
 pub enum DataLayout {
     /// The whole database file in one object: gzip, then age when encrypted.
     Whole(WholeObject),
+    /// An incremental snapshot: the whole object of a full snapshot (its base), then the page
+    /// sets of the incrementals since, oldest first, the last one its own. Each page set holds
+    /// the pages that differ from the snapshot before it; applying them in order (the newest
+    /// copy of a page wins, pages past `page_count` are dropped) rebuilds this snapshot, from
+    /// this manifest alone.
+    Pages(PageChain),
+}
+
+/// [`DataLayout::Pages`]: the parts an incremental snapshot is rebuilt from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageChain {
+    /// The full snapshot whose whole object is the first part.
+    pub base: SnapshotId,
+    /// The snapshot this one's pages were compared with (the base, or the incremental before).
+    pub parent: SnapshotId,
+    /// The objects to apply, in order: the base's whole object, then page sets oldest first.
+    pub parts: Vec<Part>,
+}
+
+/// What a [`Part`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartContent {
+    /// A whole database file (a full snapshot's data object).
+    Whole,
+    /// A page set: `guardian-pages-1`, the page size, then (page number, page) records.
+    Pages,
+}
+
+/// One stored object of a [`PageChain`]: where it is, how it is encoded, and what it must be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// The snapshot whose folder holds the object.
+    pub snapshot: SnapshotId,
+    /// The object's file name in that folder.
+    pub object: String,
+    pub content: PartContent,
+    /// `gzip`.
+    pub compression: String,
+    /// `"age"` when the gzip stream is inside age encryption; absent when plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+    pub stored_len: u64,
+    pub stored_sha256: Sha256Hex,
+    /// Size and SHA-256 of the decompressed stream (the database file, or the page set).
+    pub raw_len: u64,
+    pub raw_sha256: Sha256Hex,
+    /// The database's page count in that snapshot.
+    pub page_count: u64,
+    /// Page records in a page set (for a whole part: `page_count`).
+    pub pages: u64,
 }
 
 /// [`DataLayout::Whole`]: one object holding the whole database.
@@ -346,6 +401,7 @@ impl Manifest {
         }
         match &self.data {
             DataLayout::Whole(w) => w.check_fields()?,
+            DataLayout::Pages(c) => c.check_fields(self)?,
         }
         if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
             return Err(format!(
@@ -383,7 +439,8 @@ impl Manifest {
         }
     }
 
-    /// Every data object the snapshot needs, with the size and digest each must have.
+    /// Every data object the snapshot needs, with the size and digest each must have. An
+    /// incremental's include objects in other snapshots' folders (its base's, its parents').
     pub fn objects(&self) -> Vec<StoredObject> {
         match &self.data {
             DataLayout::Whole(w) => vec![StoredObject {
@@ -391,21 +448,40 @@ impl Manifest {
                 len: w.stored_len,
                 sha256: w.stored_sha256.clone(),
             }],
+            DataLayout::Pages(c) => c
+                .parts
+                .iter()
+                .map(|p| StoredObject {
+                    key: p.key(&self.db),
+                    len: p.stored_len,
+                    sha256: p.stored_sha256.clone(),
+                })
+                .collect(),
         }
     }
 
-    /// Bytes stored for the data, all objects together.
+    /// Bytes a restore reads: every object the snapshot needs, together.
     pub fn stored_len(&self) -> u64 {
         match &self.data {
             DataLayout::Whole(w) => w.stored_len,
+            DataLayout::Pages(c) => c.parts.iter().map(|p| p.stored_len).sum(),
         }
     }
 
-    /// The digest `list --json` and drill records show as the snapshot's `stored_sha256`: the
-    /// whole object's SHA-256.
+    /// Bytes this snapshot added to the store: its own objects (for a full, all of them).
+    pub fn own_stored_len(&self) -> u64 {
+        match &self.data {
+            DataLayout::Whole(w) => w.stored_len,
+            DataLayout::Pages(c) => c.own().stored_len,
+        }
+    }
+
+    /// The digest `list --json` and drill records show as the snapshot's `stored_sha256`: its
+    /// own object's SHA-256 (the whole object; an incremental's page set).
     pub fn stored_sha256(&self) -> &Sha256Hex {
         match &self.data {
             DataLayout::Whole(w) => &w.stored_sha256,
+            DataLayout::Pages(c) => &c.own().stored_sha256,
         }
     }
 
@@ -413,7 +489,128 @@ impl Manifest {
     pub fn encryption(&self) -> Option<&str> {
         match &self.data {
             DataLayout::Whole(w) => w.encryption.as_deref(),
+            DataLayout::Pages(c) => c.own().encryption.as_deref(),
         }
+    }
+
+    /// `full` or `incremental`.
+    pub fn kind(&self) -> SnapshotKind {
+        match &self.data {
+            DataLayout::Whole(_) => SnapshotKind::Full,
+            DataLayout::Pages(_) => SnapshotKind::Incremental,
+        }
+    }
+
+    /// The full snapshot an incremental is built on; `None` for a full.
+    pub fn base(&self) -> Option<&SnapshotId> {
+        match &self.data {
+            DataLayout::Whole(_) => None,
+            DataLayout::Pages(c) => Some(&c.base),
+        }
+    }
+}
+
+/// A snapshot's kind: `full` (the whole database) or `incremental` (pages on a full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Full,
+    Incremental,
+}
+
+impl SnapshotKind {
+    /// The name `list --json` and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Full => "full",
+            SnapshotKind::Incremental => "incremental",
+        }
+    }
+
+    /// The short name in `list`'s KIND column.
+    pub fn short(self) -> &'static str {
+        match self {
+            SnapshotKind::Full => "full",
+            SnapshotKind::Incremental => "incr",
+        }
+    }
+}
+
+/// Parts a chain may have: a day of 15-minute incrementals is 97; past this, backup takes a
+/// full (and a manifest stays well under [`MAX_MANIFEST_BYTES`]).
+pub const MAX_PARTS: usize = 1000;
+
+impl Part {
+    /// The object's key in the store.
+    pub fn key(&self, db: &str) -> ObjectKey {
+        SnapshotKey {
+            db: db.to_string(),
+            id: self.snapshot.clone(),
+        }
+        .object(&self.object)
+    }
+}
+
+impl PageChain {
+    /// The snapshot's own page set (the last part; checked on parse).
+    pub fn own(&self) -> &Part {
+        self.parts.last().expect("a parsed chain has parts")
+    }
+
+    fn check_fields(&self, m: &Manifest) -> Result<(), String> {
+        let n = self.parts.len();
+        if !(2..=MAX_PARTS).contains(&n) {
+            return Err(format!(
+                "an incremental must name 2 to {MAX_PARTS} parts, not {n}"
+            ));
+        }
+        for (i, p) in self.parts.iter().enumerate() {
+            if crate::names::validate_component(&p.object).is_err()
+                || p.object == MANIFEST_OBJECT
+                || p.object == TOMBSTONE_OBJECT
+            {
+                return Err(format!(
+                    "manifest names an invalid data object {:?}",
+                    p.object
+                ));
+            }
+            if p.compression != "gzip" {
+                return Err(format!("unknown compression {:?}", p.compression));
+            }
+            if let Some(enc) = p.encryption.as_deref().filter(|e| *e != "age") {
+                return Err(format!("unknown encryption {enc:?} (upgrade guardian)"));
+            }
+            let want = if i == 0 {
+                PartContent::Whole
+            } else {
+                PartContent::Pages
+            };
+            if p.content != want {
+                return Err(format!(
+                    "part {i} of the chain must be a {want:?} object, not {:?}",
+                    p.content
+                ));
+            }
+            if i > 0 && p.snapshot <= self.parts[i - 1].snapshot {
+                return Err("the chain's parts are not in snapshot order".into());
+            }
+            if p.pages > p.page_count || p.page_count > MAX_DB_BYTES / 512 {
+                return Err(format!(
+                    "part {i} has an implausible page count ({} records of {} pages)",
+                    p.pages, p.page_count
+                ));
+            }
+        }
+        if self.parts[0].snapshot != self.base {
+            return Err("the chain's first part is not its base's".into());
+        }
+        if self.own().snapshot != m.id || self.own().page_count != m.page_count {
+            return Err("the chain's last part is not this snapshot's own".into());
+        }
+        if self.parent < self.base || self.parent >= m.id {
+            return Err("the chain's parent is not between its base and itself".into());
+        }
+        Ok(())
     }
 }
 

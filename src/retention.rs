@@ -484,7 +484,7 @@ pub async fn prune(
         dry_run,
     };
     if !dry_run {
-        match apply(store, db, &mut report, now).await {
+        match apply(store, db, &catalog, &mut report, now).await {
             Err(Error::Storage(StorageError::DeleteRefused { message, .. })) => {
                 let why = format!(
                     "the store refuses deletes ({message}): retention is delegated to the provider \
@@ -525,6 +525,7 @@ fn plan_with_marks(db: &DatabaseConfig, catalog: &Catalog, now: DateTime<Utc>) -
 async fn apply(
     store: &Arc<dyn Storage>,
     db: &DatabaseConfig,
+    catalog: &Catalog,
     report: &mut PruneReport,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -569,8 +570,16 @@ async fn apply(
         report.marked.push(d.id);
     }
     let doomed: Vec<String> = report.plan.deletions().map(|d| d.id.clone()).collect();
+    // What the snapshots that stay need (an incremental names its base's object and its
+    // parents' page sets): never deleted, even in the folder of a snapshot that goes.
+    let needed = catalog::named_objects(
+        catalog
+            .snapshots
+            .iter()
+            .filter(|s| !doomed.iter().any(|id| id == s.key.id.as_str())),
+    );
     for id in doomed {
-        delete_folder(store, &db.name, &id).await?;
+        delete_folder(store, &db.name, &id, &needed).await?;
         report.deleted.push(id);
     }
     let orphans: Vec<String> = report
@@ -581,20 +590,27 @@ async fn apply(
         .collect();
     for id in orphans {
         info!(id = %id, "deleting orphan (interrupted backup)");
-        delete_folder(store, &db.name, &id).await?;
+        delete_folder(store, &db.name, &id, &needed).await?;
         report.deleted.push(id);
     }
     Ok(())
 }
 
-/// Delete every object of a snapshot folder, the manifest first.
-async fn delete_folder(store: &Arc<dyn Storage>, db: &str, id: &str) -> Result<()> {
+/// Delete every object of a snapshot folder but those `needed` by the snapshots that stay, the
+/// manifest first.
+async fn delete_folder(
+    store: &Arc<dyn Storage>,
+    db: &str,
+    id: &str,
+    needed: &std::collections::BTreeSet<crate::storage::ObjectKey>,
+) -> Result<()> {
     let prefix = format!("{}{id}/", manifest::db_prefix(db));
     let objects = store.list(&prefix).await?;
     let mut keys: Vec<_> = objects
         .into_iter()
         .filter(|o| {
             manifest::parse_key(&o.key).is_some_and(|(sk, _)| sk.id.as_str() == id && sk.db == db)
+                && !needed.contains(&o.key)
         })
         .map(|o| o.key)
         .collect();

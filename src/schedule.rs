@@ -28,6 +28,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JobKind {
     Backup,
+    /// An incremental snapshot (a full when none is possible; see `incremental`).
+    Incremental,
     Drill,
 }
 
@@ -35,6 +37,7 @@ impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Backup => "backup",
+            JobKind::Incremental => "incremental",
             JobKind::Drill => "drill",
         }
     }
@@ -268,6 +271,7 @@ impl FromStr for JobKind {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "backup" => Ok(JobKind::Backup),
+            "incremental" => Ok(JobKind::Incremental),
             "drill" => Ok(JobKind::Drill),
             _ => Err(format!("unknown job {s:?}")),
         }

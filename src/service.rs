@@ -231,7 +231,11 @@ async fn stop(
 fn entries(config: &Config) -> Vec<schedule::Entry> {
     let mut out = Vec::new();
     for db in &config.databases {
-        for (kind, expr) in [(JobKind::Backup, &db.backup), (JobKind::Drill, &db.drill)] {
+        for (kind, expr) in [
+            (JobKind::Backup, &db.backup),
+            (JobKind::Incremental, &db.incremental),
+            (JobKind::Drill, &db.drill),
+        ] {
             if let Some(expr) = expr {
                 out.push(schedule::Entry {
                     db: db.name.clone(),
@@ -257,7 +261,21 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
         return;
     };
     let (own, job) = match tick.kind {
-        JobKind::Backup => (&locks.backup, Job::Backup { prune_after: true }),
+        JobKind::Backup => (
+            &locks.backup,
+            Job::Backup {
+                prune_after: true,
+                incremental: false,
+            },
+        ),
+        // One backup of a database at a time, full or incremental.
+        JobKind::Incremental => (
+            &locks.backup,
+            Job::Backup {
+                prune_after: true,
+                incremental: true,
+            },
+        ),
         JobKind::Drill => (&locks.drill, Job::Drill { snapshot: None }),
     };
     let Ok(_own) = own.try_lock() else {
@@ -298,10 +316,14 @@ fn log_outcome(out: &Outcome) {
     match &out.ended {
         Ended::Done(Done::Backup {
             manifest,
+            full_because,
             seconds,
             prune,
         }) => {
-            info!(outcome = "ok", id = %manifest.id, seconds = format_args!("{seconds:.2}"), "scheduled backup succeeded");
+            info!(outcome = "ok", id = %manifest.id, kind = manifest.kind().as_str(), seconds = format_args!("{seconds:.2}"), "scheduled backup succeeded");
+            if let Some(why) = full_because {
+                warn!(reason = %why, "took a full snapshot instead of an incremental");
+            }
             match prune {
                 Some(Ok(r)) if !r.deleted.is_empty() => {
                     info!(deleted = r.deleted.len(), "pruned old snapshots");

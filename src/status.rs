@@ -146,7 +146,7 @@ fn last_snapshot(usable: &[&SnapshotEntry], now: DateTime<Utc>) -> Option<LastSn
         created_at: rfc3339(s.created_at),
         age_seconds: (now - s.created_at).num_seconds(),
         size_bytes: m.raw_len,
-        stored_bytes: m.stored_len(),
+        stored_bytes: m.own_stored_len(),
         status: s.status,
     })
 }

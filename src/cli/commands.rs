@@ -12,7 +12,7 @@ use crate::drill::DrillReport;
 use crate::error::{Error, Result};
 use crate::human::{ago, chain, human_bytes, rfc3339};
 use crate::jobs::{Done, Ended, Job, Outcome, Rotation, Runner};
-use crate::output::{errln, outln};
+use crate::output::{errln, outln, warnln};
 use crate::retention::{self, Action, PruneReport};
 use crate::verify::{self, Verified};
 
@@ -67,9 +67,25 @@ pub(super) async fn backup(runner: &Runner, args: BackupArgs) -> Result<u8> {
     // With several databases, one failure must not stop the others.
     let mut worst = Worst::default();
     for db in dbs {
-        let out = runner.run(db, Job::Backup { prune_after: false }).await;
+        let job = Job::Backup {
+            prune_after: false,
+            incremental: args.incremental,
+        };
+        let out = runner.run(db, job).await;
         match &out.ended {
-            Ended::Done(Done::Backup { manifest, .. }) => outln!("{}", manifest.id),
+            Ended::Done(Done::Backup {
+                manifest,
+                full_because,
+                ..
+            }) => {
+                if let Some(why) = full_because {
+                    warnln!(
+                        "{}: took a full snapshot instead of an incremental: {why}",
+                        db.name
+                    );
+                }
+                outln!("{}", manifest.id)
+            }
             // The snapshot exists (stdout lists every new snapshot); stderr says what is wrong.
             Ended::Failed(Error::SourceGone { id, .. }) => outln!("{id}"),
             _ => {}

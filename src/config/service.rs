@@ -144,7 +144,11 @@ pub const HEARTBEAT_ENV: &str = "GUARDIAN_HEARTBEAT_URL";
 
 /// Check the schedule and retention keys of `databases[i]`.
 pub(super) fn validate_database(i: usize, db: &DatabaseConfig) -> Result<(), Invalid> {
-    for (key, cron) in [("backup", &db.backup), ("drill", &db.drill)] {
+    for (key, cron) in [
+        ("backup", &db.backup),
+        ("incremental", &db.incremental),
+        ("drill", &db.drill),
+    ] {
         if let Some(expr) = cron {
             if let Err(reason) = crate::schedule::parse_cron(expr) {
                 return invalid(format!("databases[{i}].{key}"), reason);
@@ -177,7 +181,11 @@ pub(super) fn validate_database(i: usize, db: &DatabaseConfig) -> Result<(), Inv
                 // A delay as long as the time to the next tick makes that tick find the job
                 // still waiting, and skip: with a long enough jitter, every tick but one skips.
                 let now = chrono::Utc::now();
-                for (key, cron) in [("backup", &db.backup), ("drill", &db.drill)] {
+                for (key, cron) in [
+                    ("backup", &db.backup),
+                    ("incremental", &db.incremental),
+                    ("drill", &db.drill),
+                ] {
                     let Some(expr) = cron else { continue };
                     let Some(gap) = crate::schedule::shortest_interval(expr, db.timezone(), now)
                     else {

@@ -125,7 +125,16 @@ fn quoted(name: &str) -> String {
 /// Run `PRAGMA <pragma>(<table or the error limit>)` on a fresh read-only connection and
 /// return its problems: empty when SQLite answered "ok".
 fn pragma(path: &Path, pragma: &str, table: Option<&str>) -> Result<Vec<String>> {
-    let conn = open_read_only(path)?;
+    pragma_on(&open_read_only(path)?, path, pragma, table)
+}
+
+/// [`pragma`] on an open connection.
+fn pragma_on(
+    conn: &Connection,
+    path: &Path,
+    pragma: &str,
+    table: Option<&str>,
+) -> Result<Vec<String>> {
     let arg = table.map_or_else(|| MAX_PROBLEMS.to_string(), quoted);
     let sql = format!("PRAGMA {pragma}({arg})");
     let mut stmt = conn
@@ -152,6 +161,11 @@ fn pragma(path: &Path, pragma: &str, table: Option<&str>) -> Result<Vec<String>>
 /// Run `check` (`quick_check` or the whole `integrity_check`) as one pragma.
 pub(super) fn whole(path: &Path, check: &str) -> Result<CheckOutcome> {
     pragma(path, check, None).map(outcome)
+}
+
+/// [`whole`] on an open connection (an incremental's read transaction).
+pub(super) fn whole_on(conn: &Connection, path: &Path, check: &str) -> Result<CheckOutcome> {
+    pragma_on(conn, path, check, None).map(outcome)
 }
 
 fn outcome(problems: Vec<String>) -> CheckOutcome {
