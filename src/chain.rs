@@ -46,7 +46,15 @@ pub(crate) async fn rebuild(
     path: &Path,
 ) -> Result<std::result::Result<Digests, Damage>> {
     let m = reader.manifest().clone();
-    let file = Arc::new(file.try_clone().map_err(|e| Error::io("reopen", path, e))?);
+    // Pages are read back from the file (the caller's handle may be write-only).
+    let _ = file;
+    let file = Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("reopen", path, e))?,
+    );
     let bits: Bitmap = Arc::new(Mutex::new(vec![0u64; (m.page_count / 64 + 1) as usize]));
     let page_size = m.page_size as usize;
     for part in &c.parts[1..] {

@@ -591,7 +591,10 @@ impl PageChain {
                     p.content
                 ));
             }
-            if i > 0 && p.snapshot <= self.parts[i - 1].snapshot {
+            // Ids have second precision: two snapshots in one second may sort either way.
+            if self.parts[..i].iter().any(|q| q.snapshot == p.snapshot)
+                || (i > 0 && p.snapshot.time() < self.parts[i - 1].snapshot.time())
+            {
                 return Err("the chain's parts are not in snapshot order".into());
             }
             if p.pages > p.page_count || p.page_count > MAX_DB_BYTES / 512 {
@@ -607,7 +610,11 @@ impl PageChain {
         if self.own().snapshot != m.id || self.own().page_count != m.page_count {
             return Err("the chain's last part is not this snapshot's own".into());
         }
-        if self.parent < self.base || self.parent >= m.id {
+        if self.parent == m.id
+            || self.parent.time() < self.base.time()
+            || self.parent.time() > m.id.time()
+            || !self.parts.iter().any(|p| p.snapshot == self.parent)
+        {
             return Err("the chain's parent is not between its base and itself".into());
         }
         Ok(())
@@ -817,11 +824,83 @@ pub(crate) mod tests {
         let m = sample();
         let json = String::from_utf8(m.to_json())
             .unwrap()
-            .replace("\"layout\": \"whole\"", "\"layout\": \"pages\"");
+            .replace("\"layout\": \"whole\"", "\"layout\": \"slices\"");
         let e = Manifest::parse(json.as_bytes(), &key_of(&m))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("pages"), "{e}");
+        assert!(e.contains("slices"), "{e}");
+    }
+
+    /// An incremental on `sample()` (the base), with one page set of its own.
+    pub(crate) fn incremental() -> Manifest {
+        let base = sample();
+        let mut m = sample();
+        m.id = "20261124T031500Z-a1b2c3d5".parse().unwrap();
+        let part = |snapshot: &SnapshotId, content, object: &str| Part {
+            snapshot: snapshot.clone(),
+            object: object.into(),
+            content,
+            compression: "gzip".into(),
+            encryption: None,
+            stored_len: 100,
+            stored_sha256: Sha256Hex::from_digest(&[4; 32]),
+            raw_len: 4116,
+            raw_sha256: Sha256Hex::from_digest(&[5; 32]),
+            page_count: 3,
+            pages: 1,
+        };
+        m.data = DataLayout::Pages(PageChain {
+            base: base.id.clone(),
+            parent: base.id.clone(),
+            parts: vec![
+                part(&base.id, PartContent::Whole, DATA_OBJECT),
+                part(&m.id, PartContent::Pages, PAGES_OBJECT),
+            ],
+        });
+        m
+    }
+
+    #[test]
+    fn incremental_manifests_round_trip_and_refuse_a_broken_chain() {
+        let m = incremental();
+        let key = key_of(&m);
+        assert_eq!(Manifest::parse(&m.to_json(), &key).unwrap(), m);
+        assert_eq!(m.kind(), SnapshotKind::Incremental);
+        assert_eq!(m.base(), Some(&sample().id));
+        let keys: Vec<String> = m.objects().iter().map(|o| o.key.to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "market/20261124T030000Z-a1b2c3d4/db.sqlite.gz",
+                "market/20261124T031500Z-a1b2c3d5/pages.gz"
+            ]
+        );
+        assert_eq!(m.own_stored_len(), 100);
+        assert_eq!(m.stored_len(), 200);
+        let broken: [(&str, fn(&mut PageChain)); 7] = [
+            ("no own part", |c| {
+                c.parts.pop();
+            }),
+            ("pages first", |c| c.parts[0].content = PartContent::Pages),
+            ("whole last", |c| c.parts[1].content = PartContent::Whole),
+            ("another base", |c| {
+                c.base = "20261124T020000Z-a1b2c3d4".parse().unwrap()
+            }),
+            ("parts out of order", |c| c.parts.swap(0, 1)),
+            ("escaping object", |c| c.parts[1].object = "../x".into()),
+            ("more pages than the count", |c| c.parts[1].pages = 9),
+        ];
+        for (what, breaks) in broken {
+            let mut bad = m.clone();
+            let DataLayout::Pages(c) = &mut bad.data else {
+                unreachable!()
+            };
+            breaks(c);
+            assert!(
+                Manifest::parse(&bad.to_json(), &key).is_err(),
+                "{what} accepted"
+            );
+        }
     }
 
     #[test]

@@ -578,9 +578,26 @@ async fn apply(
             .iter()
             .filter(|s| !doomed.iter().any(|id| id == s.key.id.as_str())),
     );
+    // Objects in other folders (a deleted full's data object) that only these snapshots
+    // named: deleted after their manifests, as no snapshot needs them any more.
+    let released: Vec<crate::storage::ObjectKey> = catalog
+        .snapshots
+        .iter()
+        .filter(|s| doomed.iter().any(|id| id == s.key.id.as_str()))
+        .filter_map(|s| s.manifest.as_ref())
+        .flat_map(|m| m.objects())
+        .map(|o| o.key)
+        .filter(|k| !needed.contains(k))
+        .collect();
     for id in doomed {
         delete_folder(store, &db.name, &id, &needed).await?;
         report.deleted.push(id);
+    }
+    for key in released {
+        match store.delete(&key).await {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => info!(key = %key, "deleted an object no kept snapshot names"),
+        }
     }
     let orphans: Vec<String> = report
         .orphans

@@ -115,10 +115,10 @@ fn stored_object_is_plain_gzip_and_matches_the_manifest() {
 }
 
 /// Accounts whose balances always sum to `TOTAL`: a transaction moves money between two.
-const ACCOUNTS: i64 = 2000;
-const TOTAL: i64 = ACCOUNTS * 1000;
+pub(crate) const ACCOUNTS: i64 = 2000;
+pub(crate) const TOTAL: i64 = ACCOUNTS * 1000;
 
-fn make_bank(path: &Path) {
+pub(crate) fn make_bank(path: &Path) {
     let c = Connection::open(path).unwrap();
     c.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -139,7 +139,7 @@ fn make_bank(path: &Path) {
     tx.commit().unwrap();
 }
 
-fn bank_total(path: &Path) -> i64 {
+pub(crate) fn bank_total(path: &Path) -> i64 {
     let c = Connection::open(path).unwrap();
     c.query_row("SELECT sum(balance) FROM accounts", [], |r| r.get(0))
         .unwrap()

@@ -26,6 +26,10 @@ mod diff;
 // The restore drill: verified on success; bit rot, corruption and count mismatches fail it;
 // the rotation of older snapshots (property tests of the choice, drills through the binary).
 mod drill;
+// Incremental snapshots: only changed pages stored, each restorable from its own manifest,
+// consistent under a writer, fallbacks to a full and to older snapshots, prune keeps what
+// kept snapshots need.
+mod incremental;
 // age encryption: ciphertext only in the store, fail closed without the right key.
 mod encryption;
 // Property tests of the parsers that read untrusted store contents (keys, manifests).
