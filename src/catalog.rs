@@ -115,9 +115,18 @@ pub struct Catalog {
     /// Newest first (by `created_at`, then id).
     pub snapshots: Vec<SnapshotEntry>,
     pub orphans: Vec<Orphan>,
+    /// Bytes the store holds for the snapshots that are not failed, each object counted once
+    /// (incrementals share their base's object and their parents' page sets).
+    pub stored_bytes: u64,
 }
 
 impl Catalog {
+    /// The newest usable snapshot of `kind`.
+    pub fn newest_usable(&self, kind: crate::manifest::SnapshotKind) -> Option<&SnapshotEntry> {
+        self.usable()
+            .find(|s| s.manifest.as_ref().is_some_and(|m| m.kind() == kind))
+    }
+
     /// Snapshots that `--latest` may pick, newest first: not failed, not dated in the future.
     pub fn usable(&self) -> impl Iterator<Item = &SnapshotEntry> {
         self.snapshots
@@ -231,6 +240,14 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
         snapshots.push(entry(sk, &listed, folder, now));
     }
     let named = named_objects(&snapshots);
+    let stored_bytes = named_objects(
+        snapshots
+            .iter()
+            .filter(|s| s.status != SnapshotStatus::Failed),
+    )
+    .iter()
+    .filter_map(|k| listed.get(k).map(|o| o.size))
+    .sum();
     let orphans = without_manifest
         .into_iter()
         .filter_map(|(sk, objs)| {
@@ -247,6 +264,7 @@ pub async fn load(store: &Arc<dyn Storage>, db: &str) -> Result<Catalog> {
         db: db.to_string(),
         snapshots,
         orphans,
+        stored_bytes,
     })
 }
 

@@ -495,8 +495,13 @@ impl Runner {
         let Some(m) = &self.metrics else { return };
         let name = out.job.name();
         match &out.ended {
-            Ended::Done(Done::Backup { seconds, prune, .. }) => {
-                m.backup_finished(&db.name, true, *seconds);
+            Ended::Done(Done::Backup {
+                manifest,
+                seconds,
+                prune,
+                ..
+            }) => {
+                m.backup_finished(&db.name, true, *seconds, Some(manifest.kind()));
                 match prune {
                     Some(Ok(_)) => m.outcome(&db.name, "prune", "ok"),
                     Some(Err(_)) => m.outcome(&db.name, "prune", "failed"),
@@ -528,7 +533,7 @@ impl Runner {
                 },
             ),
             Ended::Failed(_) if matches!(out.job, Job::Backup { .. }) => {
-                m.backup_finished(&db.name, false, seconds);
+                m.backup_finished(&db.name, false, seconds, None);
             }
             Ended::Failed(_) | Ended::Crashed(_) => m.outcome(&db.name, name, "failed"),
             Ended::Busy(_) => m.outcome(&db.name, name, "skipped"),

@@ -12,6 +12,8 @@
 //! hands out bytes only together with proof that their raw SHA-256 is the manifest's, and
 //! reports bad data as [`Damage`], never as an operational error.
 
+mod chain;
+
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
@@ -275,7 +277,7 @@ impl SnapshotReader {
     ) -> Result<std::result::Result<Digests, Damage>> {
         match &self.manifest.data {
             DataLayout::Whole(w) => self.read_whole(w, file, path).await,
-            DataLayout::Pages(c) => crate::chain::rebuild(self, c, file, path).await,
+            DataLayout::Pages(c) => chain::rebuild(self, c, file, path).await,
         }
     }
 

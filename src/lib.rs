@@ -17,7 +17,8 @@
 //! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker) and its data
 //!   layouts (format 2; format 1 still read).
 //! - [`layout`]: `SnapshotWriter` (a backup's data objects, then its manifest, last) and
-//!   `SnapshotReader` (the verified raw bytes of any snapshot, for restore, drill, verify).
+//!   `SnapshotReader` (the verified raw bytes of any snapshot, for restore, drill, verify;
+//!   `layout/chain.rs` rebuilds an incremental from its base's object and its page sets).
 //! - [`damage`]: why a snapshot is bad (manifest, objects, checksums, SQLite check, failed
 //!   drill), apart from operational errors; `Error::Damaged` carries one (exit 1).
 //! - [`storage`]: the narrow storage trait, its backends (local directory, S3) with their own
@@ -28,7 +29,6 @@
 //!   streamed into a page set on the newest chain (or the reason a full is needed).
 //! - [`pageset`]: the page-set format, and the page digests an incremental compares with (a
 //!   local cache, rebuilt from the store).
-//! - [`chain`]: rebuilding an incremental from its base's whole object and its page sets.
 //! - [`restore`]: pick, verify, and swap a snapshot into place without losing anything.
 //! - [`table_restore`]: `restore --table`: the whole file kept aside, then one transaction
 //!   that puts the tables' rows back from a snapshot, foreign keys checked before the commit.
@@ -61,7 +61,6 @@ pub mod app;
 pub(crate) mod archive;
 pub(crate) mod backup;
 pub mod catalog;
-pub(crate) mod chain;
 pub mod cli;
 pub mod config;
 pub(crate) mod crypto;

@@ -877,7 +877,8 @@ pub(crate) mod tests {
         );
         assert_eq!(m.own_stored_len(), 100);
         assert_eq!(m.stored_len(), 200);
-        let broken: [(&str, fn(&mut PageChain)); 7] = [
+        type Breaks = (&'static str, fn(&mut PageChain));
+        let broken: [Breaks; 7] = [
             ("no own part", |c| {
                 c.parts.pop();
             }),

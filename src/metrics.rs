@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::catalog::{Catalog, SnapshotStatus};
+use crate::catalog::Catalog;
+use crate::manifest::SnapshotKind;
 use crate::schedule::JobKind;
 
 const JOBS: [&str; 3] = ["backup", "drill", "prune"];
@@ -31,6 +32,9 @@ const JOBS: [&str; 3] = ["backup", "drill", "prune"];
 #[derive(Debug, Default, Clone)]
 struct DbValues {
     backup_last_success: Option<f64>,
+    /// Per kind: when the last full and the last incremental snapshot succeeded.
+    full_last_success: Option<f64>,
+    incremental_last_success: Option<f64>,
     backup_last_duration: Option<f64>,
     drill_last_success: Option<f64>,
     /// When the last drill verdict was reached, and whether it passed.
@@ -140,12 +144,12 @@ impl Metrics {
         let usable: Vec<_> = catalog.usable().collect();
         let newest = usable.first().map(|s| secs(s.created_at));
         let count = usable.len() as u64;
-        let bytes = catalog
-            .snapshots
-            .iter()
-            .filter(|s| s.status != SnapshotStatus::Failed)
-            .filter_map(|s| s.data_size)
-            .sum();
+        let bytes = catalog.stored_bytes;
+        let newest_of = |kind| catalog.newest_usable(kind).map(|s| secs(s.created_at));
+        let (newest_full, newest_incremental) = (
+            newest_of(SnapshotKind::Full),
+            newest_of(SnapshotKind::Incremental),
+        );
         let drills = catalog
             .snapshots
             .iter()
@@ -167,6 +171,8 @@ impl Metrics {
             v.snapshots = Some(count);
             v.snapshot_bytes = Some(bytes);
             v.backup_last_success = max(v.backup_last_success, newest);
+            v.full_last_success = max(v.full_last_success, newest_full);
+            v.incremental_last_success = max(v.incremental_last_success, newest_incremental);
             v.drill_last_success = max(v.drill_last_success, newest_ok);
             if let Some(d) = newest_drill {
                 if v.drill_last.is_none_or(|(at, _)| d.0 > at) {
@@ -176,13 +182,22 @@ impl Metrics {
         });
     }
 
-    /// A backup ended.
-    pub fn backup_finished(&self, db: &str, ok: bool, seconds: f64) {
+    /// A backup ended (`kind`: what it published, when it succeeded).
+    pub fn backup_finished(&self, db: &str, ok: bool, seconds: f64, kind: Option<SnapshotKind>) {
         let now = secs(Utc::now());
         self.with(db, |v| {
             v.backup_last_duration = Some(seconds);
             if ok {
                 v.backup_last_success = max(v.backup_last_success, Some(now));
+                match kind {
+                    Some(SnapshotKind::Full) => {
+                        v.full_last_success = max(v.full_last_success, Some(now))
+                    }
+                    Some(SnapshotKind::Incremental) => {
+                        v.incremental_last_success = max(v.incremental_last_success, Some(now))
+                    }
+                    None => {}
+                }
             }
         });
         self.outcome(
@@ -290,12 +305,22 @@ impl Metrics {
 type Gauge = (&'static str, &'static str, fn(&DbValues) -> Option<f64>);
 
 /// The per-database gauges, in the order they are rendered.
-fn gauges() -> [Gauge; 7] {
+fn gauges() -> [Gauge; 9] {
     [
         (
             "guardian_backup_last_success_timestamp_seconds",
-            "When the last successful backup finished (Unix time; at start-up, when the newest stored snapshot was taken); only a success moves it.",
+            "When the last successful backup of either kind finished (Unix time; at start-up, when the newest stored snapshot was taken); only a success moves it. time() minus it is the effective RPO.",
             |v| v.backup_last_success,
+        ),
+        (
+            "guardian_full_backup_last_success_timestamp_seconds",
+            "When the last successful full snapshot finished (Unix time; at start-up, the newest stored full).",
+            |v| v.full_last_success,
+        ),
+        (
+            "guardian_incremental_backup_last_success_timestamp_seconds",
+            "When the last successful incremental snapshot finished (Unix time; at start-up, the newest stored incremental).",
+            |v| v.incremental_last_success,
         ),
         (
             "guardian_backup_last_duration_seconds",
@@ -436,7 +461,7 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{DrillMark, SnapshotEntry};
+    use crate::catalog::{DrillMark, SnapshotEntry, SnapshotStatus};
     use crate::manifest::{SnapshotId, SnapshotKey};
 
     fn snapshot(created: &str, drill: Option<(&str, bool)>) -> SnapshotEntry {
@@ -492,6 +517,7 @@ mod tests {
                 snapshot("2026-11-10T03:00:00Z", Some(("2026-11-24T04:00:00Z", true))),
             ],
             orphans: Vec::new(),
+            stored_bytes: 30,
         };
         let m = Metrics::new(["market"]);
         m.observe_catalog(&catalog);

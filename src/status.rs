@@ -9,6 +9,7 @@ use crate::catalog::{self, Catalog, SnapshotEntry, SnapshotStatus};
 use crate::config::DatabaseConfig;
 use crate::error::Result;
 use crate::human::{ago, human_age, human_bytes, rfc3339};
+use crate::manifest::SnapshotKind;
 use crate::outcome::Attempt;
 use crate::output::outln;
 
@@ -24,6 +25,12 @@ pub struct DbStatus {
     pub snapshot_count: usize,
     pub stored_bytes: u64,
     pub last_snapshot: Option<LastSnapshot>,
+    /// The effective recovery point: the age of the newest usable snapshot of either kind
+    /// (what a restore now would lose, in seconds); null without one.
+    pub rpo_seconds: Option<i64>,
+    /// The newest usable full snapshot, and the newest usable incremental.
+    pub last_full: Option<LastSnapshot>,
+    pub last_incremental: Option<LastSnapshot>,
     pub last_drill: Option<LastDrill>,
     pub max_age_seconds: u64,
     /// `guardian run` schedules (cron as configured), and when they next fire.
@@ -31,6 +38,8 @@ pub struct DbStatus {
     pub next_backup_at: Option<String>,
     pub drill_schedule: Option<String>,
     pub next_drill_at: Option<String>,
+    pub incremental_schedule: Option<String>,
+    pub next_incremental_at: Option<String>,
     pub timezone: String,
     /// Folders with data but no manifest (interrupted backups); prune removes them after a day.
     pub orphans: usize,
@@ -62,6 +71,8 @@ pub struct LastSnapshot {
     pub size_bytes: u64,
     pub stored_bytes: u64,
     pub status: SnapshotStatus,
+    /// `full` or `incremental`.
+    pub kind: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +100,11 @@ pub fn summarize(
     };
     let usable: Vec<_> = catalog.usable().collect();
     let last = last_snapshot(&usable, now);
+    let of_kind = |kind| {
+        catalog
+            .newest_usable(kind)
+            .and_then(|s| last_snapshot(&[s], now))
+    };
     let last_drill = last_drill(catalog, now);
     let problems = problems(
         db,
@@ -106,12 +122,10 @@ pub fn summarize(
         healthy: problems.is_empty(),
         problems,
         snapshot_count: usable.len(),
-        stored_bytes: catalog
-            .snapshots
-            .iter()
-            .filter(|s| s.status != SnapshotStatus::Failed)
-            .filter_map(|s| s.data_size)
-            .sum(),
+        stored_bytes: catalog.stored_bytes,
+        rpo_seconds: last.as_ref().map(|l| l.age_seconds),
+        last_full: of_kind(SnapshotKind::Full),
+        last_incremental: of_kind(SnapshotKind::Incremental),
         last_snapshot: last,
         last_drill,
         max_age_seconds: max_age.as_secs(),
@@ -119,6 +133,8 @@ pub fn summarize(
         backup_schedule: db.backup.clone(),
         next_drill_at: next(&db.drill),
         drill_schedule: db.drill.clone(),
+        next_incremental_at: next(&db.incremental),
+        incremental_schedule: db.incremental.clone(),
         timezone: tz.to_string(),
         orphans: catalog.orphans.len(),
         restore_leftovers: crate::target::dead_staging_files(&db.path)
@@ -148,6 +164,7 @@ fn last_snapshot(usable: &[&SnapshotEntry], now: DateTime<Utc>) -> Option<LastSn
         size_bytes: m.raw_len,
         stored_bytes: m.own_stored_len(),
         status: s.status,
+        kind: m.kind().as_str(),
     })
 }
 
@@ -281,15 +298,28 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
             outln!("  storage    {}", s.location);
             match &s.last_snapshot {
                 Some(l) => outln!(
-                    "  last       {} at {} ({}), {} (stored {}), {}",
+                    "  last       {} at {} ({}), {} {} (stored {}), {}",
                     l.id,
                     l.created_at,
                     ago(l.age_seconds),
+                    l.kind,
                     human_bytes(l.size_bytes),
                     human_bytes(l.stored_bytes),
                     l.status.as_str()
                 ),
                 None => outln!("  last       none"),
+            }
+            if s.incremental_schedule.is_some() || s.last_incremental.is_some() {
+                let line = |l: &Option<LastSnapshot>| {
+                    l.as_ref().map_or("none".to_string(), |l| {
+                        format!("{} ({})", l.id, ago(l.age_seconds))
+                    })
+                };
+                outln!(
+                    "  kinds      last full {}, last incremental {}",
+                    line(&s.last_full),
+                    line(&s.last_incremental)
+                );
             }
             outln!(
                 "  snapshots  {} ({} stored)",
@@ -313,9 +343,20 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
                 (None, _) => format!("no {what} schedule"),
             };
             outln!(
-                "  schedule   {}, {} [{}]",
+                "  schedule   {}, {}{} [{}]",
                 plan("backup", &s.backup_schedule, &s.next_backup_at),
                 plan("drill", &s.drill_schedule, &s.next_drill_at),
+                match &s.incremental_schedule {
+                    Some(_) => format!(
+                        ", {}",
+                        plan(
+                            "incremental",
+                            &s.incremental_schedule,
+                            &s.next_incremental_at
+                        )
+                    ),
+                    None => String::new(),
+                },
                 s.timezone
             );
             if s.orphans > 0 {

@@ -100,6 +100,18 @@ fn an_incremental_stores_only_changed_pages_and_restores_the_live_bytes() {
     env.run(&["drill", "--snapshot", &inc]).ok();
     env.run(&["verify", "--all"]).ok();
     assert_eq!(entry(&env.list(), &inc)["status"], "verified");
+
+    // status: the effective RPO is the newest snapshot of either kind; each kind's last.
+    let r = env.run(&["status", "--json"]).ok();
+    let st: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let st = &st[0];
+    assert_eq!(st["last_snapshot"]["id"], inc.as_str(), "{st}");
+    assert_eq!(st["last_snapshot"]["kind"], "incremental");
+    assert_eq!(st["last_full"]["id"], full.as_str());
+    assert_eq!(st["last_incremental"]["id"], inc.as_str());
+    assert!(st["rpo_seconds"].as_i64().unwrap() < 120, "{st}");
+    // Shared objects are counted once: the full's object and the page set.
+    assert_eq!(st["stored_bytes"].as_u64().unwrap(), fs_ + is, "{st}");
 }
 
 #[test]

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use super::{Fetched, SnapshotReader};
 use crate::archive::Digests;
 use crate::damage::Damage;
 use crate::error::{Error, Result};
-use crate::layout::{Fetched, SnapshotReader};
 use crate::manifest::{PageChain, Part, Sha256Hex};
 use crate::pageset::PageSetParser;
 
