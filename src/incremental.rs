@@ -77,6 +77,17 @@ pub async fn run(
             base_parts.len()
         )));
     }
+    // The parent's own page set is read back once before anything builds on it, so that a
+    // damaged one makes a full now instead of a day of incrementals that all name it.
+    if let DataLayout::Pages(c) = &chain.parent.data {
+        let reader = SnapshotReader::new(store, &chain.parent, keys);
+        if let Err(damage) = reader.verify_part(c.own()).await? {
+            return Ok(Attempt::Full(format!(
+                "the incremental {} to build on is damaged ({damage}); run `guardian verify --all`",
+                chain.parent.id
+            )));
+        }
+    }
     if let Err(why) = ensure_base_digests(store, keys, &cache, &chain.base).await? {
         return Ok(Attempt::Full(why));
     }
@@ -392,6 +403,22 @@ struct ScanPlan {
     max_changed: f64,
 }
 
+impl ScanPlan {
+    /// A failed check of the live database: it is damaged, nothing is published.
+    fn checked(&self, outcome: crate::snapshot::CheckOutcome) -> std::result::Result<(), Stop> {
+        outcome.map_err(|problems| {
+            Stop::Failed(Error::Integrity {
+                what: format!("{} ({})", self.db, self.source.display()),
+                detail: format!(
+                    "PRAGMA {} reported: {}; the source database is damaged, no snapshot was published",
+                    self.check.pragma(),
+                    problems.join("; ")
+                ),
+            })
+        })
+    }
+}
+
 /// What the scan found.
 struct Scanned {
     inspection: Inspection,
@@ -421,16 +448,10 @@ fn scan(
     pages: &AtomicU64,
 ) -> std::result::Result<Scanned, Stop> {
     let snap = ReadSnapshot::begin(&plan.source)?;
-    if let Err(problems) = snap.check(plan.check)? {
-        return Err(Stop::Failed(Error::Integrity {
-            what: format!("{} ({})", plan.db, plan.source.display()),
-            detail: format!(
-                "PRAGMA {} reported: {}; the source database is damaged, no snapshot was published",
-                plan.check.pragma(),
-                problems.join("; ")
-            ),
-        }));
-    }
+    // The check sees the very state the pages are read from: it runs in this transaction,
+    // first. (Running it alongside on a second connection would need that connection pinned
+    // to this snapshot, `sqlite3_snapshot_open`, which rusqlite does not wrap.)
+    plan.checked(snap.check(plan.check)?)?;
     let inspection = snap.inspect()?;
     if inspection.page_size != plan.page_size {
         return Err(Stop::Full(format!(

@@ -428,6 +428,19 @@ impl SnapshotReader {
         Ok(d)
     }
 
+    /// Re-read one part of an incremental's chain and check its stored size and SHA-256.
+    ///
+    /// # Errors
+    /// The object could not be read (store unreachable, I/O error).
+    pub async fn verify_part(&self, part: &Part) -> Result<std::result::Result<(), Damage>> {
+        self.verify_objects(vec![StoredObject {
+            key: part.key(&self.manifest.db),
+            len: part.stored_len,
+            sha256: part.stored_sha256.clone(),
+        }])
+        .await
+    }
+
     /// Re-read every stored object and check its size and SHA-256, without decompressing
     /// (bit rot in the store). `Ok(Err(damage))`: an object is missing or not what the
     /// manifest recorded.
@@ -435,7 +448,14 @@ impl SnapshotReader {
     /// # Errors
     /// An object could not be read (store unreachable, I/O error).
     pub async fn verify_stored(&self) -> Result<std::result::Result<(), Damage>> {
-        for StoredObject { key, len, sha256 } in self.manifest.objects() {
+        self.verify_objects(self.manifest.objects()).await
+    }
+
+    async fn verify_objects(
+        &self,
+        objects: Vec<StoredObject>,
+    ) -> Result<std::result::Result<(), Damage>> {
+        for StoredObject { key, len, sha256 } in objects {
             let body = match self.store.get_stream(&key).await {
                 Ok(b) => b,
                 Err(e) if e.is_not_found() => {

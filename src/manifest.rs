@@ -2,7 +2,9 @@
 //!
 //! Layout (see `docs/FORMAT.md`):
 //! ```text
-//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/db.sqlite.gz     the data objects its manifest names
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/db.sqlite.gz     a full's data object
+//! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/pages.gz         an incremental's page set (its manifest also
+//!                                                   names its base's and parents' objects)
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/manifest.json    the commit marker, written last
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/drill-{time}-{ok|failed}.json   drill results
 //! {db}/{YYYYMMDDTHHMMSSZ}-{8 hex}/restore-{time}-ok.json          restores that passed integrity_check
@@ -11,8 +13,8 @@
 //! Ids sort by time, so key order is time order. The manifest is untrusted input when read back:
 //! [`Manifest::parse`] bounds its size and checks every field before anything uses it.
 //!
-//! Format 2 (written now) says how the data is laid out in `data` ([`DataLayout`]: today one
-//! whole compressed object; page sets come next). Format 1 (one object named by top-level
+//! Format 2 (written now) says how the data is laid out in `data` ([`DataLayout`]: one whole
+//! compressed object, or for an incremental the chain of a full's object and page sets). Format 1 (one object named by top-level
 //! `object`/`compression`/`stored_*` fields) is still read, and is converted on parse.
 
 use std::collections::BTreeMap;

@@ -329,3 +329,86 @@ fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
     assert_eq!(util::integrity(&out), "ok");
     eprintln!("prune kill sweep: {killed} kills over a prune of 300 snapshots (full prune {full:?}), {remaining} left before the last prune, 0 manifests without data");
 }
+
+#[test]
+fn sigkill_during_a_prune_of_incremental_chains_never_leaves_a_manifest_without_an_object() {
+    let env = TestEnv::new();
+    let full = env.backup();
+    let c = Connection::open(&env.db).unwrap();
+    c.execute("UPDATE orders SET status = 'x' WHERE rowid = 1", [])
+        .unwrap();
+    let r = env.run(&["backup", "--incremental"]).ok();
+    let inc = r.stdout.trim().to_string();
+    // 200 incrementals on that chain: copies of the real one under new ids, each naming the
+    // full's object, the real incremental's page set and its own copy of it (and a prune of
+    // them takes a while).
+    let m: serde_json::Value = util::read_manifest(&env, &inc);
+    for n in 0..200u32 {
+        // Ids of the real incremental's second (so the chain stays in time order).
+        let id = format!("{}-{n:08x}", &inc[..16]);
+        let dir = env.snapshot_dir(&id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::copy(
+            env.snapshot_dir(&inc).join("pages.gz"),
+            dir.join("pages.gz"),
+        )
+        .unwrap();
+        let mut copy = m.clone();
+        copy["id"] = id.clone().into();
+        let at: chrono::DateTime<chrono::Utc> = m["created_at"].as_str().unwrap().parse().unwrap();
+        copy["created_at"] = (at + chrono::Duration::milliseconds(i64::from(n) + 1))
+            .to_rfc3339()
+            .into();
+        let own = m["data"]["parts"][1].clone();
+        let mut mine = own.clone();
+        mine["snapshot"] = id.clone().into();
+        copy["data"]["parent"] = inc.clone().into();
+        copy["data"]["parts"] = serde_json::json!([m["data"]["parts"][0], own, mine]);
+        util::write_manifest(&env, &id, &copy);
+    }
+    let listed = |env: &TestEnv| {
+        let list = env.list();
+        for s in &list {
+            assert_ne!(
+                s["status"], "failed",
+                "a manifest names a missing object: {s}"
+            );
+        }
+        list.len()
+    };
+    assert_eq!(listed(&env), 202);
+    env.write_config("[databases.retention]\nkeep_last = 1\nkeep_delete = \"0s\"\n");
+    let t0 = Instant::now();
+    let probe = env.path("probe");
+    util::copy_dir(&env.store, &probe);
+    let full_run = {
+        let cfg = fs::read_to_string(&env.config).unwrap();
+        let cfg_copy = env.path("probe.toml");
+        fs::write(
+            &cfg_copy,
+            cfg.replace("path = \"store\"", "path = \"probe\""),
+        )
+        .unwrap();
+        util::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+                .arg("--config")
+                .arg(&cfg_copy)
+                .arg("prune")
+                .current_dir(env.dir.path()),
+        );
+        t0.elapsed()
+    };
+    let killed = kill_sweep(&env, &["prune"], full_run, 20, |_| {
+        listed(&env);
+    });
+    env.run(&["prune"]).ok();
+    assert_eq!(listed(&env), 1);
+    let out = env.path("out.db");
+    env.run(&["restore", "--latest", "--to", out.to_str().unwrap()])
+        .ok();
+    assert_eq!(util::integrity(&out), "ok");
+    // What the newest needs is all that is left of the chain.
+    assert!(env.snapshot_dir(&full).join("db.sqlite.gz").exists());
+    assert!(env.snapshot_dir(&inc).join("pages.gz").exists());
+    eprintln!("incremental prune kill sweep: {killed} kills over a prune of 201 snapshots ({full_run:?}), 0 manifests naming a missing object");
+}

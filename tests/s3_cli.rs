@@ -26,7 +26,7 @@ pub fn run(env: &TestEnv, target: &S3Target, args: &[&str]) -> util::Run {
 }
 
 /// Flip one byte in the middle of a stored object (same size), behind guardian's back.
-fn damage(target: &S3Target, key: &str) {
+pub(crate) fn damage(target: &S3Target, key: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = target.raw_client();

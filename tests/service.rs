@@ -270,6 +270,7 @@ fn bad_schedules_are_config_errors_naming_the_key() {
     for (extra, key) in [
         ("backup = \"0 3 * *\"\n", "databases[0].backup"),
         ("drill = \"0 0 1 * mon\"\n", "databases[0].drill"),
+        ("incremental = \"*/15 * *\"\n", "databases[0].incremental"),
         (
             "backup = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n",
             "databases[0].timezone",
@@ -290,6 +291,42 @@ fn bad_schedules_are_config_errors_naming_the_key() {
         assert_eq!(lines.len(), 1, "{extra}: {}", r.stderr);
         assert!(lines[0].contains(key), "{extra}: {}", lines[0]);
     }
+}
+
+#[test]
+fn the_service_takes_scheduled_incrementals_on_the_newest_full() {
+    let env = TestEnv::new();
+    // No full schedule: the first scheduled incremental has no base and takes a full, with
+    // the reason in the log; the next ones are incrementals on it.
+    env.write_config("incremental = \"* * * * * *\"\n");
+    let mut svc = Service::start(&env);
+    let addr = svc.addr();
+    let list = wait_for_list(&env, 30, |l| {
+        l.iter().filter(|s| s["kind"] == "incremental").count() >= 2
+    });
+    let full = list
+        .iter()
+        .find(|s| s["kind"] == "full")
+        .expect("a full first");
+    assert!(list
+        .iter()
+        .filter(|s| s["kind"] == "incremental")
+        .all(|s| s["base"] == full["id"]));
+    let (_, metrics) = util::http_get(&addr, "/metrics");
+    for kind in ["full", "incremental"] {
+        let name =
+            format!("guardian_{kind}_backup_last_success_timestamp_seconds{{db=\"market\"}}");
+        assert!(metric(&metrics, &name).is_some(), "{name}: {metrics}");
+    }
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+    let log = svc.log();
+    assert!(
+        log.contains("took a full snapshot instead of an incremental"),
+        "{log}"
+    );
+    assert!(log.contains("\"kind\":\"incremental\""), "{log}");
+    assert!(env.list().iter().all(|s| s["status"] != "failed"));
 }
 
 #[test]
