@@ -72,3 +72,5 @@ mod fault_proxy;
 mod network_faults;
 // Store faults: S3 throttling (transient and persistent), a full or read-only local store.
 mod store_faults;
+// The store layout without guardian: scripts/rebuild.py rebuilds fulls and incrementals (docs/FORMAT.md).
+mod incremental_format;
