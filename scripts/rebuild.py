@@ -187,6 +187,13 @@ def load_parts(m, data):
             page_count=field(p, "page_count", "int", where),
             pages=field(p, "pages", "int", where),
         )
+        if i > 0 and spec["raw_len"] != len(PAGES_MAGIC) + 4 + spec["pages"] * (4 + m["page_size"]):
+            raise Damaged(
+                "part %d: raw_len %d does not fit %d pages of %d bytes"
+                % (i, spec["raw_len"], spec["pages"], m["page_size"])
+            )
+        if spec["pages"] > spec["page_count"]:
+            raise Damaged("part %d holds more pages than its page count" % i)
         out.append(spec)
     if out[0]["snapshot"] != base:
         raise Damaged("the chain's first part is not its base's (%s)" % base)
