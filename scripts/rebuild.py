@@ -19,7 +19,8 @@ Encrypted snapshots ("encryption": "age") need --identity FILE and the age CLI
 
 Exit codes: 0 rebuilt and proven; 1 the snapshot is damaged or incomplete (a missing object, a
 digest that does not match, a stream that does not decode); 2 bad usage or an operational
-failure (unreadable store, OUT_FILE exists, disk full, age missing). Errors are one line on
+failure (unreadable store, OUT_FILE exists, disk full, age missing, the wrong identity). Errors
+are one line on
 stderr. Python 3 standard library only.
 """
 
@@ -287,8 +288,13 @@ class Checked:
                 proc.kill()
             proc.wait()
         if proc.returncode != 0:
-            line = err.splitlines()[-1] if err else "exit code %d" % proc.returncode
-            raise Damaged("%s: age could not decrypt it: %s" % (self.name, line))
+            lines = [l for l in err.splitlines() if "error" in l] or err.splitlines()
+            line = lines[0] if lines else "exit code %d" % proc.returncode
+            # The ciphertext is the one the manifest names (proven above): the identity is wrong.
+            raise Failed(
+                "%s: age could not decrypt it with --identity %s (%s); pass the identity of "
+                "the store's recipient" % (self.name, identity, line)
+            )
 
     def raw_chunks(self, identity):
         """The decompressed stream (every gzip member, CRCs checked), then its size and

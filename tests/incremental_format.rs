@@ -250,3 +250,74 @@ fn rebuild_py_reads_format_1_and_refuses_what_it_cannot_prove() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn rebuild_py_decrypts_an_encrypted_incremental_with_the_age_cli() {
+    if !python3() {
+        util::skip("python3 is not installed: scripts/rebuild.py cannot be tested");
+        return;
+    }
+    let age_cli = Command::new("age")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !age_cli {
+        util::skip("the age CLI is not installed: rebuild.py --identity cannot be tested");
+        return;
+    }
+    let key = |path: &str| {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        std::fs::write(path, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        id.to_public().to_string()
+    };
+    let env = TestEnv::new();
+    let public = key(env.path("age.key").to_str().unwrap());
+    key(env.path("other.key").to_str().unwrap());
+    env.write_config(&format!(
+        "\n[encryption]\nrecipients = [\"{public}\"]\nidentity_file = \"age.key\"\n"
+    ));
+    let full = env.backup();
+    sql(
+        &env,
+        "UPDATE customers SET name = name || ' sr' WHERE id % 4 = 0;",
+    );
+    let id = incremental(&env);
+    assert!(env.snapshot_dir(&id).join("pages.gz.age").exists());
+    let m = util::read_manifest(&env, &id);
+    assert_eq!(m["data"]["parts"][0]["snapshot"], full.as_str());
+
+    // Without --identity: exit 2, one line saying what to pass.
+    let out = env.path("rebuilt.db");
+    let r = rebuild(&env, &id, &out).expect_code(2);
+    assert!(r.stderr.contains("--identity"), "{r:?}");
+    // The wrong identity: exit 2, nothing written.
+    let with = |identity: &str| {
+        util::run(
+            Command::new("python3")
+                .arg(script())
+                .arg("--identity")
+                .arg(env.path(identity))
+                .arg(&env.store)
+                .arg("market")
+                .arg(&id)
+                .arg(&out),
+        )
+    };
+    let r = with("other.key").expect_code(2);
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    assert!(!out.exists());
+    // The right one: the database the manifest proves, as restore writes it.
+    with("age.key").ok();
+    assert_eq!(sha256_of(&out), m["raw_sha256"].as_str().unwrap());
+    let restored = env.path("restored.db");
+    env.run(&[
+        "restore",
+        "--snapshot",
+        &id,
+        "--to",
+        restored.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(sha256_of(&out), sha256_of(&restored));
+}
