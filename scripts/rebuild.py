@@ -19,9 +19,8 @@ Encrypted snapshots ("encryption": "age") need --identity FILE and the age CLI
 
 Exit codes: 0 rebuilt and proven; 1 the snapshot is damaged or incomplete (a missing object, a
 digest that does not match, a stream that does not decode); 2 bad usage or an operational
-failure (unreadable store, OUT_FILE exists, disk full, age missing, the wrong identity). Errors
-are one line on
-stderr. Python 3 standard library only.
+failure (unreadable store, OUT_FILE exists, disk full, age missing, the wrong identity).
+Errors are one line on stderr. Python 3 standard library only.
 """
 
 import argparse
