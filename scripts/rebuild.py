@@ -177,7 +177,8 @@ def load_parts(m, data):
             raise Damaged("part %d of the chain must be a %s object, not %r" % (i, want, content))
         if spec["object"] in (MANIFEST, TOMBSTONE):
             raise Damaged("the manifest names an invalid data object %r" % spec["object"])
-        if out and snap <= out[-1]["snapshot"]:
+        # Ids have second precision: within one second they may sort either way.
+        if any(q["snapshot"] == snap for q in out) or (out and snap[:16] < out[-1]["snapshot"][:16]):
             raise Damaged("the chain's parts are not in snapshot order (part %d)" % i)
         spec.update(
             snapshot=snap,
@@ -197,6 +198,9 @@ def load_parts(m, data):
         out.append(spec)
     if out[0]["snapshot"] != base:
         raise Damaged("the chain's first part is not its base's (%s)" % base)
+    parent = field(data, "parent", "str", "data.")
+    if parent == m["id"] or not any(p["snapshot"] == parent for p in out[:-1]):
+        raise Damaged("the chain's parent %r is not one of its earlier parts" % parent)
     if out[-1]["snapshot"] != m["id"] or out[-1]["page_count"] != m["page_count"]:
         raise Damaged("the chain's last part is not this snapshot's own")
     return out
