@@ -523,6 +523,13 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         if let Some(who) = &r.forced_over {
             outln!("  target is in use ({who}); --force would replace it anyway");
         }
+        match &r.estimate {
+            Some(e) => outln!("  estimated duration: {e}"),
+            None => outln!(
+                "  estimated duration: unknown: no drill has passed yet (`guardian drill --db {}` measures it)",
+                r.db
+            ),
+        }
         outln!("  nothing was written");
         return Ok(0);
     }

@@ -95,6 +95,10 @@ pub struct DrillReport {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub seconds: f64,
+    /// How long the part of the drill that `guardian restore` also does took: download,
+    /// decompression, both SHA-256s and `integrity_check` (the proven restore time; absent
+    /// when the drill stopped before `integrity_check`).
+    pub restore_seconds: Option<f64>,
     /// True when every required check passed.
     pub ok: bool,
     pub steps: Vec<Step>,
@@ -279,6 +283,7 @@ async fn drill_one(
         started_at,
         finished_at: started_at,
         seconds: 0.0,
+        restore_seconds: None,
         ok: false,
         steps: Vec::new(),
         checks: Vec::new(),
@@ -359,6 +364,8 @@ async fn run_steps(
     let results = tokio::task::spawn_blocking(move || SqliteResults::run(&path))
         .await
         .expect("drill checks do not panic");
+    let downloaded = r.steps.iter().find(|s| s.name == "download");
+    r.restore_seconds = downloaded.map(|d| d.seconds + results.seconds[0]);
     integrity(r, results.integrity, results.seconds[0])?;
     foreign_keys(r, results.fks, results.seconds[1])?;
     compare(r, m, results.inspection, results.seconds[2])

@@ -514,7 +514,7 @@ impl Runner {
                 let all_ok = latest.ok && older.is_none_or(|o| o.as_ref().is_ok_and(|r| r.ok));
                 m.drill_finished(&db.name, all_ok);
                 if all_ok {
-                    m.drill_passed(&db.name, latest.seconds);
+                    m.drill_passed(&db.name, latest.restore_seconds.unwrap_or(latest.seconds));
                 }
                 let reports = std::iter::once(latest).chain(older.and_then(|o| o.as_ref().ok()));
                 for r in reports {

@@ -39,6 +39,8 @@
 //!   the live database and files (read-only, read past damage), and the `--sql` that replays
 //!   them (`diff/`: schema, key-ordered scans, the merge, SQL).
 //! - [`drill`]: the restore drill: restore into scratch, check everything, record the verdict.
+//! - [`rto`]: the proven recovery time (the restore time the last passed drill measured) and
+//!   the estimates built on it (`restore --dry-run`, the ETA on a terminal).
 //! - [`verify`]: re-read stored snapshots and check their checksums (bit rot), no SQLite.
 //! - [`retention`]: which snapshots to keep (a pure function) and the prune that applies it.
 //! - [`schedule`]: cron strings → scheduler jobs; no business logic.
@@ -86,6 +88,7 @@ pub(crate) mod pageset;
 pub mod progress;
 pub mod restore;
 pub mod retention;
+pub mod rto;
 pub(crate) mod schedule;
 pub mod service;
 pub(crate) mod snapshot;

@@ -108,12 +108,13 @@ impl Metrics {
         });
     }
 
-    /// A drill passed after `seconds` (the last proven restore time).
+    /// A drill passed; its restore took `seconds` (the proven restore time).
     pub fn drill_passed(&self, db: &str, seconds: f64) {
         self.drill_passed_at(db, Utc::now(), seconds);
     }
 
-    /// A drill passed at `at` after `seconds`; an older one never replaces a newer one.
+    /// A drill passed at `at`, its restore taking `seconds`; an older one never replaces a
+    /// newer one.
     pub fn drill_passed_at(&self, db: &str, at: DateTime<Utc>, seconds: f64) {
         self.with(db, |v| {
             if v.page.last_passed_drill.is_none_or(|(t, _)| at >= t) {
@@ -305,7 +306,7 @@ impl Metrics {
 type Gauge = (&'static str, &'static str, fn(&DbValues) -> Option<f64>);
 
 /// The per-database gauges, in the order they are rendered.
-fn gauges() -> [Gauge; 9] {
+fn gauges() -> [Gauge; 10] {
     [
         (
             "guardian_backup_last_success_timestamp_seconds",
@@ -341,6 +342,11 @@ fn gauges() -> [Gauge; 9] {
             "guardian_drill_last_timestamp_seconds",
             "When the newest restore drill reached its verdict (Unix time).",
             |v| v.drill_last.map(|(at, _)| at),
+        ),
+        (
+            "guardian_drill_restore_seconds",
+            "How long the restore of the last passed drill took (download, decompression, both SHA-256s, integrity_check): the proven recovery time.",
+            |v| v.page.last_passed_drill.map(|(_, s)| s),
         ),
         (
             "guardian_snapshots",

@@ -51,6 +51,24 @@ impl Progress {
         }
     }
 
+    /// Start a step without a byte count that is expected to take about `expected` (measured
+    /// by a drill): on a terminal its spinner shows the time left, or how much longer it takes.
+    pub(crate) fn start_timed(step: &'static str, db: &str, expected: Duration) -> Self {
+        let progress = Progress::start(step, db, None);
+        if let Some(bar) = &progress.bar {
+            let style = ProgressStyle::with_template("{prefix} {spinner} {elapsed} ({left})")
+                .expect("valid template")
+                .with_key(
+                    "left",
+                    move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&time_left(expected, state.elapsed()));
+                    },
+                );
+            bar.set_style(style);
+        }
+        progress
+    }
+
     /// Report the position (bytes done).
     pub(crate) fn set(&self, done: u64) {
         if let Some(bar) = &self.bar {
@@ -80,6 +98,23 @@ impl Progress {
     }
 }
 
+/// `eta 12s`, or `3s over the estimate` once `expected` has passed.
+fn time_left(expected: Duration, elapsed: Duration) -> String {
+    match expected.checked_sub(elapsed) {
+        Some(left) => format!("eta {}s", left.as_secs() + 1),
+        None => format!("{}s over the estimate", (elapsed - expected).as_secs()),
+    }
+}
+
+/// Say `message` about `db` before a long operation: on stderr on a terminal, else as a log line.
+pub(crate) fn note(db: &str, message: &str) {
+    if INTERACTIVE.load(Ordering::Relaxed) {
+        eprintln!("{db}: {message}");
+    } else {
+        tracing::info!(db = %db, "{message}");
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(bar) = &self.bar {
@@ -92,5 +127,18 @@ impl Progress {
     /// The bar, for a helper thread that updates it (None when logging lines).
     pub(crate) fn clone_bar(&self) -> Option<ProgressBar> {
         self.bar.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_left_counts_down_then_says_how_far_over_it_is() {
+        let s = Duration::from_secs;
+        assert_eq!(time_left(s(10), Duration::from_millis(2500)), "eta 8s");
+        assert_eq!(time_left(s(10), s(10)), "eta 1s");
+        assert_eq!(time_left(s(10), s(13)), "3s over the estimate");
     }
 }

@@ -113,6 +113,9 @@ pub struct RestoreReport {
     /// holds more recent data than the one restored (e.g. an index `REINDEX` can rebuild).
     pub newer_rescue: Option<String>,
     pub dry_run: bool,
+    /// How long this restore takes (or took), from the last passed drill's measured restore
+    /// time scaled to this snapshot's size; `None` when no drill has passed.
+    pub estimate: Option<crate::rto::Estimate>,
 }
 
 /// Staging files this process's restores have created and not yet renamed into place: what a
@@ -211,6 +214,7 @@ pub async fn run(
     let holder = check_target(&target, opts)?;
     let catalog = catalog::load(store, &db.name).await?;
     let (candidates, mut skipped) = select(&catalog, &opts.selector)?;
+    let proven = crate::rto::proven(store, &catalog).await;
     // The newest snapshot whose only fault is the SQLite check, and a check it passes.
     let mut rescue: Option<(String, RestoreCheck)> = None;
     let named = matches!(opts.selector, Selector::Snapshot(_));
@@ -224,6 +228,7 @@ pub async fn run(
             None if cand.status == SnapshotStatus::Verified => Some(CheckKind::QuickCheck),
             None => Some(CheckKind::IntegrityCheck),
         };
+        let estimate = proven.as_ref().map(|p| p.estimate(manifest.raw_len, check));
         if opts.dry_run {
             return Ok(RestoreReport {
                 db: db.name.clone(),
@@ -235,9 +240,24 @@ pub async fn run(
                 forced_over: holder,
                 newer_rescue: None,
                 dry_run: true,
+                estimate,
             });
         }
-        match stage(store, &manifest, &target, check, &opts.keys, db.mode()).await? {
+        if let Some(e) = &estimate {
+            crate::progress::note(&db.name, &format!("restoring {}: {e}", manifest.id));
+        }
+        let check_eta = crate::rto::check_duration(estimate.as_ref());
+        match stage(
+            store,
+            &manifest,
+            &target,
+            check,
+            check_eta,
+            &opts.keys,
+            db.mode(),
+        )
+        .await?
+        {
             Err(Skip {
                 why,
                 rescue: weaker,
@@ -289,6 +309,7 @@ pub async fn run(
                     newer_rescue: rescue
                         .map(|(id, c)| rescue_command(&db.name, &id, c, opts.to.as_deref())),
                     dry_run: false,
+                    estimate,
                 });
             }
         }
@@ -551,6 +572,7 @@ async fn stage(
     m: &Manifest,
     target: &Path,
     check: Option<CheckKind>,
+    check_eta: Option<std::time::Duration>,
     keys: &Keys,
     new_mode: u32,
 ) -> Result<std::result::Result<TempGuard, Skip>> {
@@ -575,7 +597,10 @@ async fn stage(
     let target_owned = target.to_path_buf();
     let verdict = tokio::task::spawn_blocking(move || -> Result<std::result::Result<(), Skip>> {
         if let Some(check) = check {
-            let progress = Progress::start(check.pragma(), &db, None);
+            let progress = match check_eta {
+                Some(eta) => Progress::start_timed(check.pragma(), &db, eta),
+                None => Progress::start(check.pragma(), &db, None),
+            };
             let outcome = snapshot::run_check(&path, check);
             match outcome {
                 Ok(Ok(())) => {}

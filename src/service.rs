@@ -136,23 +136,6 @@ async fn listen(app: &App) -> Result<(tokio::net::TcpListener, std::net::SocketA
     Ok((listener, addr))
 }
 
-/// The newest passed drill and how long it took, from its stored record (the status page's
-/// "last proven restore"); `None` when there is none or it cannot be read.
-async fn last_passed_drill_seconds(
-    app: &App,
-    catalog: &catalog::Catalog,
-) -> Option<(chrono::DateTime<chrono::Utc>, f64)> {
-    let mark = catalog
-        .snapshots
-        .iter()
-        .filter_map(|s| s.last_drill.as_ref())
-        .filter(|d| d.ok)
-        .max_by_key(|d| d.at)?;
-    let bytes = app.store.get_bytes(&mark.key, 1 << 20).await.ok()?;
-    let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some((mark.at, record["seconds"].as_f64()?))
-}
-
 /// Re-read the store every `service.refresh` until the service stops, so that what other
 /// processes did (a drill or backup from the command line, another host's backups) shows in
 /// `/metrics`, `/healthz` and the status page, not only what this service ran.
@@ -179,8 +162,8 @@ async fn observe_store(app: &App, metrics: &Metrics) {
                 let staging = app.config.backup.staging_dir();
                 let attempt = crate::outcome::last(&app.store, &staging, &db.name).await;
                 metrics.observe_attempt(&db.name, attempt);
-                if let Some((at, seconds)) = last_passed_drill_seconds(app, &c).await {
-                    metrics.drill_passed_at(&db.name, at, seconds);
+                if let Some(r) = crate::rto::proven(&app.store, &c).await {
+                    metrics.drill_passed_at(&db.name, r.drilled_at_time, r.restore_seconds);
                 }
             }
             Err(e) => {

@@ -32,6 +32,9 @@ pub struct DbStatus {
     pub last_full: Option<LastSnapshot>,
     pub last_incremental: Option<LastSnapshot>,
     pub last_drill: Option<LastDrill>,
+    /// The restore time the newest passed drill measured (download, decompression, both
+    /// SHA-256s, `integrity_check`): the recovery time actually proven, or null.
+    pub proven_rto: Option<crate::rto::ProvenRto>,
     pub max_age_seconds: u64,
     /// `guardian run` schedules (cron as configured), and when they next fire.
     pub backup_schedule: Option<String>,
@@ -128,6 +131,7 @@ pub fn summarize(
         last_incremental: of_kind(SnapshotKind::Incremental),
         last_snapshot: last,
         last_drill,
+        proven_rto: None,
         max_age_seconds: max_age.as_secs(),
         next_backup_at: next(&db.backup),
         backup_schedule: db.backup.clone(),
@@ -278,12 +282,9 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
         let staging = app.config.backup.staging_dir();
         let attempt = crate::outcome::last(&app.store, &staging, &db.name).await;
         let catalog = catalog::load(&app.store, &db.name).await?;
-        all.push(summarize(
-            db,
-            &catalog,
-            attempt.as_ref(),
-            app.store.location(),
-        ));
+        let mut status = summarize(db, &catalog, attempt.as_ref(), app.store.location());
+        status.proven_rto = crate::rto::proven(&app.store, &catalog).await;
+        all.push(status);
     }
     if json {
         crate::output::json(&all);
@@ -335,6 +336,16 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
                     if d.ok { "ok" } else { "FAILED" }
                 ),
                 None => outln!("  drill      never"),
+            }
+            match &s.proven_rto {
+                Some(r) => outln!(
+                    "  rto        {} to restore {} with every check (measured by the drill at {} on {})",
+                    crate::rto::seconds(r.restore_seconds),
+                    human_bytes(r.raw_bytes),
+                    r.drilled_at,
+                    r.snapshot
+                ),
+                None => outln!("  rto        not proven: no drill has passed"),
             }
             let plan = |what: &str, cron: &Option<String>, next: &Option<String>| match (cron, next)
             {

@@ -3,8 +3,8 @@
 //!
 //! Per database: health (as `guardian status` judges it), the last backup and drill with their
 //! ages, the effective RPO (the age of the newest usable snapshot: what a restore now would
-//! lose), the last proven restore time (the measured seconds of the last passed drill this
-//! service ran), store usage per store, and a 14-day timeline (inline SVG) of snapshots, drills
+//! lose), the last proven restore time (the restore a passed drill measured: download,
+//! decompression, both SHA-256s, `integrity_check`; see `rto`), store usage per store, and a 14-day timeline (inline SVG) of snapshots, drills
 //! and failures. The data is shaped for what comes later: every snapshot has a `kind` (only
 //! `full` exists today; incrementals will add theirs), and stores are a list (one today).
 //! "—" stands for nothing known. Every string is HTML-escaped: error texts come from stores,

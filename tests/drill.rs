@@ -460,3 +460,101 @@ fn each_drill_reads_the_newest_and_an_older_snapshot_in_turn_until_all_are_verif
     assert_eq!(reports[0]["selected_by"], "requested");
     assert!(reports[0].get("rotation").is_none(), "{reports}");
 }
+
+/// The stored drill record of snapshot `id` (the one drill it had).
+fn drill_record(env: &TestEnv, id: &str) -> serde_json::Value {
+    let f = std::fs::read_dir(env.snapshot_dir(id))
+        .unwrap()
+        .flatten()
+        .find(|f| f.file_name().to_string_lossy().starts_with("drill-"))
+        .expect("drill record stored");
+    serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap()
+}
+
+#[test]
+fn a_drill_records_its_restore_time_which_status_and_restore_dry_run_show() {
+    let env = TestEnv::new();
+    let id = env.backup();
+    // Nothing proven yet: said plainly, never a made-up figure.
+    let st: serde_json::Value =
+        serde_json::from_str(&env.run(&["status", "--json"]).stdout).unwrap();
+    assert!(st[0]["proven_rto"].is_null(), "{}", st[0]);
+    assert!(env
+        .run(&["status"])
+        .stdout
+        .contains("rto        not proven: no drill has passed"));
+    let dry = env
+        .run(&["restore", "--latest", "--to", "x.db", "--dry-run"])
+        .ok();
+    assert!(
+        dry.stdout
+            .contains("estimated duration: unknown: no drill has passed yet"),
+        "{}",
+        dry.stdout
+    );
+
+    env.run(&["drill"]).ok();
+    let record = drill_record(&env, &id);
+    let step = |name: &str| {
+        record["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["seconds"]
+            .as_f64()
+            .unwrap()
+    };
+    // The restore part of the drill: download (both SHA-256s) + integrity_check.
+    let restore = record["restore_seconds"]
+        .as_f64()
+        .expect("restore_seconds recorded");
+    assert!(
+        (restore - (step("download") + step("integrity_check"))).abs() < 1e-9,
+        "{record}"
+    );
+    assert!(restore > 0.0 && restore <= record["seconds"].as_f64().unwrap());
+
+    let st: serde_json::Value =
+        serde_json::from_str(&env.run(&["status", "--json"]).stdout).unwrap();
+    let rto = &st[0]["proven_rto"];
+    assert_eq!(rto["snapshot"], id.as_str(), "{rto}");
+    assert_eq!(rto["restore_seconds"].as_f64(), Some(restore));
+    assert_eq!(
+        rto["raw_bytes"].as_u64(),
+        util::read_manifest(&env, &id)["raw_len"].as_u64()
+    );
+    let text = env.run(&["status"]).stdout;
+    assert!(
+        text.contains("rto        ") && text.contains("to restore") && text.contains(&id),
+        "{text}"
+    );
+    // The same snapshot is now verified: a restore of it runs quick_check, which
+    // integrity_check's measured time bounds.
+    let dry = env
+        .run(&["restore", "--latest", "--to", "x.db", "--dry-run"])
+        .ok();
+    assert!(
+        dry.stdout.contains("estimated duration: at most ")
+            && dry.stdout.contains("with every check in"),
+        "{}",
+        dry.stdout
+    );
+    let dry = env
+        .run(&[
+            "restore",
+            "--latest",
+            "--to",
+            "x.db",
+            "--dry-run",
+            "--check",
+            "integrity",
+        ])
+        .ok();
+    assert!(
+        dry.stdout.contains("estimated duration: about "),
+        "{}",
+        dry.stdout
+    );
+    assert!(!env.path("x.db").exists(), "a dry run writes nothing");
+}

@@ -57,6 +57,11 @@ fn service_backs_up_drills_prunes_serves_metrics_and_stops_on_sigterm() {
         "guardian_drill_last_success_timestamp_seconds{db=\"market\"}"
     )
     .is_some());
+    // The restore time the passed drill measured: the proven recovery time.
+    assert!(
+        metric(&first, "guardian_drill_restore_seconds{db=\"market\"}").is_some_and(|s| s > 0.0),
+        "{first}"
+    );
     assert_eq!(
         metric(
             &first,
