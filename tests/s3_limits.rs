@@ -106,12 +106,43 @@ fn backup_to_s3_streams_in_bounded_memory() {
         peak / MIB as u64,
         parts.len()
     );
+    let gets_before = server.requests().len();
     let mut cmd = env.command();
     server.target.credentials_env(&mut cmd);
     cmd.args(["restore", "--latest", "--to", "back.db"]);
     let (r, peak) = run_measuring_peak(cmd);
     let r = r.ok();
     assert!(r.stdout.contains(id), "{}", r.stdout);
+    // The data came as 4 MiB ranged GETs that tile the object, each after the first with
+    // If-Match on its ETag (so all of one object).
+    let ranges: Vec<(u64, u64, bool)> = server.requests()[gets_before..]
+        .iter()
+        .filter(|q| q.is_get_object() && !q.path.ends_with(".json"))
+        .map(|q| {
+            let (a, b) = q
+                .header("range")
+                .expect("ranged GET")
+                .strip_prefix("bytes=")
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            (
+                a.parse().unwrap(),
+                b.parse().unwrap(),
+                q.header("if-match").is_some(),
+            )
+        })
+        .collect();
+    assert!(ranges.len() >= 30, "{} ranges", ranges.len());
+    let mut ranges = ranges;
+    ranges.sort_unstable(); // several are in flight: they may arrive in any order
+    let mut next = 0;
+    for (i, &(a, b, if_match)) in ranges.iter().enumerate() {
+        assert_eq!(a, next, "range {i} of {ranges:?}");
+        assert!(b - a < 4 * MIB as u64, "{ranges:?}");
+        assert_eq!(if_match, i > 0, "{ranges:?}");
+        next = b + 1;
+    }
     assert!(
         peak < 96 * MIB as u64,
         "restore peak RSS {} MiB",

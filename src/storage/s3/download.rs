@@ -1,13 +1,18 @@
 //! Downloads from S3 that survive a dropped connection: streamed (snapshots) and whole (small
 //! objects such as manifests).
 //!
-//! The body is pumped chunk by chunk into a bounded channel by a spawned task. If the connection
-//! breaks or stalls part-way, the task asks again for the rest (`Range: bytes=<offset>-`, with
-//! `If-Match` on the first answer's ETag so it can only ever continue the same object) a few
-//! times with backoff. It checks that the server really sent the requested range: a server that
-//! ignored `Range` would otherwise repeat bytes and make a good snapshot look damaged. When it
-//! gives up, the reader gets an error chunk (an operational error, never "bad data").
+//! A streamed download asks for its first [`RANGE_SIZE`] bytes (`Range: bytes=0-…`); the answer
+//! says how large the object is, and the rest comes as further ranged GETs, [`RANGES_IN_FLIGHT`]
+//! at a time, each with `If-Match` on the first answer's ETag (so every range is of the same
+//! object), handed on in order through a bounded channel: memory is at most that many ranges,
+//! whatever the object's size. A range whose connection breaks or stalls asks again for its
+//! rest, a few times with backoff, on its own; every answer must be the range asked for (a server
+//! that ignored `Range` would otherwise repeat bytes and make a good snapshot look damaged). A
+//! server that ignores `Range` altogether sends the whole object to the first request, which is
+//! then read as one stream, resumed the same way. When a download gives up, the reader gets an
+//! error chunk (an operational error, never "bad data").
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -21,9 +26,53 @@ const MAX_RESUMES: u32 = 3;
 /// Wait before the first resume; doubled each time.
 const RESUME_BACKOFF: Duration = Duration::from_millis(500);
 
+/// Bytes per ranged GET of a streamed download.
+pub(crate) const RANGE_SIZE: u64 = 4 << 20;
+/// Ranged GETs in flight (and ranges held in memory) per download.
+pub(crate) const RANGES_IN_FLIGHT: usize = 4;
+
 /// Start downloading `key`; `NotFound` and other request errors come back here, body errors
 /// as an `Err` chunk in the returned [`Body`].
 pub(super) async fn get_stream(s3: &S3Storage, key: &ObjectKey) -> Result<Body, StorageError> {
+    let first = s3
+        .client
+        .get_object()
+        .bucket(&s3.bucket)
+        .key(s3.s3_key(key.as_str()))
+        .range(format!("bytes=0-{}", RANGE_SIZE - 1))
+        .send()
+        .await;
+    let out = match first {
+        Ok(out) => out,
+        // An empty object has no byte 0: ask for it whole.
+        Err(e) if super::error::Failure::from_sdk(&e).status == Some(416) => {
+            return get_whole_stream(s3, key).await
+        }
+        Err(e) => return Err(s3.error("download", key.as_str(), e)),
+    };
+    let etag = out.e_tag().map(str::to_string);
+    let total = out.content_range().and_then(|r| total_of(r, 0));
+    let (tx, rx) = body_channel();
+    let (s3, key) = (s3.clone(), key.clone());
+    match total {
+        Some(total) => {
+            tokio::spawn(async move { ranges(s3, key, out.body, etag, total, tx).await })
+        }
+        // No Content-Range: the server ignored `Range` and is sending the whole object.
+        None => tokio::spawn(async move { pump(s3, key, out.body, etag, tx).await }),
+    };
+    Ok(rx)
+}
+
+/// The object's size from the `Content-Range` of an answer to a range starting at `start`
+/// (`bytes 0-4194303/12345678`); `None` when it is not that.
+fn total_of(content_range: &str, start: u64) -> Option<u64> {
+    let rest = content_range.strip_prefix(&format!("bytes {start}-"))?;
+    rest.split_once('/')?.1.parse().ok()
+}
+
+/// Download `key` with one plain GET, read as one stream.
+async fn get_whole_stream(s3: &S3Storage, key: &ObjectKey) -> Result<Body, StorageError> {
     let out = s3
         .client
         .get_object()
@@ -37,6 +86,161 @@ pub(super) async fn get_stream(s3: &S3Storage, key: &ObjectKey) -> Result<Body, 
     let (s3, key) = (s3.clone(), key.clone());
     tokio::spawn(async move { pump(s3, key, out.body, etag, tx).await });
     Ok(rx)
+}
+
+/// Fetch `total` bytes as ranges, [`RANGES_IN_FLIGHT`] at a time, and pass them on in order;
+/// `first` is the open answer for the first range.
+async fn ranges(
+    s3: S3Storage,
+    key: ObjectKey,
+    first: ByteStream,
+    etag: Option<String>,
+    total: u64,
+    tx: BodySender,
+) {
+    let mut first = Some(first);
+    let mut next = 0u64;
+    let mut in_flight = VecDeque::new();
+    loop {
+        while in_flight.len() < RANGES_IN_FLIGHT && (next < total || first.is_some()) {
+            let end = (next + RANGE_SIZE).min(total);
+            let task = fetch_range(
+                s3.clone(),
+                key.clone(),
+                etag.clone(),
+                next..end,
+                first.take(),
+            );
+            in_flight.push_back(tokio::spawn(task));
+            next = end;
+        }
+        let Some(task) = in_flight.pop_front() else {
+            return;
+        };
+        let failure = match task.await {
+            Ok(Ok(chunks)) => {
+                for chunk in chunks {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        in_flight.iter().for_each(tokio::task::JoinHandle::abort);
+                        return; // the reader went away
+                    }
+                }
+                continue;
+            }
+            Ok(Err(failure)) => failure,
+            Err(e) => format!("a download task failed: {e}"),
+        };
+        in_flight.iter().for_each(tokio::task::JoinHandle::abort);
+        fail(&tx, failure).await;
+        return;
+    }
+}
+
+/// The bytes `range` of `key`, read from `open` if given (the first range), else requested;
+/// a broken or stalled answer is asked again for its rest, up to [`MAX_RESUMES`] times.
+async fn fetch_range(
+    s3: S3Storage,
+    key: ObjectKey,
+    etag: Option<String>,
+    range: std::ops::Range<u64>,
+    open: Option<ByteStream>,
+) -> Result<Vec<Bytes>, String> {
+    let want = range.end - range.start;
+    let mut chunks = Vec::new();
+    let mut have = 0u64;
+    let mut stream = open;
+    let mut resumes = 0;
+    loop {
+        let failure = match stream.take() {
+            Some(mut body) => {
+                match read_range(&s3, &mut body, &mut chunks, &mut have, want).await {
+                    Ok(()) => return Ok(chunks),
+                    Err(why) => why,
+                }
+            }
+            None => {
+                let from = range.start + have;
+                match request(&s3, &key, from..range.end, etag.as_deref()).await {
+                    Ok(body) => {
+                        stream = Some(body);
+                        continue;
+                    }
+                    Err(why) => why,
+                }
+            }
+        };
+        let at = range.start + have;
+        if resumes >= MAX_RESUMES {
+            return Err(format!(
+                "bytes {}-{}: {failure} after {at} bytes{GAVE_UP}",
+                range.start,
+                range.end - 1
+            ));
+        }
+        resumes += 1;
+        tracing::warn!(key = %key, offset = at, attempt = resumes, error = %failure, "download of a range interrupted; resuming");
+        tokio::time::sleep(RESUME_BACKOFF * 2u32.pow(resumes - 1)).await;
+    }
+}
+
+/// Read `body` to its end into `chunks`: `Ok` when the range's `want` bytes are all there.
+async fn read_range(
+    s3: &S3Storage,
+    body: &mut ByteStream,
+    chunks: &mut Vec<Bytes>,
+    have: &mut u64,
+    want: u64,
+) -> Result<(), String> {
+    loop {
+        match tokio::time::timeout(s3.body_idle_timeout(), body.try_next()).await {
+            Ok(Ok(Some(chunk))) => {
+                *have += chunk.len() as u64;
+                if *have > want {
+                    return Err(format!(
+                        "the server sent more than the {want} bytes asked for"
+                    ));
+                }
+                chunks.push(chunk);
+            }
+            Ok(Ok(None)) if *have == want => return Ok(()),
+            Ok(Ok(None)) => return Err("the answer ended early".into()),
+            Ok(Err(e)) => return Err(format!("broke off: {}", crate::human::chain(&e))),
+            Err(_) => {
+                return Err(format!(
+                    "stalled: no data for {}s",
+                    s3.body_idle_timeout().as_secs()
+                ))
+            }
+        }
+    }
+}
+
+/// Ask for `range` of the object whose ETag is `etag`, and make sure that is what came back.
+async fn request(
+    s3: &S3Storage,
+    key: &ObjectKey,
+    range: std::ops::Range<u64>,
+    etag: Option<&str>,
+) -> Result<ByteStream, String> {
+    let last = range.end - 1;
+    let out = s3
+        .client
+        .get_object()
+        .bucket(&s3.bucket)
+        .key(s3.s3_key(key.as_str()))
+        .range(format!("bytes={}-{last}", range.start))
+        .set_if_match(etag.map(str::to_string))
+        .send()
+        .await
+        .map_err(|e| crate::human::chain(&s3.error("download", key.as_str(), e)))?;
+    let answered = out.content_range().unwrap_or("");
+    if !answered.starts_with(&format!("bytes {}-{last}/", range.start)) {
+        return Err(format!(
+            "the server answered range {answered:?} for bytes {}-{last}",
+            range.start
+        ));
+    }
+    Ok(out.body)
 }
 
 /// Read a small object (a manifest) whole, refusing more than `limit` bytes. A body that breaks
