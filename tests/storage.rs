@@ -140,6 +140,15 @@ mod contract {
         let e = key("db/empty");
         assert_eq!(put_chunks(&b.store, &e, Vec::new(), None).await.unwrap(), 0);
         assert!(b.store.get_bytes(&e, 10).await.unwrap().is_empty());
+        // Streamed too (on S3 it has no byte 0 to ask a range for).
+        assert!(read_stream(&b.store, &e).await.is_empty());
+        // Exactly one range long, and one byte more (on S3 streams come in 4 MiB ranges).
+        for len in [4 << 20, (4 << 20) + 1] {
+            let r = key(&format!("db/range-{len}"));
+            let data = noise(len, 4);
+            put_chunks(&b.store, &r, data.clone(), None).await.unwrap();
+            assert!(read_stream(&b.store, &r).await == data, "{len} bytes");
+        }
     }
 
     pub async fn missing_key_is_not_found(b: Backend) {
