@@ -7,7 +7,10 @@ same file:
   2. the shell baseline: sqlite3 .backup + gzip -6 + sha256sum (+ aws s3 cp for S3);
   3. the lower bound: the same copy + pigz on every core at the level giving guardian's size,
      and a plain read of the file;
-  4. `guardian restore --latest` vs gunzip + sha256sum + PRAGMA integrity_check;
+  4. `guardian restore --latest` vs gunzip + sha256sum + PRAGMA integrity_check, with every
+     check (targets: at most 0.45x the shell restore) and of a drill-verified snapshot
+     (quick_check; target at most 0.15x), the drill's proven restore time and the dry run's
+     estimate, and from S3 (target: at most 1.2x the local restore);
   5. peak RSS of guardian (from /usr/bin/time -v) for each command;
   6. writer impact: p50/p99 commit latency of a steady writer before and during a backup;
   7. `guardian diff` of the database and a copy with 0.1% of its rows changed, against one
@@ -174,6 +177,19 @@ def bench_size(size_mib, runs, work, s3):
         runs, setup=clean_out)
     row("baseline restore: gunzip + sha256sum + integrity_check", t_bl_r)
 
+    # A drill proves the snapshot (and measures the restore); a restore of it then needs only
+    # quick_check. The dry run's estimate comes from the drill's measured time.
+    t_drill, rss_drill, _ = timed(f"{GUARDIAN} -q --config {cfg} drill")
+    row("guardian drill (restore into scratch + every check)", t_drill, rss_drill)
+    st = json.loads(subprocess.run([str(GUARDIAN), "-q", "--config", str(cfg), "status", "--json"],
+                                   capture_output=True, text=True).stdout)
+    rto = (st[0].get("proven_rto") or {}).get("restore_seconds")
+    dry = subprocess.run([str(GUARDIAN), "-q", "--config", str(cfg), "restore", "--latest", "--to", str(out), "--dry-run"],
+                         capture_output=True, text=True).stdout
+    estimate = next((l.strip() for l in dry.splitlines() if "estimated duration" in l), "(none)")
+    t_rq, rss_rq, _ = median_run(f"{GUARDIAN} -q --config {cfg} restore --latest --to {out}", runs, setup=clean_out)
+    row("guardian restore --latest of the drill-verified snapshot (quick_check)", t_rq, rss_rq)
+
     # diff: two files that differ in 0.1% of their rows, against one integrity_check.
     t_d, rss_d, changed = bench_diff(db, work, runs)
     t_ic, _, _ = median_run(f"sqlite3 {db} 'PRAGMA integrity_check' > /dev/null", runs)
@@ -194,6 +210,7 @@ def bench_size(size_mib, runs, work, s3):
         row("baseline total S3 (.backup + gzip + sha256sum + aws s3 cp)", baseline + t_up)
         t_s3r, rss_s3r, _ = median_run(f"{GUARDIAN} -q --config {cfg_s3} restore --latest --to {out}", runs, setup=clean_out, env=env)
         row("guardian restore --latest from S3", t_s3r, rss_s3r)
+        s3_ratio = t_s3r / t_r
 
     # Writer impact.
     lat0, err0 = writer_latencies(str(db), 5)
@@ -214,7 +231,11 @@ def bench_size(size_mib, runs, work, s3):
     print()
     print(f"- database: {raw / 2**20:.0f} MiB; guardian object / gzip -6 size: {g_size / gz6:.3f}")
     print(f"- backup: baseline / guardian = {baseline / t_g:.2f}x faster; guardian / lower bound = {t_g / lower:.2f}")
-    print(f"- restore: guardian / baseline = {t_r / t_bl_r:.2f}")
+    print(f"- restore with every check: guardian / baseline = {t_r / t_bl_r:.2f} (target <= 0.45)")
+    print(f"- restore of a drill-verified snapshot (quick_check): guardian / baseline = {t_rq / t_bl_r:.2f} (target <= 0.15)")
+    print(f"- proven restore time recorded by the drill: {rto} s; restore --dry-run afterwards: {estimate}")
+    if s3:
+        print(f"- restore from S3 / restore from the local store = {s3_ratio:.2f} (target <= 1.2)")
     print(f"- diff: guardian diff / integrity_check = {t_d / t_ic:.2f} (target <= 1), peak RSS {rss_d / 1024:.0f} MiB (target < 64)")
     print(f"- writer commit latency without backup: p50 {pct(lat0, .5):.2f} ms, p99 {pct(lat0, .99):.2f} ms ({len(lat0)} commits, {err0} errors)")
     print(f"- writer commit latency during backup:  p50 {pct(lat1, .5):.2f} ms, p99 {pct(lat1, .99):.2f} ms ({len(lat1)} commits, {err1} errors); p99 ratio {pct(lat1, .99) / pct(lat0, .99):.2f}")

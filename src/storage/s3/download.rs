@@ -150,6 +150,8 @@ async fn fetch_range(
     let mut have = 0u64;
     let mut stream = open;
     let mut resumes = 0;
+    // The first failure says what happened to the connection; the last, why resuming failed.
+    let mut first_failure: Option<String> = None;
     loop {
         let failure = match stream.take() {
             Some(mut body) => {
@@ -171,12 +173,17 @@ async fn fetch_range(
         };
         let at = range.start + have;
         if resumes >= MAX_RESUMES {
+            let what = match first_failure {
+                Some(first) if first != failure => format!("{first}; the last resume: {failure}"),
+                _ => failure,
+            };
             return Err(format!(
-                "bytes {}-{}: {failure} after {at} bytes{GAVE_UP}",
+                "bytes {}-{}: {what} (at byte {at}){GAVE_UP}",
                 range.start,
                 range.end - 1
             ));
         }
+        first_failure.get_or_insert_with(|| failure.clone());
         resumes += 1;
         tracing::warn!(key = %key, offset = at, attempt = resumes, error = %failure, "download of a range interrupted; resuming");
         tokio::time::sleep(RESUME_BACKOFF * 2u32.pow(resumes - 1)).await;
