@@ -556,7 +556,11 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
     for p in &r.moved_aside {
         outln!("  previous file kept at {}", p.display());
     }
-    if let Some(old) = r.moved_aside.first() {
+    // The old database itself (not a stray sidecar of a missing one).
+    if let Some(old) = r.moved_aside.iter().find(|p| {
+        let p = p.to_string_lossy();
+        !["-wal", "-shm", "-journal"].iter().any(|s| p.ends_with(s))
+    }) {
         outln!(
             "  what it holds beyond the snapshot: {}",
             diff::command(&r.db, m.id.as_str(), old, &[])

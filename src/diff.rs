@@ -21,6 +21,7 @@
 //! transaction that turns FROM into TO.
 
 mod compare;
+mod pages;
 mod scan;
 mod schema;
 mod sql;
@@ -227,7 +228,14 @@ pub async fn run(
         let _keep = (from_scratch, to_scratch);
         let a = connect(&from_path)?;
         let b = connect(&to_path)?;
-        let (tables, schema) = tables::compare_all(&a, &b, &from, &to, &opts2, &spool)?;
+        // Both read in place with no WAL: unchanged tables are found by their pages.
+        let raw = if from_path.immutable && to_path.immutable {
+            pages::RawPair::open(&a, &from_path.path, &b, &to_path.path)?
+        } else {
+            None
+        };
+        let (tables, schema) =
+            tables::compare_all(&a, &b, raw.as_ref(), &from, &to, &opts2, &spool)?;
         Ok::<_, Error>(DiffReport {
             db: db_name,
             from,

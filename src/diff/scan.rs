@@ -15,7 +15,7 @@ use super::value::{compare, ident, Collation, Val};
 use crate::error::{Error, Result};
 
 /// Rows per chunk: small enough to keep memory flat, large enough that seeks cost little.
-const CHUNK: usize = 256;
+const CHUNK: usize = 1024;
 
 /// How one side addresses one table's rows, in what order.
 #[derive(Debug, Clone)]

@@ -16,6 +16,8 @@ pub struct Entry {
     pub name: String,
     pub table: String,
     pub sql: Option<String>,
+    /// The root page of its b-tree (0 for views and triggers).
+    pub root: i64,
 }
 
 /// How a table's rows are matched across the two sides.
@@ -36,6 +38,8 @@ pub enum Key {
 pub struct Table {
     pub name: String,
     pub sql: String,
+    /// The root page of its b-tree.
+    pub root: i64,
     /// Stored columns (generated and hidden ones are derived, not compared).
     pub columns: Vec<String>,
     /// `None`: the rows cannot be compared, and why.
@@ -104,7 +108,7 @@ pub fn read(conn: &Connection, what: &str) -> Result<Schema> {
     let mut schema = Schema::default();
     {
         let mut stmt = conn
-            .prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")
+            .prepare("SELECT type, name, tbl_name, sql, coalesce(rootpage, 0) FROM sqlite_schema ORDER BY type, name")
             .map_err(damaged)?;
         let rows = stmt
             .query_map([], |r| {
@@ -113,6 +117,7 @@ pub fn read(conn: &Connection, what: &str) -> Result<Schema> {
                     name: r.get(1)?,
                     table: r.get(2)?,
                     sql: r.get(3)?,
+                    root: r.get(4)?,
                 })
             })
             .map_err(damaged)?;
@@ -196,6 +201,7 @@ fn table(conn: &Connection, e: &Entry, without_rowid: bool) -> rusqlite::Result<
     Ok(Table {
         name: e.name.clone(),
         sql: e.sql.clone().unwrap_or_default(),
+        root: e.root,
         columns,
         key,
     })

@@ -7,6 +7,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use super::compare::{self, Sink};
+use super::pages::RawPair;
 use super::scan::Cursor;
 use super::schema::{self, Entry, Schema, Table};
 use super::sql::{self, SqlSink};
@@ -25,9 +26,11 @@ fn emitln(line: &str) {
 }
 
 /// Compare every selected table of the two open sides; with `opts.sql`, write the SQL.
+#[allow(clippy::too_many_arguments)] // both sides, how to read them, and the options
 pub fn compare_all(
     a: &Connection,
     b: &Connection,
+    raw: Option<&RawPair>,
     from: &SideInfo,
     to: &SideInfo,
     opts: &DiffOptions,
@@ -56,7 +59,14 @@ pub fn compare_all(
     let mut order: Vec<&String> = names.iter().filter(|n| *n != "sqlite_sequence").collect();
     order.extend(names.iter().filter(|n| *n == "sqlite_sequence"));
     for name in order {
-        reports.push(table(a, b, &sa, &sb, name, opts, spool)?);
+        let r = table(a, b, raw, &sa, &sb, name, opts, spool)?;
+        if let (true, None, Some(why)) = (opts.sql, &r.counts, &r.note) {
+            emitln(&format!(
+                "-- {} not compared ({why}): not in this script",
+                ident(name)
+            ));
+        }
+        reports.push(r);
     }
     if opts.sql {
         finish_sql(&sa, &sb, &names, &changes, &reports);
@@ -142,6 +152,7 @@ fn schema_changes(
 fn table(
     a: &Connection,
     b: &Connection,
+    raw: Option<&RawPair>,
     sa: &Schema,
     sb: &Schema,
     name: &str,
@@ -190,6 +201,18 @@ fn table(
             fc.unwrap_or(0),
             tc.unwrap_or(0)
         ));
+    }
+    // The same pages, the same rows: no merge (and, with --sql, nothing to write).
+    if let (Some(raw), Some(f), Some(t), false) = (raw, f, t, r.schema_changed) {
+        if let Some(n) = raw.same_tree(a, name, f.root, t.root) {
+            r.counts = Some(compare::Counts {
+                rows_from: n,
+                rows_to: n,
+                same: n,
+                ..Default::default()
+            });
+            return Ok(r);
+        }
     }
     // With --sql, a table that is new or redefined in TO is rebuilt from TO's rows.
     let rebuilt = opts.sql && (r.schema_changed || f.is_none());
