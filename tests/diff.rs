@@ -622,6 +622,11 @@ fn an_interrupted_table_restore_rolls_back_and_keeps_the_copy_aside() {
     // Another writer holds the write lock, so the restore's transaction waits for it.
     let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nc.execute(\"UPDATE products SET stock = stock\")\nprint('ready', flush=True)\nsys.stdin.readline()\nc.execute('ROLLBACK')\n";
     let (mut writer, _out) = util::python_until_ready(script, &env.db);
+    // In use: refused without --force, as a full restore is.
+    let r = env
+        .run(&["restore", "--latest", "--table", "order_items"])
+        .expect_code(2);
+    assert!(r.error_line().contains("is in use"), "{}", r.stderr);
     let mut cmd = env.command();
     cmd.args(["restore", "--latest", "--table", "order_items", "--force"])
         .stdout(std::process::Stdio::piped())

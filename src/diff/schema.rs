@@ -142,7 +142,7 @@ pub fn read(conn: &Connection, what: &str) -> Result<Schema> {
         if kind != "table" {
             schema
                 .skipped
-                .insert(e.name.clone(), format!("{kind} table: not compared"));
+                .insert(e.name.clone(), format!("a {kind} table"));
             continue;
         }
         let t = table(conn, e, without_rowid).map_err(damaged)?;
@@ -175,7 +175,7 @@ fn table(conn: &Connection, e: &Entry, without_rowid: bool) -> rusqlite::Result<
     } else if pk.is_empty() {
         rowid_name(&columns)
             .map(Key::Rowid)
-            .ok_or_else(|| "its columns take every name of the rowid; not compared".to_string())
+            .ok_or_else(|| "its columns take every name of the rowid".to_string())
     } else if !without_rowid && pk.len() == 1 && pk[0].1.eq_ignore_ascii_case("INTEGER") {
         Ok(Key::Columns {
             columns: vec![(pk[0].0.clone(), Collation::Binary)],
@@ -189,7 +189,7 @@ fn table(conn: &Connection, e: &Entry, without_rowid: bool) -> rusqlite::Result<
                 Collation::named(coll)
                     .map(|k| (c.0.clone(), k))
                     .ok_or_else(|| {
-                        format!("its key column {} uses collation {coll}, which guardian does not know; not compared", c.0)
+                        format!("its key column {} uses collation {coll}, which guardian does not know", c.0)
                     })
             })
             .collect::<std::result::Result<Vec<_>, _>>()
