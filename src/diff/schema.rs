@@ -189,7 +189,10 @@ fn table(conn: &Connection, e: &Entry, without_rowid: bool) -> rusqlite::Result<
                 Collation::named(coll)
                     .map(|k| (c.0.clone(), k))
                     .ok_or_else(|| {
-                        format!("its key column {} uses collation {coll}, which guardian does not know", c.0)
+                        format!(
+                            "its key column {} uses collation {coll}, which guardian does not know",
+                            c.0
+                        )
                     })
             })
             .collect::<std::result::Result<Vec<_>, _>>()
