@@ -30,6 +30,7 @@ mod value;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -196,6 +197,50 @@ impl DiffReport {
 /// unreadable), a `--table` on neither side, and operational failures. Damage inside tables
 /// is not an error: it is in the report (`partial`).
 pub async fn run(
+    store: &Arc<dyn Storage>,
+    db: Option<&DatabaseConfig>,
+    configured: &[DatabaseConfig],
+    opts: &DiffOptions,
+) -> Result<DiffReport> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
+    let (mut int, mut term, mut hup) = (
+        install(SignalKind::interrupt())?,
+        install(SignalKind::terminate())?,
+        install(SignalKind::hangup())?,
+    );
+    STOP.store(false, Ordering::SeqCst);
+    let work = compare(store, db, configured, opts);
+    tokio::pin!(work);
+    let sig = tokio::select! {
+        r = &mut work => return r,
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    };
+    // The comparison stops at its next chunk and removes its scratch files as it returns; a
+    // download still under way is dropped (with its scratch folder).
+    STOP.store(true, Ordering::SeqCst);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut work).await;
+    Err(Error::Cancelled(format!(
+        "diff interrupted by {sig}; nothing was changed and its scratch files were removed{}",
+        if opts.sql {
+            " (the SQL printed so far has no COMMIT: applied as it is, it changes nothing)"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// Set on a signal: the scans stop at their next chunk.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// True once a signal asked the comparison to stop.
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+async fn compare(
     store: &Arc<dyn Storage>,
     db: Option<&DatabaseConfig>,
     configured: &[DatabaseConfig],

@@ -762,3 +762,53 @@ fn table_restore_of_a_without_rowid_table_and_a_keyless_one_keeps_their_rows_and
         .unwrap();
     assert_eq!(name, "later");
 }
+
+#[test]
+fn sigint_during_a_diff_stops_it_and_removes_its_scratch_files() {
+    let env = TestEnv::new();
+    let (a, b) = (env.path("a.db"), env.path("b.db"));
+    big_db(&a, 300_000);
+    fs::copy(&a, &b).unwrap();
+    Connection::open(&b)
+        .unwrap()
+        .execute_batch("UPDATE big SET v = 'x' WHERE id % 1000 = 0;")
+        .unwrap();
+    let mut cmd = env.command();
+    cmd.args([
+        "diff",
+        "--from",
+        a.to_str().unwrap(),
+        "--to",
+        b.to_str().unwrap(),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let scratch = || -> Vec<PathBuf> {
+        fs::read_dir(env.path("staging"))
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| p.to_string_lossy().contains("-diff-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while scratch().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch folder appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("diff interrupted by SIGINT"), "{stderr}");
+    assert_eq!(scratch(), Vec::<PathBuf>::new());
+}

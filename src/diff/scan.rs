@@ -218,6 +218,9 @@ impl<'c> Cursor<'c> {
 
     /// One chunk after `after`: the rows read, and the damage that stopped the read early.
     fn read(&self, after: Option<&[Val]>) -> Result<(VecDeque<Vec<Val>>, Option<String>)> {
+        if super::stopped() {
+            return Err(Error::Cancelled("stopped by a signal".into()));
+        }
         let sql = self.scan.sql(after.is_some());
         let mut rows = VecDeque::new();
         let mut stmt = match self.conn.prepare_cached(&sql) {

@@ -59,14 +59,7 @@ pub fn compare_all(
     let mut order: Vec<&String> = names.iter().filter(|n| *n != "sqlite_sequence").collect();
     order.extend(names.iter().filter(|n| *n == "sqlite_sequence"));
     for name in order {
-        let r = table(a, b, raw, &sa, &sb, name, opts, spool)?;
-        if let (true, None, Some(why)) = (opts.sql, &r.counts, &r.note) {
-            emitln(&format!(
-                "-- {} not compared ({why}): not in this script",
-                ident(name)
-            ));
-        }
-        reports.push(r);
+        reports.push(table(a, b, raw, &sa, &sb, name, opts, spool)?);
     }
     if opts.sql {
         finish_sql(&sa, &sb, &names, &changes, &reports);
@@ -169,12 +162,22 @@ fn table(
         note: None,
         counts: None,
     };
+    let not_compared = |why: &str| {
+        if opts.sql {
+            emitln(&format!(
+                "-- {} not compared ({why}): not in this script",
+                ident(name)
+            ));
+        }
+    };
     if let Some(why) = sa.skipped.get(name).or_else(|| sb.skipped.get(name)) {
+        not_compared(why);
         r.note = Some(why.clone());
         return Ok(r);
     }
     for side in [f, t].into_iter().flatten() {
         if let Err(why) = &side.key {
+            not_compared(why);
             r.note = Some(why.clone());
             return Ok(r);
         }
@@ -183,9 +186,14 @@ fn table(
         let (kf, kt) = (f.key.as_ref().ok(), t.key.as_ref().ok());
         if kf != kt {
             r.note = Some(format!(
-                "its key differs between the sides ({} in FROM, {} in TO): rows not compared",
+                "its key differs between the sides ({} in FROM, {} in TO): rows not compared{}",
                 f.key_names().join(", "),
-                t.key_names().join(", ")
+                t.key_names().join(", "),
+                if opts.sql {
+                    "; the script rebuilds it from TO's rows"
+                } else {
+                    ""
+                }
             ));
             if opts.sql {
                 rebuild(b, name, t, sb, spool)?;
