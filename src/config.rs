@@ -300,6 +300,7 @@ impl Config {
                 "backup.staging_dir",
                 empty(self.backup.staging_dir.as_ref()),
             ),
+            ("backup.cache_dir", empty(self.backup.cache_dir.as_ref())),
             (
                 "encryption.identity_file",
                 empty(
@@ -414,6 +415,9 @@ impl Config {
             abs(p);
         }
         if let Some(p) = self.backup.staging_dir.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.backup.cache_dir.as_mut() {
             abs(p);
         }
         if let Some(p) = self

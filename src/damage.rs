@@ -50,6 +50,11 @@ pub enum Damage {
         actual: Sha256Hex,
     },
 
+    /// An object of an incremental's chain in another snapshot's folder (its base's, a
+    /// parent's page set) is bad; `object` names it, as its own folder does not.
+    #[error("{object}: {damage}")]
+    Part { object: String, damage: Box<Damage> },
+
     /// The rebuilt database is not the one that was backed up.
     #[error("restored database checksum mismatch (expected sha256 {expected}, got {actual})")]
     RawChecksum {

@@ -77,15 +77,18 @@ pub async fn run(
             base_parts.len()
         )));
     }
-    // The parent's own page set is read back once before anything builds on it, so that a
-    // damaged one makes a full now instead of a day of incrementals that all name it.
+    // The page sets the new snapshot will name are read back (sizes and SHA-256s; they are
+    // small next to the base) before anything builds on them, so that a damaged one makes a
+    // full now instead of a day of incrementals that all name it.
     if let DataLayout::Pages(c) = &chain.parent.data {
         let reader = SnapshotReader::new(store, &chain.parent, keys);
-        if let Err(damage) = reader.verify_part(c.own()).await? {
-            return Ok(Attempt::Full(format!(
-                "the incremental {} to build on is damaged ({damage}); run `guardian verify --all`",
-                chain.parent.id
-            )));
+        for part in &c.parts[1..] {
+            if let Err(damage) = reader.verify_part(part).await? {
+                return Ok(Attempt::Full(format!(
+                    "the incremental {} to build on is damaged ({damage}); run `guardian verify --all`",
+                    chain.parent.id
+                )));
+            }
         }
     }
     if let Err(why) = ensure_base_digests(store, keys, &cache, &chain.base).await? {
@@ -283,14 +286,22 @@ async fn ensure_base_digests(
     }
     info!(base = %base.id, "page digests of the full snapshot are not cached here; reading it from the store");
     let part = &parts_of(base)[0];
-    let sink = BaseDigestsWriter::create(
+    let sink = match BaseDigestsWriter::create(
         cache,
         &base.db,
         &base.id,
         base.page_size as u32,
         base.page_count,
-    )
-    .map_err(|e| Error::io("create page digest cache in", cache, e))?;
+    ) {
+        Ok(s) => s,
+        // Without a cache no incremental can be taken; a full still can, and says why.
+        Err(e) => {
+            return Ok(Err(format!(
+                "the page digest cache cannot be written in {} ({e}); fix backup.cache_dir",
+                cache.display()
+            )))
+        }
+    };
     let reader = SnapshotReader::new(store, base, keys);
     let fetched = reader
         .fetch(
@@ -303,16 +314,23 @@ async fn ensure_base_digests(
         .await?;
     let unreadable = |d: Damage| format!("the full snapshot {} cannot be read back: {d}", base.id);
     match fetched {
-        Fetched::Done(d, sink) if d.raw_sha256 == base.raw_sha256 => sink
-            .commit(base.page_count)
-            .map_err(|e| Error::io("write page digest cache in", cache, e))
-            .map(Ok),
+        Fetched::Done(d, sink) if d.raw_sha256 == base.raw_sha256 => {
+            Ok(sink.commit(base.page_count).map_err(|e| {
+                format!(
+                    "the page digest cache cannot be written in {} ({e}); fix backup.cache_dir",
+                    cache.display()
+                )
+            }))
+        }
         Fetched::Done(d, _) => Ok(Err(unreadable(Damage::RawChecksum {
             expected: base.raw_sha256.clone(),
             actual: d.raw_sha256,
         }))),
         Fetched::Damaged(d) => Ok(Err(unreadable(d))),
-        Fetched::SinkFailed(e, _) => Err(Error::io("write page digest cache in", cache, e)),
+        Fetched::SinkFailed(e, _) => Ok(Err(format!(
+            "the page digest cache cannot be written in {} ({e}); fix backup.cache_dir",
+            cache.display()
+        ))),
     }
 }
 

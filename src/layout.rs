@@ -473,12 +473,27 @@ impl SnapshotReader {
                         source: e,
                     })?;
             if got_len != len || got != sha256 {
-                return Ok(Err(Damage::StoredChecksum {
-                    expected_len: len,
-                    expected: sha256,
-                    actual_len: got_len,
-                    actual: got,
-                }));
+                let own = self.manifest.key();
+                return Ok(Err(
+                    match crate::manifest::parse_key(&key).filter(|(sk, _)| *sk != own) {
+                        // Another snapshot's folder: say which object, as restore does.
+                        Some(_) => Damage::Part {
+                            object: key.to_string(),
+                            damage: Box::new(Damage::StoredChecksum {
+                                expected_len: len,
+                                expected: sha256,
+                                actual_len: got_len,
+                                actual: got,
+                            }),
+                        },
+                        None => Damage::StoredChecksum {
+                            expected_len: len,
+                            expected: sha256,
+                            actual_len: got_len,
+                            actual: got,
+                        },
+                    },
+                ));
             }
         }
         Ok(Ok(()))

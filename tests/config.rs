@@ -43,10 +43,13 @@ fn the_example_documents_every_key() {
         "compression_level",
         "threads",
         "check",
+        "cache_dir",
+        "incremental_max_changed",
         "[[databases]]",
         "name",
         "max_age",
         "backup",
+        "incremental",
         "drill",
         "timezone",
         "jitter",
@@ -126,6 +129,19 @@ const INVALID: &[(&str, &str)] = &[
     (
         "{S}\n[backup]\nstaging_dir = \"\"\n{D}",
         "backup.staging_dir",
+    ),
+    ("{S}\n[backup]\ncache_dir = \"\"\n{D}", "backup.cache_dir"),
+    (
+        "{S}\n[backup]\nincremental_max_changed = \"150%\"\n{D}",
+        "backup.incremental_max_changed",
+    ),
+    (
+        "{S}\n[backup]\nincremental_max_changed = \"most\"\n{D}",
+        "backup.incremental_max_changed",
+    ),
+    (
+        "{S}\n[backup]\nincremental_max_changed = 0\n{D}",
+        "backup.incremental_max_changed",
     ),
     ("{S}\n{D}", "ok"),
     // Unknown keys and wrong types.

@@ -615,21 +615,33 @@ fn a_silently_damaged_parent_makes_the_next_backup_a_full_not_a_chain_of_bad_inc
     env.backup();
     exec(&env.db, "UPDATE t SET v = 'one' WHERE id < 20;");
     let (first, _) = incremental(&env);
-    // Bit rot the listing cannot see (same size): only reading it back tells.
-    util::flip_byte(&env.snapshot_dir(&first).join("pages.gz"), 100);
-    assert_eq!(entry(&env.list(), &first)["status"], "unverified");
     exec(&env.db, "UPDATE t SET v = 'two' WHERE id > 1480;");
+    let (second, _) = incremental(&env);
+    // Bit rot the listing cannot see (same size) in the first page set, which the second
+    // names too: only reading it back tells, and verify names the object.
+    util::flip_byte(&env.snapshot_dir(&first).join("pages.gz"), 100);
+    assert_eq!(entry(&env.list(), &second)["status"], "unverified");
+    let r = env.run(&["verify", "--all"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        said.contains(&format!(
+            "market/{first}/pages.gz: stored object checksum mismatch"
+        )),
+        "{said}"
+    );
+    exec(&env.db, "UPDATE t SET v = 'three' WHERE id = 800;");
     let r = env.run(&["backup", "--incremental"]).ok();
     assert!(
         r.stderr
-            .contains(&format!("the incremental {first} to build on is damaged")),
+            .contains(&format!("the incremental {second} to build on is damaged")),
         "{}",
         r.stderr
     );
     let id = r.stdout.trim().to_string();
     assert_eq!(entry(&env.list(), &id)["kind"], "full");
     // And the chain goes on from that full.
-    exec(&env.db, "UPDATE t SET v = 'three' WHERE id = 700;");
+    exec(&env.db, "UPDATE t SET v = 'four' WHERE id = 700;");
     let (next, stderr) = incremental(&env);
     assert!(!stderr.contains("full snapshot instead"), "{stderr}");
     assert_eq!(entry(&env.list(), &next)["base"], id.as_str());
@@ -637,4 +649,30 @@ fn a_silently_damaged_parent_makes_the_next_backup_a_full_not_a_chain_of_bad_inc
         sha256_file(&restore(&env, &next, "n.db")),
         sha256_file(&env.db)
     );
+}
+
+#[test]
+fn an_unwritable_digest_cache_gives_a_full_with_the_fix_not_a_failed_backup() {
+    let env = TestEnv::empty();
+    make_rows(&env.db, 500);
+    fs::write(env.path("not-a-folder"), "x").unwrap();
+    let cfg = fs::read_to_string(&env.config).unwrap();
+    fs::write(
+        &env.config,
+        cfg.replace(
+            "[backup]\n",
+            "[backup]\ncache_dir = \"not-a-folder/cache\"\n",
+        ),
+    )
+    .unwrap();
+    env.backup();
+    exec(&env.db, "UPDATE t SET v = 'x' WHERE id = 3;");
+    let r = env.run(&["backup", "--incremental"]).ok();
+    assert!(
+        r.stderr.contains("page digest cache cannot be written")
+            && r.stderr.contains("backup.cache_dir"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(entry(&env.list(), r.stdout.trim())["kind"], "full");
 }

@@ -86,7 +86,7 @@ pub(crate) async fn rebuild(
             )
             .await?;
         let parser = match fetched {
-            Fetched::Done(d, parser) => match prove_part(part, &d) {
+            Fetched::Done(d, parser) => match prove_part(part, &d, &m.db) {
                 Err(damage) => return Ok(Err(damage)),
                 Ok(()) => parser,
             },
@@ -132,7 +132,7 @@ pub(crate) async fn rebuild(
         )
         .await?;
     let merger = match fetched {
-        Fetched::Done(d, merger) => match prove_part(base, &d) {
+        Fetched::Done(d, merger) => match prove_part(base, &d, &m.db) {
             Err(damage) => return Ok(Err(damage)),
             Ok(()) => merger,
         },
@@ -161,19 +161,25 @@ pub(crate) async fn rebuild(
 }
 
 /// A part's digests against what the manifest recorded for it.
-fn prove_part(part: &Part, d: &Digests) -> std::result::Result<(), Damage> {
+fn prove_part(part: &Part, d: &Digests, db: &str) -> std::result::Result<(), Damage> {
     if d.stored_len != part.stored_len || d.stored_sha256 != part.stored_sha256 {
-        return Err(Damage::StoredChecksum {
-            expected_len: part.stored_len,
-            expected: part.stored_sha256.clone(),
-            actual_len: d.stored_len,
-            actual: d.stored_sha256.clone(),
+        return Err(Damage::Part {
+            object: part.key(db).to_string(),
+            damage: Box::new(Damage::StoredChecksum {
+                expected_len: part.stored_len,
+                expected: part.stored_sha256.clone(),
+                actual_len: d.stored_len,
+                actual: d.stored_sha256.clone(),
+            }),
         });
     }
     if d.raw_len != part.raw_len || d.raw_sha256 != part.raw_sha256 {
-        return Err(Damage::RawChecksum {
-            expected: part.raw_sha256.clone(),
-            actual: d.raw_sha256.clone(),
+        return Err(Damage::Part {
+            object: part.key(db).to_string(),
+            damage: Box::new(Damage::RawChecksum {
+                expected: part.raw_sha256.clone(),
+                actual: d.raw_sha256.clone(),
+            }),
         });
     }
     Ok(())
