@@ -4,9 +4,9 @@
 //! Per database: health (as `guardian status` judges it), the last backup and drill with their
 //! ages, the effective RPO (the age of the newest usable snapshot: what a restore now would
 //! lose), the last proven restore time (the restore a passed drill measured: download,
-//! decompression, both SHA-256s, `integrity_check`; see `rto`), store usage per store, and a 14-day timeline (inline SVG) of snapshots, drills
-//! and failures. The data is shaped for what comes later: every snapshot has a `kind` (only
-//! `full` exists today; incrementals will add theirs), and stores are a list (one today).
+//! decompression, both SHA-256s, `integrity_check`; see `rto`), store usage per store, and a
+//! 14-day timeline (inline SVG) of snapshots, drills and failures. Every snapshot has a `kind`
+//! (`full` or `incremental`), and stores are a list (one today).
 //! "—" stands for nothing known. Every string is HTML-escaped: error texts come from stores,
 //! SQLite and the OS, and are never trusted.
 
@@ -70,7 +70,7 @@ pub struct DbPage {
     pub health: &'static str,
     pub problems: Vec<String>,
     pub last_backup: Option<Event>,
-    /// Always null today: incremental snapshots do not exist yet.
+    /// The newest usable incremental snapshot (null when there is none).
     pub last_incremental: Option<Event>,
     pub last_drill: Option<Event>,
     /// The age of the newest usable snapshot, in seconds.
@@ -106,7 +106,7 @@ pub struct TimelineItem {
     pub at: String,
     /// `snapshot`, `drill` or `failure`.
     pub what: &'static str,
-    /// For snapshots: `full` (later: `incremental`).
+    /// For snapshots: `full` or `incremental`.
     pub kind: Option<&'static str>,
     /// For snapshots: `unverified`, `verified`, `failed`; for drills and failures: `passed`,
     /// `failed`.
@@ -168,6 +168,9 @@ fn db_page(name: &str, input: &DbInput, now: DateTime<Utc>) -> DbPage {
                 now,
             )
         });
+        page.last_incremental = catalog
+            .newest_usable(crate::manifest::SnapshotKind::Incremental)
+            .map(|s| event(s.created_at, true, Some(s.key.id.to_string()), now));
         page.effective_rpo_seconds = catalog
             .usable()
             .map(|s| s.created_at)
@@ -189,12 +192,17 @@ fn db_page(name: &str, input: &DbInput, now: DateTime<Utc>) -> DbPage {
             page.timeline.push(TimelineItem {
                 at: rfc3339(snap.created_at),
                 what: "snapshot",
-                kind: Some("full"),
+                kind: snap.manifest.as_ref().map(|m| m.kind().as_str()),
                 status: snap.status.as_str(),
                 detail: format!(
-                    "snapshot {} ({}){}",
+                    "{}snapshot {} ({}){}",
+                    snap.manifest
+                        .as_ref()
+                        .map_or(String::new(), |m| format!("{} ", m.kind().as_str())),
                     snap.key.id,
-                    snap.data_size.map_or("size unknown".into(), human_bytes),
+                    snap.manifest
+                        .as_ref()
+                        .map_or("size unknown".into(), |m| human_bytes(m.own_stored_len())),
                     snap.problem
                         .as_ref()
                         .map(|p| format!(": {p}"))

@@ -317,6 +317,15 @@ fn the_service_takes_scheduled_incrementals_on_the_newest_full() {
         .iter()
         .filter(|s| s["kind"] == "incremental")
         .all(|s| s["base"] == full["id"]));
+    let (_, page) = util::http_get(&addr, "/status.json");
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let db = &page["databases"][0];
+    assert!(db["last_incremental"]["snapshot"].is_string(), "{db}");
+    assert!(db["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["what"] == "snapshot" && t["kind"] == "incremental"));
     let (_, metrics) = util::http_get(&addr, "/metrics");
     for kind in ["full", "incremental"] {
         let name =
