@@ -103,9 +103,10 @@ pub async fn run(
     };
     writer.publish(&manifest).await?;
     if db.incremental.is_some() || incremental {
-        let (opts, m, path) = (opts.clone(), manifest.clone(), copy.path.clone());
+        let cache = crate::incremental::cache_dir(opts, store.as_ref());
+        let (m, path) = (manifest.clone(), copy.path.clone());
         let _ =
-            tokio::task::spawn_blocking(move || crate::incremental::cache_full(&opts, &m, &path))
+            tokio::task::spawn_blocking(move || crate::incremental::cache_full(&cache, &m, &path))
                 .await;
     }
     drop(copy);

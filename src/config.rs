@@ -121,6 +121,14 @@ impl TryFrom<PercentRepr> for Percent {
     type Error = String;
     fn try_from(r: PercentRepr) -> std::result::Result<Self, String> {
         let v = match r {
+            // 0.5 reads as a fraction to some and as half a percent to others: ask.
+            PercentRepr::Number(n) if n > 0.0 && n < 1.0 => {
+                return Err(format!(
+                    "{n} is ambiguous: write {} for {}% or \"{n}%\" for {n}%",
+                    n * 100.0,
+                    n * 100.0
+                ))
+            }
             PercentRepr::Number(n) => n,
             PercentRepr::Text(t) => t
                 .trim()

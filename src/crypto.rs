@@ -67,6 +67,21 @@ impl Keys {
         !self.recipients.is_empty()
     }
 
+    /// The SHA-256 of the recipients (sorted, one per line) new snapshots are encrypted to;
+    /// `None` when they are not encrypted. Recorded in manifests, so that an incremental is
+    /// never encrypted to other recipients than the objects it is built on.
+    pub fn recipients_sha256(&self) -> Option<crate::manifest::Sha256Hex> {
+        use sha2::Digest;
+        if !self.encrypts() {
+            return None;
+        }
+        let mut all: Vec<String> = self.recipients.iter().map(ToString::to_string).collect();
+        all.sort();
+        Some(crate::manifest::Sha256Hex::from_digest(
+            &sha2::Sha256::digest(all.join("\n").as_bytes()),
+        ))
+    }
+
     /// An age encryptor for one new object.
     pub fn encryptor(&self) -> Option<age::Encryptor> {
         if !self.encrypts() {

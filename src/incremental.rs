@@ -68,7 +68,7 @@ pub async fn run(
         Ok(c) => c,
         Err(why) => return Ok(Attempt::Full(why)),
     };
-    let cache = opts.cache_dir();
+    let cache = cache_dir(opts, store.as_ref());
     let base_parts = parts_of(&chain.parent);
     if base_parts.len() >= MAX_PARTS {
         return Ok(Attempt::Full(format!(
@@ -77,19 +77,30 @@ pub async fn run(
             base_parts.len()
         )));
     }
-    // The page sets the new snapshot will name are read back (sizes and SHA-256s; they are
-    // small next to the base) before anything builds on them, so that a damaged one makes a
-    // full now instead of a day of incrementals that all name it.
-    if let DataLayout::Pages(c) = &chain.parent.data {
-        let reader = SnapshotReader::new(store, &chain.parent, keys);
-        for part in &c.parts[1..] {
-            if let Err(damage) = reader.verify_part(part).await? {
-                return Ok(Attempt::Full(format!(
-                    "the incremental {} to build on is damaged ({damage}); run `guardian verify --all`",
-                    chain.parent.id
-                )));
-            }
+    // Every object the new snapshot will name is read back (its size and SHA-256) before
+    // anything builds on it, so that a damaged one makes a full now instead of a day of
+    // incrementals that all name it: the parents' page sets (small) every time, the base's
+    // object (the whole database) once per host, which records what it proved.
+    let mut verified = pageset::Verified::load(&cache, &db.name);
+    let reader = SnapshotReader::new(store, &chain.parent, keys);
+    for part in &base_parts {
+        let key = part.key(&db.name);
+        if part.content == PartContent::Whole
+            && verified.contains(key.as_str(), part.stored_sha256.as_str())
+        {
+            continue;
         }
+        if let Err(damage) = reader.verify_part(part).await? {
+            return Ok(Attempt::Full(format!(
+                "{} the new snapshot would build on is damaged ({damage}); run `guardian verify --all`",
+                if part.content == PartContent::Whole {
+                    format!("the full snapshot {}", part.snapshot)
+                } else {
+                    format!("the incremental {}", part.snapshot)
+                }
+            )));
+        }
+        verified.insert(key.as_str(), part.stored_sha256.as_str());
     }
     if let Err(why) = ensure_base_digests(store, keys, &cache, &chain.base).await? {
         return Ok(Attempt::Full(why));
@@ -191,22 +202,43 @@ pub async fn run(
         tracing::warn!(error = %e, "could not cache the page digests; the next incremental reads them from the store");
     }
     pageset::keep_only(&cache, &db.name, &chain.base.id, Some(&key.id));
+    let proved: Vec<(String, String)> = base_parts_keys(&manifest);
+    if let Err(e) = verified.save(&cache, &db.name, &proved) {
+        tracing::warn!(error = %e, "could not record which objects were read back");
+    }
     Ok(Attempt::Done(Box::new(manifest)))
+}
+
+/// The objects (key, stored SHA-256) of `m`'s chain but its own: what was proved before it.
+fn base_parts_keys(m: &Manifest) -> Vec<(String, String)> {
+    let objects = m.objects();
+    objects[..objects.len().saturating_sub(1)]
+        .iter()
+        .map(|o| (o.key.to_string(), o.sha256.to_string()))
+        .collect()
+}
+
+/// The page digest cache of the databases in `store`: `backup.cache_dir`, one folder per
+/// store (two configs sharing a staging folder and a database name must not evict each
+/// other's cache).
+pub fn cache_dir(opts: &BackupConfig, store: &dyn Storage) -> PathBuf {
+    let id = Sha256::digest(store.location().as_bytes());
+    opts.cache_dir()
+        .join(format!("store-{}", &hex::encode(id)[..12]))
 }
 
 /// Cache the page digests of the full snapshot `m`, whose raw file is at `copy`, for the
 /// incrementals that will build on it. Failures are logged: the cache is rebuilt from the
 /// store when needed.
-pub fn cache_full(opts: &BackupConfig, m: &Manifest, copy: &Path) {
-    let cache = opts.cache_dir();
+pub fn cache_full(cache: &Path, m: &Manifest, copy: &Path) {
     let done = (|| -> io::Result<()> {
         let mut w =
-            BaseDigestsWriter::create(&cache, &m.db, &m.id, m.page_size as u32, m.page_count)?;
+            BaseDigestsWriter::create(cache, &m.db, &m.id, m.page_size as u32, m.page_count)?;
         io::copy(&mut std::fs::File::open(copy)?, &mut w)?;
         w.commit(m.page_count)
     })();
     match done {
-        Ok(()) => pageset::keep_only(&cache, &m.db, &m.id, None),
+        Ok(()) => pageset::keep_only(cache, &m.db, &m.id, None),
         Err(e) => {
             tracing::warn!(error = %e, "could not cache the page digests of the full snapshot")
         }
@@ -235,6 +267,13 @@ fn pick_chain(snapshots: &[SnapshotEntry], keys: &Keys) -> std::result::Result<C
             base.id
         ));
     }
+    // Every part of a chain is encrypted to the same recipients: one identity restores it.
+    if keys.encrypts() && base.recipients_sha256() != keys.recipients_sha256().as_ref() {
+        return Err(format!(
+            "encryption.recipients differ from those of the full snapshot {}",
+            base.id
+        ));
+    }
     Ok(Chain {
         base: base.clone(),
         parent: parent.clone(),
@@ -252,6 +291,7 @@ fn parts_of(parent: &Manifest) -> Vec<Part> {
             content: PartContent::Whole,
             compression: w.compression.clone(),
             encryption: w.encryption.clone(),
+            recipients_sha256: w.recipients_sha256.clone(),
             stored_len: w.stored_len,
             stored_sha256: w.stored_sha256.clone(),
             raw_len: parent.raw_len,

@@ -241,6 +241,9 @@ pub struct Part {
     /// `"age"` when the gzip stream is inside age encryption; absent when plain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
+    /// With encryption: the SHA-256 of the recipients (see [`WholeObject`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients_sha256: Option<Sha256Hex>,
     pub stored_len: u64,
     pub stored_sha256: Sha256Hex,
     /// Size and SHA-256 of the decompressed stream (the database file, or the page set).
@@ -263,6 +266,11 @@ pub struct WholeObject {
     /// `"age"` when the gzip stream is inside age encryption; absent when plain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
+    /// With encryption: the SHA-256 of the recipients it was encrypted to (sorted, one per
+    /// line), so that incrementals never mix recipients. Absent when plain (and in snapshots
+    /// of older guardians).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients_sha256: Option<Sha256Hex>,
     /// Size of the stored object.
     pub stored_len: u64,
     /// SHA-256 of the stored object.
@@ -324,6 +332,7 @@ impl From<ManifestV1> for Manifest {
                 compression: v.compression,
                 compression_level: v.compression_level,
                 encryption: v.encryption,
+                recipients_sha256: None,
                 stored_len: v.stored_len,
                 stored_sha256: v.stored_sha256,
             }),
@@ -492,6 +501,14 @@ impl Manifest {
         match &self.data {
             DataLayout::Whole(w) => w.encryption.as_deref(),
             DataLayout::Pages(c) => c.own().encryption.as_deref(),
+        }
+    }
+
+    /// The SHA-256 of the recipients the snapshot's own data is encrypted to, if recorded.
+    pub fn recipients_sha256(&self) -> Option<&Sha256Hex> {
+        match &self.data {
+            DataLayout::Whole(w) => w.recipients_sha256.as_ref(),
+            DataLayout::Pages(c) => c.own().recipients_sha256.as_ref(),
         }
     }
 
@@ -776,6 +793,7 @@ pub(crate) mod tests {
                 compression: "gzip".into(),
                 compression_level: 6,
                 encryption: None,
+                recipients_sha256: None,
                 stored_len: 500,
                 stored_sha256: Sha256Hex::from_digest(&[2; 32]),
             }),
@@ -844,6 +862,7 @@ pub(crate) mod tests {
             content,
             compression: "gzip".into(),
             encryption: None,
+            recipients_sha256: None,
             stored_len: 100,
             stored_sha256: Sha256Hex::from_digest(&[4; 32]),
             raw_len: 4116,

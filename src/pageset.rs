@@ -222,7 +222,8 @@ impl CacheWriter {
 /// Reads a cache file whose SHA-256 trailer was checked first; `None` when it is absent or
 /// damaged (then it is rebuilt from the store).
 fn open_checked(path: &Path) -> Option<BufReader<File>> {
-    let mut f = File::open(path).ok()?;
+    // A FIFO or device planted at the name must not block the backup (which holds the lock).
+    let mut f = crate::durable::open_regular(path).ok()?;
     let len = f.metadata().ok()?.len();
     let body = len.checked_sub(32)?;
     let mut hash = Sha256::new();
@@ -234,7 +235,10 @@ fn open_checked(path: &Path) -> Option<BufReader<File>> {
         return None;
     }
     // Readers stop before the trailer: they know their lengths from the header.
-    Some(BufReader::with_capacity(1 << 16, File::open(path).ok()?))
+    Some(BufReader::with_capacity(
+        1 << 16,
+        crate::durable::open_regular(path).ok()?,
+    ))
 }
 
 /// The page digests of a full snapshot, read in page order.
@@ -399,11 +403,65 @@ impl Overlay {
     }
 }
 
+fn verified_path(cache: &Path, db: &str) -> PathBuf {
+    cache_folder(cache, db).join("verified")
+}
+
+/// The objects of the current chain this host has read back and proved (their stored size
+/// and SHA-256), so that each is read back once before incrementals build on it, not on every
+/// incremental. One `key sha256` per line; a lost or damaged file only means reading again.
+#[derive(Debug, Default)]
+pub struct Verified {
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl Verified {
+    /// What the cache says was proved (nothing when absent or unreadable).
+    pub fn load(cache: &Path, db: &str) -> Self {
+        let seen = open_checked(&verified_path(cache, db))
+            .and_then(|mut r| {
+                let mut bytes = Vec::new();
+                r.read_to_end(&mut bytes).ok()?;
+                bytes.truncate(bytes.len().checked_sub(32)?); // the SHA-256 trailer
+                let text = String::from_utf8(bytes).ok()?;
+                Some(text.lines().map(String::from).collect())
+            })
+            .unwrap_or_default();
+        Verified { seen }
+    }
+
+    fn line(key: &str, sha256: &str) -> String {
+        format!("{key} {sha256}")
+    }
+
+    pub fn contains(&self, key: &str, sha256: &str) -> bool {
+        self.seen.contains(&Self::line(key, sha256))
+    }
+
+    pub fn insert(&mut self, key: &str, sha256: &str) {
+        self.seen.insert(Self::line(key, sha256));
+    }
+
+    /// Keep only `objects` (the chain's) and write the file.
+    pub fn save(&mut self, cache: &Path, db: &str, objects: &[(String, String)]) -> io::Result<()> {
+        let keep: std::collections::BTreeSet<String> =
+            objects.iter().map(|(k, s)| Self::line(k, s)).collect();
+        self.seen.retain(|l| keep.contains(l));
+        let mut w = CacheWriter::create(verified_path(cache, db))?;
+        for l in &self.seen {
+            w.put(l.as_bytes())?;
+            w.put(b"\n")?;
+        }
+        w.commit()
+    }
+}
+
 /// Remove a database's cached digests except those of `base` and the overlay of `tip`.
 pub fn keep_only(cache: &Path, db: &str, base: &SnapshotId, tip: Option<&SnapshotId>) {
     let keep = [
         Some(base_path(cache, db, base)),
         tip.map(|t| overlay_path(cache, db, t)),
+        Some(verified_path(cache, db)),
     ];
     let Ok(entries) = std::fs::read_dir(cache_folder(cache, db)) else {
         return;

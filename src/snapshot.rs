@@ -210,7 +210,7 @@ fn wait_busy(src: &Path, started: Instant, pause: &mut Duration) -> Result<()> {
             BUSY_DEADLINE.as_secs()
         )));
     }
-    tracing::warn!(db = %src.display(), pause_ms = pause.as_millis() as u64, "source busy; retrying copy");
+    tracing::warn!(db = %src.display(), pause_ms = pause.as_millis() as u64, "source busy; retrying");
     std::thread::sleep(*pause);
     *pause = (*pause * 2).min(Duration::from_secs(2));
     Ok(())

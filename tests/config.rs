@@ -143,6 +143,10 @@ const INVALID: &[(&str, &str)] = &[
         "{S}\n[backup]\nincremental_max_changed = 0\n{D}",
         "backup.incremental_max_changed",
     ),
+    (
+        "{S}\n[backup]\nincremental_max_changed = 0.5\n{D}",
+        "backup.incremental_max_changed",
+    ),
     ("{S}\n{D}", "ok"),
     // Unknown keys and wrong types.
     ("{S}\n{D}nmae = \"x\"\n", "databases[0].nmae"),

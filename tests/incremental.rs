@@ -304,12 +304,24 @@ fn a_lost_or_damaged_digest_cache_is_rebuilt_from_the_store() {
     make_rows(&env.db, 1500);
     env.write_config("incremental = \"*/15 * * * *\"\n");
     env.backup();
-    let cache = env.path("staging/guardian.cache/market");
+    // One folder per store under the cache folder, then one per database.
+    let stores: Vec<_> = fs::read_dir(env.path("staging/guardian.cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stores.len(), 1, "{stores:?}");
+    let cache = stores[0].join("market");
     assert_eq!(
         fs::read_dir(&cache).unwrap().count(),
         1,
         "the full's digests"
     );
+    let digests = fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     exec(&env.db, "UPDATE t SET v = 'one' WHERE id < 20;");
     incremental(&env);
     // Lost: everything.
@@ -321,9 +333,37 @@ fn a_lost_or_damaged_digest_cache_is_rebuilt_from_the_store() {
         sha256_file(&restore(&env, &second, "two.db")),
         sha256_file(&env.db)
     );
+    // A FIFO planted as the base's digests never blocks the backup (which holds the lock).
+    let base_digests = cache.join(digests.file_name().unwrap());
+    if base_digests.exists() {
+        fs::remove_file(&base_digests).unwrap();
+    }
+    nix::unistd::mkfifo(&base_digests, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    exec(&env.db, "UPDATE t SET v = 'fifo' WHERE id = 9;");
+    let mut child = env
+        .command()
+        .args(["backup", "--incremental"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup hangs on a FIFO in the cache"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let second = String::from_utf8(out.stdout).unwrap().trim().to_string();
     // Damaged: a flipped byte in every cache file is noticed (a SHA-256 trailer), not used.
     for e in fs::read_dir(&cache).unwrap() {
         let p = e.unwrap().path();
+        if !p.is_file() {
+            continue;
+        }
         let mut b = fs::read(&p).unwrap();
         b[40] ^= 0xff;
         fs::write(&p, b).unwrap();
@@ -597,6 +637,22 @@ fn encrypted_incrementals_hold_only_ciphertext_and_restore() {
         sha256_file(&restore(&env, &inc, "out.db")),
         sha256_file(&env.db)
     );
+    // Other recipients (a key rotation): a full, so that one identity restores every chain.
+    let other = age::x25519::Identity::generate();
+    let both = format!(
+        "\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"age.key\"\n",
+        other.to_public()
+    );
+    env.write_config(&both);
+    exec(&env.db, "UPDATE t SET v = 'rotated' WHERE id = 8;");
+    let r = env.run(&["backup", "--incremental"]).ok();
+    assert!(
+        r.stderr.contains("encryption.recipients differ"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(entry(&env.list(), r.stdout.trim())["kind"], "full");
+    env.write_config(&enc);
     // Encryption turned off: the next one is a full (an incremental never mixes the two).
     env.write_config("");
     let r = env.run(&["backup", "--incremental"]).ok();
@@ -606,6 +662,40 @@ fn encrypted_incrementals_hold_only_ciphertext_and_restore() {
         r.stderr
     );
     assert_eq!(entry(&env.list(), r.stdout.trim())["kind"], "full");
+}
+
+#[test]
+fn a_silently_damaged_base_makes_the_next_backup_a_full() {
+    let env = TestEnv::empty();
+    make_rows(&env.db, 1500);
+    env.write_config("incremental = \"*/15 * * * *\"\n");
+    let full = env.backup();
+    // Bit rot in the full's object after it was written (same size; the digest cache made
+    // from the copy knows nothing of it): the first incremental reads the base back first.
+    let object = env.snapshot_dir(&full).join("db.sqlite.gz");
+    let len = fs::metadata(&object).unwrap().len();
+    util::flip_byte(&object, len / 2);
+    exec(&env.db, "UPDATE t SET v = 'one' WHERE id < 20;");
+    let r = env.run(&["backup", "--incremental"]).ok();
+    assert!(
+        r.stderr.contains(&format!(
+            "the full snapshot {full} the new snapshot would build on is damaged"
+        )),
+        "{}",
+        r.stderr
+    );
+    let id = r.stdout.trim().to_string();
+    assert_eq!(entry(&env.list(), &id)["kind"], "full");
+    // Each object is read back once per host: the next incrementals build on the new full.
+    for n in 0..2 {
+        exec(
+            &env.db,
+            &format!("UPDATE t SET v = 'n{n}' WHERE id = {};", 100 + n),
+        );
+        let (inc, stderr) = incremental(&env);
+        assert!(!stderr.contains("full snapshot instead"), "{stderr}");
+        assert_eq!(entry(&env.list(), &inc)["base"], id.as_str());
+    }
 }
 
 #[test]
@@ -633,8 +723,9 @@ fn a_silently_damaged_parent_makes_the_next_backup_a_full_not_a_chain_of_bad_inc
     exec(&env.db, "UPDATE t SET v = 'three' WHERE id = 800;");
     let r = env.run(&["backup", "--incremental"]).ok();
     assert!(
-        r.stderr
-            .contains(&format!("the incremental {second} to build on is damaged")),
+        r.stderr.contains(&format!(
+            "the incremental {first} the new snapshot would build on is damaged"
+        )),
         "{}",
         r.stderr
     );
