@@ -100,6 +100,9 @@ pub struct BackupConfig {
     /// Folder for the page digests incremental snapshots compare with (a cache, rebuilt from
     /// the store when lost). Default: `guardian.cache` in the staging folder.
     pub cache_dir: Option<PathBuf>,
+    /// Check an incremental runs ("integrity" or "quick"); default: each database's check.
+    /// `integrity_check` of the live database is most of an incremental's time.
+    pub incremental_check: Option<CheckKind>,
     /// An incremental becomes a full when more than this share of the database's pages differ
     /// from its full snapshot: a percentage, `50` or `"50%"` (default 50%).
     pub incremental_max_changed: Option<Percent>,
@@ -229,6 +232,9 @@ pub struct DatabaseConfig {
     /// Check run on this database's copy before it is published ("integrity" or "quick");
     /// default: `backup.check`.
     pub check: Option<CheckKind>,
+    /// Check an incremental runs on the live database, in its read transaction; default:
+    /// `backup.incremental_check`, else `check`.
+    pub incremental_check: Option<CheckKind>,
 }
 
 /// `max_age` when none is configured: a daily backup plus two hours of slack.
@@ -262,6 +268,14 @@ impl DatabaseConfig {
     /// The check a copy of this database gets before it is published.
     pub fn check(&self, backup: &BackupConfig) -> CheckKind {
         self.check.unwrap_or(backup.check)
+    }
+
+    /// The check an incremental runs on the live database: `incremental_check`, else
+    /// `backup.incremental_check`, else the database's `check`.
+    pub fn incremental_check(&self, backup: &BackupConfig) -> CheckKind {
+        self.incremental_check
+            .or(backup.incremental_check)
+            .unwrap_or_else(|| self.check(backup))
     }
 
     /// The jitter (zero when unset).

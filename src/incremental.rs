@@ -117,7 +117,7 @@ pub async fn run(
     let scanner = {
         let plan = ScanPlan {
             source: db.path.clone(),
-            check: db.check(opts),
+            check: db.incremental_check(opts),
             cache: cache.clone(),
             db: db.name.clone(),
             base: chain.base.id.clone(),
@@ -176,7 +176,7 @@ pub async fn run(
         tables: scanned.inspection.tables,
         schema_sha256: scanned.inspection.schema_sha256,
         check: CheckRecord {
-            kind: db.check(opts).pragma().to_string(),
+            kind: db.incremental_check(opts).pragma().to_string(),
             result: "ok".into(),
         },
     };

@@ -44,6 +44,7 @@ fn the_example_documents_every_key() {
         "threads",
         "check",
         "cache_dir",
+        "incremental_check",
         "incremental_max_changed",
         "[[databases]]",
         "name",

@@ -527,18 +527,24 @@ fn an_incremental_of_a_damaged_database_is_refused_in_wal_and_rollback_mode() {
             left.is_empty(),
             "wal={wal}: nothing of the refused snapshot stays: {left:?}"
         );
-        // With quick_check configured, the same damage passes (as it does for a full).
+        // With quick_check for incrementals, the same damage passes (as it does for a full
+        // with check = "quick"); the manifest records the check that ran.
         let cfg = fs::read_to_string(&env.config).unwrap();
         fs::write(
             &env.config,
             cfg.replace(
                 "[backup]\n",
-                "[backup]\ncheck = \"quick\"\nincremental_max_changed = 100\n",
+                "[backup]\nincremental_check = \"quick\"\nincremental_max_changed = 100\n",
             ),
         )
         .unwrap();
         let (id, _) = incremental(&env);
         assert_eq!(entry(&env.list(), &id)["kind"], "incremental", "wal={wal}");
+        assert_eq!(
+            util::read_manifest(&env, &id)["check"]["kind"],
+            "quick_check",
+            "wal={wal}"
+        );
     }
 }
 
