@@ -145,14 +145,14 @@ pub(crate) fn bank_total(path: &Path) -> i64 {
         .unwrap()
 }
 
-#[test]
-fn backup_under_a_steady_writer_is_consistent_and_finishes() {
-    let env = TestEnv::empty();
-    make_bank(&env.db);
+/// Run `snapshots` while a writer moves money between the accounts of the bank at `db` (it is
+/// committing before they start), and return what they returned. Fails unless the writer
+/// committed during them and saw no error.
+pub(crate) fn during_bank_transfers<T>(db: &Path, snapshots: impl FnOnce() -> T) -> T {
     let stop = Arc::new(AtomicBool::new(false));
     let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let (db, stop, commits) = (env.db.clone(), Arc::clone(&stop), Arc::clone(&commits));
+        let (db, stop, commits) = (db.to_path_buf(), Arc::clone(&stop), Arc::clone(&commits));
         std::thread::spawn(move || {
             let c = Connection::open(&db).unwrap();
             c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
@@ -177,19 +177,28 @@ fn backup_under_a_steady_writer_is_consistent_and_finishes() {
             }
         })
     };
-    // Let the writer get going, then back up three times while it keeps committing.
     while commits.load(Ordering::Relaxed) < 50 {
         std::thread::yield_now();
     }
     let before = commits.load(Ordering::Relaxed);
-    let ids: Vec<String> = (0..3).map(|_| env.backup()).collect();
+    let out = snapshots();
     let during = commits.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("the writer saw no errors");
     assert!(
         during > 10,
-        "the writer must have committed during the backups ({during})"
+        "the writer must have committed during the snapshots ({during})"
     );
+    out
+}
+
+#[test]
+fn backup_under_a_steady_writer_is_consistent_and_finishes() {
+    let env = TestEnv::empty();
+    make_bank(&env.db);
+    // Back up three times while the writer keeps committing.
+    let ids: Vec<String> =
+        during_bank_transfers(&env.db, || (0..3).map(|_| env.backup()).collect());
 
     for id in &ids {
         let out = env.path(&format!("restored-{id}.db"));

@@ -76,6 +76,28 @@ fn kill_sweep_with(
     killed
 }
 
+/// How long a prune of a copy of `env`'s store takes: where to put the kill points.
+fn time_a_prune_of_a_copy(env: &TestEnv) -> Duration {
+    util::copy_dir(&env.store, &env.path("store-copy"));
+    let cfg = fs::read_to_string(&env.config).unwrap();
+    let cfg_copy = env.path("copy.toml");
+    fs::write(
+        &cfg_copy,
+        cfg.replace("path = \"store\"", "path = \"store-copy\""),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    util::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+            .arg("--config")
+            .arg(&cfg_copy)
+            .arg("prune")
+            .current_dir(env.dir.path()),
+    )
+    .ok();
+    t0.elapsed()
+}
+
 /// Every listed snapshot's object matches its manifest (nothing partial is listed).
 pub(crate) fn listed_snapshots_are_complete(env: &TestEnv) -> usize {
     let list = env.list();
@@ -274,29 +296,8 @@ fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
         list.len()
     };
     assert_eq!(listed(&env), 301);
-    // Time a prune of a copy of the store, to know where the kill points are.
-    let copy = env.path("store-copy");
-    util::copy_dir(&env.store, &copy);
     env.write_config("[databases.retention]\nkeep_last = 1\nkeep_delete = \"0s\"\n");
-    let full = {
-        let cfg = fs::read_to_string(&env.config).unwrap();
-        let cfg_copy = env.path("copy.toml");
-        fs::write(
-            &cfg_copy,
-            cfg.replace("path = \"store\"", "path = \"store-copy\""),
-        )
-        .unwrap();
-        let t0 = Instant::now();
-        util::run(
-            std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
-                .arg("--config")
-                .arg(&cfg_copy)
-                .arg("prune")
-                .current_dir(env.dir.path()),
-        )
-        .ok();
-        t0.elapsed()
-    };
+    let full = time_a_prune_of_a_copy(&env);
     let trials = 20;
     let mut killed = 0;
     let mut remaining = 301;
@@ -378,26 +379,7 @@ fn sigkill_during_a_prune_of_incremental_chains_never_leaves_a_manifest_without_
     };
     assert_eq!(listed(&env), 202);
     env.write_config("[databases.retention]\nkeep_last = 1\nkeep_delete = \"0s\"\n");
-    let t0 = Instant::now();
-    let probe = env.path("probe");
-    util::copy_dir(&env.store, &probe);
-    let full_run = {
-        let cfg = fs::read_to_string(&env.config).unwrap();
-        let cfg_copy = env.path("probe.toml");
-        fs::write(
-            &cfg_copy,
-            cfg.replace("path = \"store\"", "path = \"probe\""),
-        )
-        .unwrap();
-        util::run(
-            std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
-                .arg("--config")
-                .arg(&cfg_copy)
-                .arg("prune")
-                .current_dir(env.dir.path()),
-        );
-        t0.elapsed()
-    };
+    let full_run = time_a_prune_of_a_copy(&env);
     let killed = kill_sweep(&env, &["prune"], full_run, 20, |_| {
         listed(&env);
     });

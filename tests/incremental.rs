@@ -5,13 +5,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 
 use rusqlite::Connection;
 use sha2::Digest;
 
-use crate::backup_restore::{bank_total, make_bank, ACCOUNTS, TOTAL};
+use crate::backup_restore::{bank_total, during_bank_transfers, make_bank, TOTAL};
 use crate::util::{self, TestEnv};
 
 /// `guardian backup --incremental`, expected to succeed: the new id and what stderr said.
@@ -392,50 +390,8 @@ fn incrementals_under_a_steady_writer_are_consistent() {
     let env = TestEnv::empty();
     make_bank(&env.db);
     env.backup();
-    let stop = Arc::new(AtomicBool::new(false));
-    let commits = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (db, stop, commits) = (env.db.clone(), Arc::clone(&stop), Arc::clone(&commits));
-        std::thread::spawn(move || {
-            let c = Connection::open(&db).unwrap();
-            c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-            let mut i = 0i64;
-            while !stop.load(Ordering::Relaxed) {
-                let (a, b) = ((i * 7919) % ACCOUNTS, (i * 104729 + 1) % ACCOUNTS);
-                let tx = c.unchecked_transaction().unwrap();
-                tx.execute(
-                    "UPDATE accounts SET balance = balance - 5 WHERE id = ?1",
-                    [a],
-                )
-                .unwrap();
-                tx.execute(
-                    "INSERT INTO transfers (src, dst, amount, pad) VALUES (?1, ?2, 5, randomblob(500))",
-                    [a, b],
-                )
-                .unwrap();
-                tx.execute(
-                    "UPDATE accounts SET balance = balance + 5 WHERE id = ?1",
-                    [b],
-                )
-                .unwrap();
-                tx.commit().unwrap();
-                commits.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-        })
-    };
-    while commits.load(Ordering::Relaxed) < 50 {
-        std::thread::yield_now();
-    }
-    let before = commits.load(Ordering::Relaxed);
-    let ids: Vec<String> = (0..4).map(|_| incremental(&env).0).collect();
-    let during = commits.load(Ordering::Relaxed) - before;
-    stop.store(true, Ordering::Relaxed);
-    writer.join().expect("the writer saw no errors");
-    assert!(
-        during > 10,
-        "the writer must have committed during the backups ({during})"
-    );
+    let ids: Vec<String> =
+        during_bank_transfers(&env.db, || (0..4).map(|_| incremental(&env).0).collect());
     let list = env.list();
     for id in &ids {
         assert_eq!(entry(&list, id)["kind"], "incremental");
