@@ -112,6 +112,10 @@ pub enum Error {
         how: SourceChange,
     },
 
+    /// A file so damaged that nothing of it can be read (`diff`: its schema is unreadable).
+    #[error("{0}")]
+    Unreadable(String),
+
     /// A table restore's rows break foreign keys: its transaction was rolled back, nothing
     /// changed.
     #[error("the restored rows break foreign keys, so the transaction was rolled back and nothing changed ({}): {}; put back the tables they refer to as well (more --table), or restore the whole database", aside.as_ref().map_or_else(String::new, |p| format!("the copy kept aside at {} stays", p.display())), violations.join("; "))]
@@ -161,7 +165,8 @@ impl Error {
             Error::Integrity { .. }
             | Error::Damaged { .. }
             | Error::NoGoodSnapshot(_)
-            | Error::ForeignKeys { .. } => 1,
+            | Error::ForeignKeys { .. }
+            | Error::Unreadable(_) => 1,
             Error::Config(_)
             | Error::Usage(_)
             | Error::Source(_)

@@ -812,3 +812,23 @@ fn sigint_during_a_diff_stops_it_and_removes_its_scratch_files() {
     assert!(stderr.contains("diff interrupted by SIGINT"), "{stderr}");
     assert_eq!(scratch(), Vec::<PathBuf>::new());
 }
+
+#[test]
+fn a_file_whose_schema_page_is_damaged_is_one_line_exit_1_and_left_as_it_was() {
+    let env = TestEnv::new();
+    env.backup();
+    let bad = env.path("bad.db");
+    let mut bytes = fs::read(&env.db).unwrap();
+    // Keep the 100-byte header, ruin the rest of page 1 (the schema's root).
+    bytes[100..4096].fill(0xff);
+    fs::write(&bad, &bytes).unwrap();
+    let before = fs::read(&bad).unwrap();
+    let r = env
+        .run(&["diff", "--to", bad.to_str().unwrap()])
+        .expect_code(1);
+    let line = r.error_line();
+    assert!(line.contains("its schema cannot be read"), "{line}");
+    assert!(line.contains(".recover"), "{line}");
+    assert!(!line.contains("restore --latest"), "{line}");
+    assert_eq!(fs::read(&bad).unwrap(), before);
+}

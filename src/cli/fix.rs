@@ -58,6 +58,7 @@ fn fix(job: Option<&str>, db: Option<&str>, e: &Error, why: &str) -> Option<Stri
         | Error::Gone(_)
         | Error::InUse(_)
         | Error::ForeignKeys { .. }
+        | Error::Unreadable(_)
         | Error::SourceGone { .. }
         | Error::Cancelled(_)
         | Error::Internal(_)

@@ -99,11 +99,12 @@ pub struct Schema {
 /// Read the schema of the database open on `conn` (`what` names it in errors).
 ///
 /// # Errors
-/// [`Error::Integrity`] when the schema itself cannot be read (the file is damaged there).
+/// [`Error::Unreadable`] when the schema itself cannot be read (the file is damaged there).
 pub fn read(conn: &Connection, what: &str) -> Result<Schema> {
-    let damaged = |e: rusqlite::Error| Error::Integrity {
-        what: what.to_string(),
-        detail: format!("its schema cannot be read: {e}"),
+    let damaged = |e: rusqlite::Error| {
+        Error::Unreadable(format!(
+            "{what} cannot be compared: its schema cannot be read ({e}), so none of its tables can be found; `sqlite3 FILE .recover` may still get rows out of it"
+        ))
     };
     let mut schema = Schema::default();
     {
