@@ -253,11 +253,29 @@ pub enum ExtractError {
 /// the output is written in order, and memory is a fixed number of members in flight.
 pub fn extract(
     src: impl Read + Send,
-    mut dst: impl Write,
+    dst: impl Write,
     max_raw_len: u64,
     identities: Option<&[age::x25519::Identity]>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Digests, ExtractError> {
+    extract_with(src, dst, max_raw_len, identities, progress, true).map(|(d, raw)| Digests {
+        raw_sha256: raw.expect("hashed"),
+        ..d
+    })
+}
+
+/// [`extract`], with the raw side hashed only when `hash_raw` (the caller proves the raw bytes
+/// another way: an incremental's base is proven by the SHA-256 of the rebuilt database, which
+/// covers every page of it that is used). Without it, the returned `raw_sha256` is all zeros
+/// and the second value is `None`.
+pub fn extract_with(
+    src: impl Read + Send,
+    mut dst: impl Write,
+    max_raw_len: u64,
+    identities: Option<&[age::x25519::Identity]>,
+    progress: &(dyn Fn(u64) + Sync),
+    hash_raw: bool,
+) -> Result<(Digests, Option<Sha256Hex>), ExtractError> {
     let source_failed = std::sync::atomic::AtomicBool::new(false);
     let classify = |e: io::Error| {
         if source_failed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -279,7 +297,9 @@ pub fn extract(
                 format!("decompressed data is larger than the expected {max_raw_len} bytes"),
             )));
         }
-        raw_hash.update(&chunk);
+        if hash_raw {
+            raw_hash.update(&chunk);
+        }
         dst.write_all(&chunk).map_err(ExtractError::Sink)
     };
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
@@ -298,12 +318,18 @@ pub fn extract(
     // Read what follows the end of the stream, so the stored hash covers every byte.
     io::copy(&mut counted, &mut io::sink()).map_err(classify)?;
     let (stored_len, stored_sha256) = counted.finish();
-    Ok(Digests {
-        raw_len,
-        raw_sha256: Sha256Hex::from_digest(&raw_hash.finalize()),
-        stored_len,
-        stored_sha256,
-    })
+    let raw = hash_raw.then(|| Sha256Hex::from_digest(&raw_hash.finalize()));
+    Ok((
+        Digests {
+            raw_len,
+            raw_sha256: raw
+                .clone()
+                .unwrap_or_else(|| Sha256Hex::from_digest(&[0; 32])),
+            stored_len,
+            stored_sha256,
+        },
+        raw,
+    ))
 }
 
 /// Open an age stream with `ids`. A key that does not match is `PermissionDenied` (an

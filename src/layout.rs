@@ -360,7 +360,22 @@ impl SnapshotReader {
         encrypted: bool,
         stored_len: u64,
         max_raw_len: u64,
+        sink: W,
+    ) -> Result<Fetched<W>> {
+        self.fetch_with(key, encrypted, stored_len, max_raw_len, sink, true)
+            .await
+    }
+
+    /// [`SnapshotReader::fetch`], hashing the raw side only when `hash_raw` (else the
+    /// digests' `raw_sha256` is all zeros: the caller proves the bytes another way).
+    pub(crate) async fn fetch_with<W: Write + Send + 'static>(
+        &self,
+        key: ObjectKey,
+        encrypted: bool,
+        stored_len: u64,
+        max_raw_len: u64,
         mut sink: W,
+        hash_raw: bool,
     ) -> Result<Fetched<W>> {
         let m = &self.manifest;
         let body = match self.store.get_stream(&key).await {
@@ -380,13 +395,15 @@ impl SnapshotReader {
         let (db, id) = (m.db.clone(), m.id.clone());
         tokio::task::spawn_blocking(move || {
             let progress = Progress::start("download+restore", &db, Some(stored_len));
-            let got = archive::extract(
+            let got = archive::extract_with(
                 BodyReader::new(body),
                 &mut sink,
                 max_raw_len,
                 identities.as_ref().map(|ids| ids.as_slice()),
                 &|n| progress.set(n),
-            );
+                hash_raw,
+            )
+            .map(|(d, _)| d);
             match got {
                 Ok(d) => {
                     progress.finish(d.stored_len);
