@@ -18,12 +18,25 @@ same file:
      RSS under 64 MiB).
 Prints medians and ratios. Machines are noisy: run on an idle machine and quote medians.
 
+With --incremental, only the page-level incremental snapshots are measured (issue #12's targets),
+on a copy of the same database:
+  1. a full backup vs an incremental after 0.1% of the pages changed at random (rows updated in
+     place all over the tables): time, peak RSS, local bytes written (/proc/<pid>/io) against the
+     incremental's stored bytes, with backup.check = "quick" and "integrity";
+  2. a simulated day: one full, then --day (96) incrementals, each after a writer changed 0.01% of
+     the pages at random plus the same few hot rows: the store folder's bytes vs the full alone;
+  3. restore of the day's newest incremental vs restore of its base full (--check integrity);
+  4. with --s3: the S3 requests of one incremental in steady state, from the server's log.
+
 Usage: scripts/bench.py [--sizes 100,1024] [--runs 3] [--work DIR] [--s3 http://127.0.0.1:PORT] [--only diff]
+       scripts/bench.py --incremental [--sizes 100] [--runs 3] [--day 96] [--s3 ...]
 """
 
 import argparse
 import json
 import os
+import random
+import re
 import shutil
 import sqlite3
 import statistics
@@ -294,6 +307,320 @@ def bench_scale(count, size_mib, work):
         print(f"| {n} | {t:.2f} | {t / n:.2f} | {rss / 1024:.0f} |", flush=True)
 
 
+# ---- Incremental snapshots (--incremental) ----------------------------------------------------
+
+# Rows updated in place by the writer, keeping each record's size (so a change stays on its page):
+# a new phone number of the same length, the 48 hex digits that end every order note, the low bit
+# of a price or stock figure (which never moves a value into another integer size).
+CHANGES = {
+    "customers": "UPDATE customers SET phone = '+1-555-' || printf('%07d', abs(random()) % 10000000) WHERE rowid = ?",
+    "orders": "UPDATE orders SET notes = substr(notes, 1, length(notes) - 48) || hex(randomblob(24)) WHERE rowid = ?",
+    "order_items": "UPDATE order_items SET price_cents = price_cents + 1 - 2 * (price_cents % 2) WHERE rowid = ?",
+    "products": "UPDATE products SET stock = stock + 1 - 2 * (stock % 2) WHERE rowid = ?",
+}
+# The same rows every time: a shop's hot spots (its best sellers, its newest orders, one customer).
+HOT = [("products", range(1, 9)), ("customers", range(1, 4)), ("orders", None)]
+
+
+class Writer:
+    """Changes rows at random over the database's tables, in proportion to their pages."""
+
+    def __init__(self, db, seed=12):
+        self.db = str(db)
+        self.rng = random.Random(seed)
+        c = sqlite3.connect(self.db)
+        self.page_count = c.execute("PRAGMA page_count").fetchone()[0]
+        leaves = dict(c.execute(
+            "SELECT name, count(*) FROM dbstat WHERE pagetype = 'leaf' GROUP BY name").fetchall())
+        self.tables = [(t, leaves.get(t, 0), c.execute(f"SELECT max(rowid) FROM {t}").fetchone()[0])
+                       for t in CHANGES]
+        c.close()
+        self.table_pages = sum(p for _, p, _ in self.tables)
+
+    def change(self, fraction, hot=False):
+        """Update about `fraction` of the database's pages (one row each); with `hot`, also the
+        HOT rows. One transaction, as an application would."""
+        want = max(1, round(self.page_count * fraction))
+        names = [t for t, _, _ in self.tables]
+        weights = [p for _, p, _ in self.tables]
+        top = {t: m for t, _, m in self.tables}
+        c = sqlite3.connect(self.db, timeout=30, isolation_level=None)
+        c.execute("BEGIN IMMEDIATE")
+        for t in self.rng.choices(names, weights, k=want):
+            c.execute(CHANGES[t], (self.rng.randint(1, top[t]),))
+        if hot:
+            for t, ids in HOT:
+                for i in ids or range(top[t] - 7, top[t] + 1):
+                    c.execute(CHANGES[t], (i,))
+        c.execute("COMMIT")
+        c.close()
+        return want
+
+
+def proc_io():
+    """This process's I/O counters. They include those of every child it has reaped (the kernel
+    adds a child's /proc/<pid>/io counts to its parent's when it waits for it), so the difference
+    around one child's run is that child's (and here its /usr/bin/time wrapper's, which writes
+    nothing but a few bytes of its report)."""
+    io = {}
+    for line in Path("/proc/self/io").read_text().splitlines():
+        k, v = line.split(":")
+        io[k] = int(v)
+    return io
+
+
+def measured(args, env=None):
+    """Run guardian under /usr/bin/time -f %M: (seconds, peak RSS KiB, I/O counter deltas, stdout).
+    The bench runs no other thread meanwhile, so the I/O deltas are the child's."""
+    rss_file = Path(f"/tmp/guardian-bench-rss-{os.getpid()}")
+    io0 = proc_io()
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), str(GUARDIAN)] + args,
+                       capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    io1 = proc_io()
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): guardian {' '.join(args)}\n{p.stderr[-2000:]}")
+    rss = int(rss_file.read_text().split()[-1])
+    rss_file.unlink()
+    return dt, rss, {k: io1[k] - io0[k] for k in io0}, p.stdout
+
+
+def incr_config(work, name, db, check="integrity", store=None, s3=None):
+    """A config for the incremental runs: its own store (or S3 prefix) and digest cache, and an
+    `incremental` schedule as in production (a daily full plus 15-minute incrementals): with
+    one, a full caches its page digests for the incrementals; without, the first incremental
+    reads the whole full back from the store to rebuild them."""
+    cfg = work / f"incr-{name}.toml"
+    storage = (
+        f'[storage]\nkind = "s3"\nbucket = "{S3_BUCKET}"\nprefix = "t-bench-incr-{os.getpid()}"\n'
+        f'endpoint = "{s3}"\nforce_path_style = true\nregion = "us-east-1"\n'
+        if s3 else f'[storage]\npath = "{store}"\n'
+    )
+    cfg.write_text(
+        f'{storage}\n[backup]\nstaging_dir = "{work}"\ncache_dir = "{work / f"cache-{name}"}"\n'
+        f'check = "{check}"\n\n[[databases]]\nname = "bench"\npath = "{db}"\n'
+        f'backup = "0 3 * * *"\nincremental = "*/15 * * * *"\n')
+    return cfg
+
+
+def newest(cfg, env=None):
+    """The newest snapshot in `list --json`, checked to be good."""
+    out = subprocess.run([str(GUARDIAN), "--config", str(cfg), "list", "--json", "--db", "bench"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    snaps = json.loads(out)
+    snaps = snaps.get("snapshots", snaps) if isinstance(snaps, dict) else snaps
+    s = max(snaps, key=lambda s: s["created_at"] + s["id"])
+    if s["status"] == "failed" or s.get("problem"):
+        sys.exit(f"snapshot {s['id']} is not good: {s}")
+    return s
+
+
+def incremental_run(cfg, store, kind_wanted, env=None):
+    """One guardian backup (full, or --incremental): seconds, RSS, I/O, the new snapshot."""
+    args = ["-q", "--config", str(cfg), "backup"] + (["--incremental"] if kind_wanted == "incremental" else [])
+    dt, rss, io, _ = measured(args, env)
+    s = newest(cfg, env)
+    if s["kind"] != kind_wanted:
+        sys.exit(f"guardian {' '.join(args)} took a {s['kind']} snapshot, not an {kind_wanted} one")
+    if store and kind_wanted == "incremental":
+        m = json.loads((store / "bench" / s["id"] / "manifest.json").read_text())
+        s["changed_pages"] = m["data"]["parts"][-1]["pages"]
+        s["chain_parts"] = len(m["data"]["parts"])
+    return dt, rss, io, s
+
+
+def folder_bytes(folder):
+    """(apparent bytes, allocated bytes) of every file under `folder`."""
+    size = alloc = 0
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            size += st.st_size
+            alloc += st.st_blocks * 512
+    return size, alloc
+
+
+def loadavg():
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def bench_incremental(size_mib, runs, work, day, s3):
+    print(f"\n## Incremental snapshots, {size_mib} MiB database", flush=True)
+    # The writer changes this database (in place, randomly: it stays as realistic): a copy of
+    # bench-SIZE.sqlite when there is one, else a new one (no second copy: 1 GiB each).
+    db = work / f"incr-{size_mib}.sqlite"
+    if not db.exists():
+        src = work / f"bench-{size_mib}.sqlite"
+        if src.exists():
+            shutil.copy(src, db)
+        else:
+            sh(f"{ROOT}/scripts/gen-db.sh {db} {size_mib} > /dev/null")
+    writer = Writer(db)
+    print(f"- database: {db.stat().st_size / 2**20:.0f} MiB, {writer.page_count} pages of 4 KiB "
+          f"({writer.table_pages} table leaves the writer picks rows from); load average {loadavg()}")
+    print(f"- full: `guardian -q --config CFG backup`; incremental: `guardian -q --config CFG backup --incremental`,"
+          f" each under `/usr/bin/time -f %M`; I/O from /proc/<pid>/io")
+
+    # 1. Full vs incremental after 0.1% of the pages changed, per check.
+    io_key = None
+    summary = {}
+    for check in ("quick", "integrity"):
+        store = work / f"incr-store-{check}"
+        cfg = incr_config(work, check, db, check=check, store=store)
+        full, incr = [], []
+        for _ in range(runs):
+            shutil.rmtree(store, ignore_errors=True)  # one full and its incremental at a time
+            full.append(incremental_run(cfg, store, "full"))
+            writer.change(0.001)
+            incr.append(incremental_run(cfg, store, "incremental"))
+        if io_key is None:
+            io_key = "write_bytes" if any(r[2]["write_bytes"] for r in full + incr) else "wchar"
+        med = lambda rs, f: statistics.median(f(r) for r in rs)
+        t_f, t_i = med(full, lambda r: r[0]), med(incr, lambda r: r[0])
+        w_f, w_i = med(full, lambda r: r[2][io_key]), med(incr, lambda r: r[2][io_key])
+        st_f = med(full, lambda r: r[3]["stored_bytes"])
+        st_i = med(incr, lambda r: r[3]["stored_bytes"])
+        changed = med(incr, lambda r: r[3]["changed_pages"])
+        summary[check] = (t_i / t_f, max(r[1] for r in incr), w_i / st_i)
+        print(f"\n### backup.check = \"{check}\" ({runs} runs, medians; load average {loadavg()})\n")
+        print("| snapshot | s | peak RSS MiB | local bytes written MiB | wchar MiB | cancelled writes MiB | stored MiB | pages stored |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, rs in (("full", full), ("incremental", incr)):
+            print(f"| {name} | {med(rs, lambda r: r[0]):.2f} | {max(r[1] for r in rs) / 1024:.1f} "
+                  f"| {med(rs, lambda r: r[2][io_key]) / 2**20:.2f} | {med(rs, lambda r: r[2]['wchar']) / 2**20:.2f} "
+                  f"| {med(rs, lambda r: r[2]['cancelled_write_bytes']) / 2**20:.2f} "
+                  f"| {med(rs, lambda r: r[3]['stored_bytes']) / 2**20:.3f} "
+                  f"| {med(rs, lambda r: r[3].get('changed_pages', writer.page_count)):.0f} |")
+        print(f"\n- writer changed {round(writer.page_count * 0.001)} rows (0.1% of the pages); the incremental stored"
+              f" {changed:.0f} pages ({changed / writer.page_count:.3%}); runs: "
+              + ", ".join(f"{r[0]:.2f} s" for r in incr))
+        print(f"- incremental / full time: **{t_i / t_f:.2f}x** (target <= 0.3x); peak RSS "
+              f"**{max(r[1] for r in incr) / 1024:.1f} MiB** (target < 64)")
+        print(f"- local bytes written ({io_key}) / stored bytes: **{w_i / st_i:.2f}x** (target <= 3x);"
+              f" the full wrote {w_f / st_f:.2f}x its stored bytes", flush=True)
+        if day or check != "integrity":
+            shutil.rmtree(store)  # disk: the restore below uses the day's store
+
+    # 2. A simulated day.
+    restore_ids = None
+    if day:
+        store = work / "incr-store-day"
+        shutil.rmtree(store, ignore_errors=True)
+        cfg = incr_config(work, "day", db, check="quick", store=store)
+        print(f"\n### A simulated day: one full, then {day} incrementals (backup.check = \"quick\"; load average {loadavg()})\n")
+        _, _, _, full = incremental_run(cfg, store, "full")
+        full_bytes = folder_bytes(store / "bench" / full["id"])
+        times, stored, changed, rows = [], [], [], 0
+        t_day = time.perf_counter()
+        for _ in range(day):
+            rows = writer.change(0.0001, hot=True)
+            dt, _, _, s = incremental_run(cfg, store, "incremental")
+            times.append(dt)
+            stored.append(s["stored_bytes"])
+            changed.append(s["changed_pages"])
+        t_day = time.perf_counter() - t_day
+        total = folder_bytes(store / "bench")
+        manifests = sum(f.stat().st_size for f in (store / "bench").rglob("manifest.json"))
+        print("| what | bytes | allocated (du) |")
+        print("|---|---:|---:|")
+        print(f"| the full alone (object + manifest) | {full_bytes[0]:,} | {full_bytes[1]:,} |")
+        print(f"| the day: full + {day} incrementals | {total[0]:,} | {total[1]:,} |")
+        print(f"\n- each incremental: writer changed {rows} random rows (0.01% of the pages) + "
+              f"{sum(len(ids or range(8)) for _, ids in HOT)} hot rows; pages stored per incremental median "
+              f"{statistics.median(changed):.0f} (min {min(changed)}, max {max(changed)}); stored bytes median "
+              f"{statistics.median(stored):,.0f}; manifests {manifests:,} bytes in all (the last one "
+              f"{(store / 'bench' / s['id'] / 'manifest.json').stat().st_size:,}, naming {s['chain_parts']} parts)")
+        print(f"- incremental time median {statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f});"
+              f" the day took {t_day:.0f} s")
+        print(f"- stored: day / full alone = **{total[0] / full_bytes[0]:.3f}x** (target <= 1.10x); "
+              f"allocated {total[1] / full_bytes[1]:.3f}x", flush=True)
+        restore_ids = (cfg, s["id"], full["id"], f"the day's newest incremental ({s['chain_parts']} parts)")
+    else:
+        restore_ids = (cfg, incr[-1][3]["id"], full[-1][3]["id"], "an incremental on its full (2 parts)")
+
+    # 3. Restore: the newest incremental vs its base full, every check on.
+    cfg, incr_id, full_id, what = restore_ids
+    out = work / "incr-restored.db"
+
+    def clean_out():
+        for p in work.glob("incr-restored.db*"):
+            p.unlink()
+
+    r_args = lambda sid: ["-q", "--config", str(cfg), "restore", "--snapshot", sid, "--to", str(out), "--check", "integrity"]
+    t_rf, t_ri, rss_r = [], [], []
+    for _ in range(runs):  # alternated, so that the machine's load hits both alike
+        for sid, ts in ((full_id, t_rf), (incr_id, t_ri)):
+            clean_out()
+            dt, rss, _, _ = measured(r_args(sid))
+            ts.append(dt)
+            rss_r.append(rss)
+    clean_out()
+    for store in ("incr-store-day", "incr-store-integrity"):
+        shutil.rmtree(work / store, ignore_errors=True)
+    print(f"\n### Restore ({runs} runs each, alternated, medians; load average {loadavg()})\n")
+    print(f"- `guardian -q --config CFG restore --snapshot ID --to FILE --check integrity`: {what} "
+          f"{statistics.median(t_ri):.2f} s, its base full {statistics.median(t_rf):.2f} s; peak RSS "
+          f"{max(rss_r) / 1024:.1f} MiB")
+    print(f"- incremental / full restore time: **{statistics.median(t_ri) / statistics.median(t_rf):.2f}x** "
+          f"(target <= 1.15x)", flush=True)
+
+    # 4. S3 requests per incremental in steady state.
+    if s3:
+        s3_requests(work, db, writer, s3)
+    print("\n- summary: " + "; ".join(
+        f"{c}: time {r[0]:.2f}x, RSS {r[1] / 1024:.1f} MiB, written/stored {r[2]:.2f}x" for c, r in summary.items()))
+
+
+def s3_requests(work, db, writer, s3):
+    """Count the requests of one incremental (after a full and a warm-up incremental) in the
+    local moto server's log (werkzeug's access log: `"PUT /bucket/key?query HTTP/1.1" 200`)."""
+    log = Path(os.environ.get("GUARDIAN_BENCH_S3_LOG", ROOT / "target" / "s3-server" / "moto.log"))
+    if not log.exists():
+        sys.exit(f"no S3 server log at {log}: start the server with scripts/s3-server.sh start "
+                 "(or set GUARDIAN_BENCH_S3_LOG)")
+    env = dict(os.environ)
+    env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get("GUARDIAN_TEST_S3_ACCESS_KEY", ""))
+    env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get("GUARDIAN_TEST_S3_SECRET_KEY", ""))
+    env.setdefault("AWS_REGION", "us-east-1")
+    cfg = incr_config(work, "s3", db, check="quick", s3=s3)
+    print(f"\n### S3 requests of one incremental in steady state (local moto server; load average {loadavg()})\n")
+    incremental_run(cfg, None, "full", env)
+    writer.change(0.0001, hot=True)
+    incremental_run(cfg, None, "incremental", env)  # warm-up
+    writer.change(0.0001, hot=True)
+    start = log.stat().st_size
+    dt, rss, _, _ = measured(["-q", "--config", str(cfg), "backup", "--incremental"], env)
+    time.sleep(0.5)  # the server writes its log line after the response
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    s = newest(cfg, env)
+    if s["kind"] != "incremental":
+        sys.exit(f"the measured S3 run took a {s['kind']} snapshot, not an incremental one")
+    reqs = []
+    for line in lines:
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # werkzeug colours the failed ones
+        if '"' not in line:
+            continue
+        req = line.split('"')[1].split()
+        if len(req) == 3 and req[0] in ("GET", "PUT", "POST", "HEAD", "DELETE"):
+            status = line.split('"')[2].split()[0]
+            reqs.append((req[0], req[1], status))
+    counts = {}
+    for m, _, _ in reqs:
+        counts[m] = counts.get(m, 0) + 1
+    print(f"- `guardian -q --config CFG backup --incremental` against {s3}: {dt:.2f} s, peak RSS "
+          f"{rss / 1024:.1f} MiB, {s['stored_bytes']:,} bytes stored; requests: "
+          + ", ".join(f"{n} {m}" for m, n in sorted(counts.items())))
+    print(f"- PUTs: **{counts.get('PUT', 0)}** (target <= 4)\n")
+    print("| method | path (bucket/prefix/…) | status |")
+    print("|---|---|---|")
+    for m, path, status in reqs:
+        print(f"| {m} | `{path}` | {status} |")
+    sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100,1024", help="database sizes in MiB, comma-separated")
@@ -303,8 +630,12 @@ def main():
     ap.add_argument("--only", choices=("all", "diff"), default="all",
                     help="diff: only the diff rows (diff vs integrity_check), e.g. on a small disk")
     ap.add_argument("--s3", help="endpoint of a local S3 server (start it with scripts/s3-server.sh start; source target/s3-server/env)")
+    ap.add_argument("--incremental", action="store_true",
+                    help="measure only incremental snapshots against full ones (issue #12's targets)")
+    ap.add_argument("--day", type=int, default=96,
+                    help="with --incremental: incrementals in the simulated day (0: skip it)")
     a = ap.parse_args()
-    tools = ("sqlite3", "/usr/bin/time") if a.only == "diff" else ("sqlite3", "gzip", "pigz", "sha256sum", "/usr/bin/time")
+    tools = ("sqlite3", "/usr/bin/time") if a.only == "diff" or a.incremental else ("sqlite3", "gzip", "pigz", "sha256sum", "/usr/bin/time")
     for tool in tools:
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: apt-get install sqlite3 pigz time")
@@ -313,6 +644,7 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     print(f"guardian benchmark on {os.cpu_count()} cores, {a.runs} runs per figure (medians)")
+    print("$ " + " ".join([sys.argv[0]] + sys.argv[1:]))
     sh("uname -srm; grep -m1 'model name' /proc/cpuinfo || true")
     if a.only == "diff":
         for size in a.sizes.split(","):
@@ -325,6 +657,10 @@ def main():
             print(f"| PRAGMA integrity_check (sqlite3) | {t_ic:.2f} s |")
             print(f"| guardian diff, 0.1% of rows differ ({changed} rows) | {t_d:.2f} s | {rss_d / 1024:.0f} MiB peak RSS |")
             print(f"- diff / integrity_check = {t_d / t_ic:.2f} (target <= 1); peak RSS target < 64 MiB", flush=True)
+        return
+    if a.incremental:
+        for size in a.sizes.split(","):
+            bench_incremental(int(size), a.runs, work, a.day, a.s3)
         return
     for size in a.sizes.split(","):
         bench_size(int(size), a.runs, work, a.s3)
