@@ -544,7 +544,8 @@ def bench_incremental(size_mib, runs, work, day, s3):
               f"allocated {total[1] / full_bytes[1]:.3f}x", flush=True)
         restore_ids = (cfg, s["id"], full["id"], f"the day's newest incremental ({s['chain_parts']} parts)")
     else:
-        restore_ids = (cfg, incr[-1][3]["id"], full[-1][3]["id"], "an incremental on its full (2 parts)")
+        restore_ids = (cfg, incr[-1][3]["id"], full[-1][3]["id"],
+                       f"the newest incremental ({incr[-1][3]['chain_parts']} parts)")
 
     # 3. Restore: the newest incremental vs its base full, every check on.
     cfg, incr_id, full_id, what = restore_ids
