@@ -120,10 +120,11 @@ pub async fn run(
         };
         if let Some(why) = bad {
             if named {
-                return Err(Error::Usage(format!(
-                    "snapshot {} cannot be used: {why}",
-                    m.id
-                )));
+                // Bad data, as in a full restore of the named snapshot: exit 1.
+                return Err(Error::Integrity {
+                    what: format!("snapshot {}", m.id),
+                    detail: format!("{why}; no table was restored from it"),
+                });
             }
             warn!(id = %m.id, reason = %why, "snapshot failed verification; trying an older one");
             skipped.push((m.id.to_string(), why));

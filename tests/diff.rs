@@ -832,3 +832,21 @@ fn a_file_whose_schema_page_is_damaged_is_one_line_exit_1_and_left_as_it_was() {
     assert!(!line.contains("restore --latest"), "{line}");
     assert_eq!(fs::read(&bad).unwrap(), before);
 }
+
+#[test]
+fn a_table_restore_from_a_damaged_snapshot_is_exit_1_and_changes_nothing() {
+    let env = TestEnv::new();
+    let id = env.backup();
+    let object = env.snapshot_dir(&id).join("db.sqlite.gz");
+    let len = std::fs::metadata(&object).unwrap().len();
+    util::flip_byte(&object, len / 2);
+    let before = std::fs::read(&env.db).unwrap();
+    let r = env.run(&["restore", "--table", "orders", "--snapshot", &id]);
+    assert_eq!(
+        r.code, 1,
+        "a damaged snapshot is bad data, as in a full restore: {r:?}"
+    );
+    assert_eq!(r.error_lines().len(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains(&id), "{}", r.stderr);
+    assert_eq!(std::fs::read(&env.db).unwrap(), before);
+}
