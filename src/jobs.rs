@@ -494,6 +494,22 @@ impl Runner {
     async fn observe(&self, db: &DatabaseConfig, out: &Outcome, seconds: f64) {
         let Some(m) = &self.metrics else { return };
         let name = out.job.name();
+        // What the store holds goes in first: a reader of the status page who sees this job's
+        // outcome (a proven restore time, a success) then also sees the snapshots and drill
+        // records it wrote, never an outcome ahead of its catalog.
+        if matches!(out.ended, Ended::Done(_) | Ended::Failed(_)) {
+            match catalog::load(&self.app.store, &db.name).await {
+                Ok(c) => {
+                    m.observe_catalog(&c);
+                    let staging = self.app.config.backup.staging_dir();
+                    let attempt = crate::outcome::last(&self.app.store, &staging, &db.name).await;
+                    m.observe_attempt(&db.name, attempt);
+                }
+                Err(e) => {
+                    tracing::debug!(db = %db.name, error = %chain(&e), "could not refresh snapshot metrics")
+                }
+            }
+        }
         match &out.ended {
             Ended::Done(Done::Backup {
                 manifest,
@@ -543,19 +559,6 @@ impl Runner {
             Ended::Failed(e) => m.failure(&db.name, name, chain(e)),
             Ended::Crashed(why) => m.failure(&db.name, name, format!("crashed: {why}")),
             _ => {}
-        }
-        if matches!(out.ended, Ended::Done(_) | Ended::Failed(_)) {
-            match catalog::load(&self.app.store, &db.name).await {
-                Ok(c) => {
-                    m.observe_catalog(&c);
-                    let staging = self.app.config.backup.staging_dir();
-                    let attempt = crate::outcome::last(&self.app.store, &staging, &db.name).await;
-                    m.observe_attempt(&db.name, attempt);
-                }
-                Err(e) => {
-                    tracing::debug!(db = %db.name, error = %chain(&e), "could not refresh snapshot metrics")
-                }
-            }
         }
     }
 
