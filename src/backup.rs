@@ -23,7 +23,7 @@ use crate::layout::{SnapshotWriter, Written};
 use crate::manifest::{CheckRecord, Manifest, SnapshotId, SnapshotKey, FORMAT_VERSION};
 use crate::progress::Progress;
 use crate::snapshot;
-use crate::storage::Storage;
+use crate::storage::NamedStore;
 
 /// What a backup published.
 #[derive(Debug)]
@@ -33,11 +33,13 @@ pub struct Backup {
     pub full_because: Option<String>,
 }
 
-/// Take one snapshot of `db` and publish it to `store`: an incremental when `incremental` and
-/// one is possible (see `incremental`), else a full.
+/// Take one snapshot of `db` and publish it to every store of `stores` (the database's, in
+/// config order): an incremental when `incremental` and one is possible (see `incremental`),
+/// else a full. A snapshot that reached some stores but not all is kept where it landed, and
+/// is an [`Error::StoresMissed`].
 #[instrument(skip_all, fields(db = %db.name))]
 pub async fn run(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     opts: &BackupConfig,
     keys: &Keys,
@@ -61,9 +63,9 @@ pub async fn run(
 
     let mut full_because = None;
     if incremental {
-        match crate::incremental::run(store, db, opts, keys, key.clone(), created_at).await? {
-            Attempt::Done(manifest) => {
-                return finish(store, db, *manifest, None, started, source_file).await
+        match crate::incremental::run(stores, db, opts, keys, key.clone(), created_at).await? {
+            Attempt::Done(manifest, writer) => {
+                return finish(&writer, db, *manifest, None, started, source_file).await
             }
             Attempt::Full(why) => {
                 tracing::info!(reason = %why, "taking a full snapshot instead of an incremental");
@@ -76,7 +78,7 @@ pub async fn run(
     let copy = take_copy(db, &staging_root).await?;
 
     // 2. Check ∥ compress + upload.
-    let writer = SnapshotWriter::new(store, key.clone(), opts, keys);
+    let writer = SnapshotWriter::new(stores, key.clone(), opts, keys);
     let proven = check_and_write(db, opts, &copy, &writer).await?;
 
     // 3. The manifest, last: from here on the snapshot exists.
@@ -103,20 +105,24 @@ pub async fn run(
     };
     writer.publish(&manifest).await?;
     if db.incremental.is_some() || incremental {
-        let cache = crate::incremental::cache_dir(opts, store.as_ref());
-        let (m, path) = (manifest.clone(), copy.path.clone());
-        let _ =
-            tokio::task::spawn_blocking(move || crate::incremental::cache_full(&cache, &m, &path))
-                .await;
+        // The page digests, for the next incremental of each store that took the full.
+        for store in writer.live_stores() {
+            let cache = crate::incremental::cache_dir(opts, store.as_ref());
+            let (m, path) = (manifest.clone(), copy.path.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::incremental::cache_full(&cache, &m, &path)
+            })
+            .await;
+        }
     }
     drop(copy);
-    finish(store, db, manifest, full_because, started, source_file).await
+    finish(&writer, db, manifest, full_because, started, source_file).await
 }
 
 /// After a snapshot is published: sweep leftovers of interrupted uploads, log, and say when
-/// the source file was replaced or removed meanwhile.
+/// the source file was replaced or removed meanwhile, or when some stores missed it.
 async fn finish(
-    store: &Arc<dyn Storage>,
+    writer: &SnapshotWriter,
     db: &DatabaseConfig,
     manifest: Manifest,
     full_because: Option<String>,
@@ -126,8 +132,10 @@ async fn finish(
     let key = manifest.key();
     // Clean up after interrupted runs once this one is safe, so that a store that is down
     // fails the backup after one round of retries, not two.
-    if let Err(e) = store.sweep(&crate::manifest::db_prefix(&db.name)).await {
-        tracing::warn!(error = %crate::error::chain(&e), "could not clean leftovers of interrupted uploads");
+    for store in writer.live_stores() {
+        if let Err(e) = store.sweep(&crate::manifest::db_prefix(&db.name)).await {
+            tracing::warn!(store = %store.location(), error = %crate::error::chain(&e), "could not clean leftovers of interrupted uploads");
+        }
     }
     info!(
         id = %key.id,
@@ -135,6 +143,7 @@ async fn finish(
         raw_bytes = manifest.raw_len,
         stored_bytes = manifest.own_stored_len(),
         seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
+        stores = %writer.landed().join(","),
         "backup finished"
     );
     if let Some(how) = source_file.and_then(|before| source_change(&db.path, before)) {
@@ -142,6 +151,15 @@ async fn finish(
             path: db.path.clone(),
             id: manifest.id.to_string(),
             how,
+        });
+    }
+    let missed = writer.missed();
+    if !missed.is_empty() {
+        return Err(Error::StoresMissed {
+            db: db.name.clone(),
+            id: manifest.id.to_string(),
+            landed: writer.landed(),
+            missed,
         });
     }
     Ok(Backup {

@@ -390,7 +390,7 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
     let now = Utc::now();
     let mut catalogs = Vec::new();
     for db in app.config.select(args.db.as_deref())? {
-        catalogs.push(catalog::load(&app.store, &db.name).await?);
+        catalogs.push(catalog::load(&app.first_store(db).store, &db.name).await?);
     }
     if args.json {
         let views: Vec<_> = catalogs
@@ -455,7 +455,12 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             warnln!(
                 "no snapshots of {} in {}; take one with `guardian backup --db {}`",
                 c.db,
-                app.store.location(),
+                app.config
+                    .stores
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 c.db
             );
         }
@@ -484,16 +489,10 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         force: args.force,
         dry_run: args.dry_run,
         keys: app.keys.clone(),
-        protected: app
-            .config
-            .storage
-            .local_root()
-            .map(Into::into)
-            .into_iter()
-            .collect(),
+        protected: app.config.local_roots(),
         check: args.check,
     };
-    let r = restore::run_interruptible(&app.store, db, &opts).await?;
+    let r = restore::run_interruptible(&app.first_store(db).store, db, &opts).await?;
     let now = Utc::now();
     let m = &r.manifest;
     let when = format!(

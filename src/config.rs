@@ -19,6 +19,16 @@ pub use service::{
     DEFAULT_SHUTDOWN_TIMEOUT, HEARTBEAT_ENV, WEBHOOK_ENV,
 };
 
+/// The name of the one store of a config with `[storage]` (or neither table).
+pub const DEFAULT_STORE_NAME: &str = "primary";
+
+/// One store: its name and its backend's validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub name: String,
+    pub storage: StorageConfig,
+}
+
 /// Where `guardian` looks for its config when `--config`/`GUARDIAN_CONFIG` are not given.
 pub const SEARCH_PATHS: [&str; 2] = ["./guardian.toml", "/etc/guardian/guardian.toml"];
 
@@ -29,12 +39,16 @@ pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `[storage]` as written; checked and turned into [`Config::storage`] at load.
+    /// `[storage]` as written (one store); checked and turned into [`Config::stores`] at load.
     #[serde(default, rename = "storage")]
-    storage_table: StorageTable,
-    /// Where snapshots are stored (from `[storage]`, checked by its backend).
+    storage_table: Option<StorageTable>,
+    /// `[[stores]]` as written (several named stores; not beside `[storage]`).
+    #[serde(default, rename = "stores")]
+    stores_table: Vec<StorageTable>,
+    /// Where snapshots are stored, in config order: the `[[stores]]`, or the one `[storage]`
+    /// (named [`DEFAULT_STORE_NAME`]), each checked by its backend. Never empty.
     #[serde(skip)]
-    pub storage: StorageConfig,
+    pub stores: Vec<StoreConfig>,
     /// How snapshots are taken.
     #[serde(default)]
     pub backup: BackupConfig,
@@ -235,6 +249,8 @@ pub struct DatabaseConfig {
     /// Check an incremental runs on the live database, in its read transaction; default:
     /// `backup.incremental_check`, else `check`.
     pub incremental_check: Option<CheckKind>,
+    /// The `[[stores]]` (by name) this database is backed up to; default: every store.
+    pub stores: Option<Vec<String>>,
 }
 
 /// `max_age` when none is configured: a daily backup plus two hours of slack.
@@ -307,17 +323,103 @@ impl Config {
             )));
         }
         cfg.resolve_paths(base_dir);
-        cfg.storage = StorageConfig::from_table(&cfg.storage_table, "storage")
-            .map_err(|e| Error::Config(format!("{}: {}", e.key, e.reason)))?;
+        cfg.stores = cfg.store_configs()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The stores `[storage]` or `[[stores]]` describe, each checked by its backend.
+    fn store_configs(&self) -> Result<Vec<StoreConfig>> {
+        let backend = |t: &StorageTable, at: &str| {
+            StorageConfig::from_table(t, at)
+                .map_err(|e| Error::Config(format!("{}: {}", e.key, e.reason)))
+        };
+        match (&self.storage_table, self.stores_table.as_slice()) {
+            (Some(_), [_, ..]) => Err(Error::Config(
+                "storage: [storage] and [[stores]] are both set; keep one: [storage] for one \
+                 store, or move it into a [[stores]] table with a name"
+                    .into(),
+            )),
+            (Some(t), []) => {
+                if t.name.is_some() {
+                    return Err(Error::Config(
+                        "storage.name: only [[stores]] tables have a name; remove it (the one \
+                         [storage] is called \"primary\")"
+                            .into(),
+                    ));
+                }
+                Ok(vec![StoreConfig {
+                    name: DEFAULT_STORE_NAME.into(),
+                    storage: backend(t, "storage")?,
+                }])
+            }
+            (None, []) => Ok(vec![StoreConfig {
+                name: DEFAULT_STORE_NAME.into(),
+                storage: backend(&StorageTable::default(), "storage")?,
+            }]),
+            (None, tables) => {
+                let mut stores: Vec<StoreConfig> = Vec::new();
+                for (i, t) in tables.iter().enumerate() {
+                    let at = format!("stores[{i}]");
+                    let Some(name) = &t.name else {
+                        return Err(Error::Config(format!(
+                            "{at}.name: missing; give each store a name (1-32 of a-z, 0-9, _ and -), e.g. name = \"near\""
+                        )));
+                    };
+                    if let Err(reason) = crate::names::validate_store_name(name) {
+                        return Err(Error::Config(format!("{at}.name: {reason}")));
+                    }
+                    if let Some(j) = stores.iter().position(|s| &s.name == name) {
+                        return Err(Error::Config(format!(
+                            "{at}.name: {name:?} is already used by stores[{j}]; names must be unique"
+                        )));
+                    }
+                    let storage = backend(t, &at)?;
+                    if let Some(j) = stores.iter().position(|s| s.storage == storage) {
+                        return Err(Error::Config(format!(
+                            "{at}: the same place as stores[{j}] ({:?}); each store must be its own copy",
+                            stores[j].name
+                        )));
+                    }
+                    stores.push(StoreConfig {
+                        name: name.clone(),
+                        storage,
+                    });
+                }
+                Ok(stores)
+            }
+        }
+    }
+
+    /// The folders on this machine that hold a store's objects (a restore target inside one
+    /// is refused).
+    pub fn local_roots(&self) -> Vec<PathBuf> {
+        self.stores
+            .iter()
+            .filter_map(|s| s.storage.local_root().map(Path::to_path_buf))
+            .collect()
+    }
+
+    /// The stores `db` is backed up to, in config order: its `stores`, else every store.
+    pub fn stores_of<'a>(&'a self, db: &DatabaseConfig) -> Vec<&'a StoreConfig> {
+        match &db.stores {
+            None => self.stores.iter().collect(),
+            Some(names) => self
+                .stores
+                .iter()
+                .filter(|s| names.contains(&s.name))
+                .collect(),
+        }
     }
 
     /// The dotted key of the first path given as `""`, if any.
     fn empty_path(&self) -> Option<String> {
         let empty = |p: Option<&PathBuf>| p.is_some_and(|p| p.as_os_str().is_empty());
         let top = [
-            ("storage.path", empty(self.storage_table.path.as_ref())),
+            (
+                "storage.path",
+                empty(self.storage_table.as_ref().and_then(|t| t.path.as_ref())),
+            ),
             (
                 "backup.staging_dir",
                 empty(self.backup.staging_dir.as_ref()),
@@ -340,6 +442,13 @@ impl Config {
                 empty(self.notify.heartbeat_url_file.as_ref()),
             ),
         ];
+        if let Some(i) = self
+            .stores_table
+            .iter()
+            .position(|t| empty(t.path.as_ref()))
+        {
+            return Some(format!("stores[{i}].path"));
+        }
         if let Some((field, _)) = top.iter().find(|(_, e)| *e) {
             return Some(field.to_string());
         }
@@ -433,8 +542,10 @@ impl Config {
         let abs = |p: &mut PathBuf| {
             *p = normalize(&base.join(&*p));
         };
-        if let Some(p) = self.storage_table.path.as_mut() {
-            abs(p);
+        for t in self.storage_table.iter_mut().chain(&mut self.stores_table) {
+            if let Some(p) = t.path.as_mut() {
+                abs(p);
+            }
         }
         if let Some(p) = self.backup.staging_dir.as_mut() {
             abs(p);
@@ -541,6 +652,34 @@ impl Config {
                         self.databases[j].name
                     ),
                 );
+            }
+            if let Some(names) = &db.stores {
+                if names.is_empty() {
+                    return invalid(
+                        format!("databases[{i}].stores"),
+                        "is empty; name at least one store, or remove the key for every store"
+                            .into(),
+                    );
+                }
+                for (k, name) in names.iter().enumerate() {
+                    if !self.stores.iter().any(|s| &s.name == name) {
+                        let known: Vec<&str> =
+                            self.stores.iter().map(|s| s.name.as_str()).collect();
+                        return invalid(
+                            format!("databases[{i}].stores"),
+                            format!(
+                                "no store named {name:?} (configured: {}); add a [[stores]] table with that name or fix the name",
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                    if names[..k].contains(name) {
+                        return invalid(
+                            format!("databases[{i}].stores"),
+                            format!("{name:?} is listed twice"),
+                        );
+                    }
+                }
             }
             if let Err((field, reason)) = service::validate_database(i, db) {
                 return invalid(field, reason);
@@ -654,8 +793,8 @@ mod tests {
         let c =
             parse("[storage]\npath = \"b\"\n[[databases]]\nname = \"market\"\npath = \"m.db\"\n")
                 .unwrap();
-        let StorageConfig::Local(local) = &c.storage else {
-            panic!("{:?}", c.storage)
+        let StorageConfig::Local(local) = &c.stores[0].storage else {
+            panic!("{:?}", c.stores)
         };
         assert_eq!(local.path, Path::new("/etc/guardian/b"));
         assert_eq!(c.databases[0].path, Path::new("/etc/guardian/m.db"));
@@ -704,14 +843,64 @@ mod tests {
 
     const DB: &str = "[[databases]]\nname = \"m\"\npath = \"m.db\"\n";
 
+    const TWO_STORES: &str = "[[stores]]\nname = \"near\"\npath = \"b\"\n[[stores]]\nname = \"far\"\nkind = \"s3\"\nbucket = \"bkt\"\nendpoint = \"http://127.0.0.1:9000\"\n";
+
+    #[test]
+    fn several_stores_parse_in_order_and_a_database_picks_some() {
+        let c = parse(&format!(
+            "{TWO_STORES}{DB}stores = [\"far\"]\n[[databases]]\nname = \"n\"\npath = \"n.db\"\n"
+        ))
+        .unwrap();
+        let names: Vec<_> = c.stores.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["near", "far"]);
+        let StorageConfig::Local(l) = &c.stores[0].storage else {
+            panic!("{:?}", c.stores)
+        };
+        assert_eq!(l.path, Path::new("/etc/guardian/b"));
+        assert!(matches!(c.stores[1].storage, StorageConfig::S3(_)));
+        let of = |i: usize| -> Vec<String> {
+            c.stores_of(&c.databases[i])
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        assert_eq!(of(0), ["far"]);
+        assert_eq!(of(1), ["near", "far"]);
+        // One [storage] is one store called "primary".
+        let one = parse(&format!("[storage]\npath = \"b\"\n{DB}")).unwrap();
+        assert_eq!(one.stores.len(), 1);
+        assert_eq!(one.stores[0].name, DEFAULT_STORE_NAME);
+    }
+
+    #[test]
+    fn bad_stores_are_refused_naming_the_key() {
+        for (text, key) in [
+            (format!("[storage]\npath = \"a\"\n{TWO_STORES}{DB}"), "[storage] and [[stores]]"),
+            (format!("[storage]\nname = \"x\"\npath = \"a\"\n{DB}"), "storage.name"),
+            (format!("[[stores]]\npath = \"a\"\n{DB}"), "stores[0].name"),
+            (format!("[[stores]]\nname = \"Near!\"\npath = \"a\"\n{DB}"), "stores[0].name"),
+            (format!("[[stores]]\nname = \"{}\"\npath = \"a\"\n{DB}", "x".repeat(33)), "stores[0].name"),
+            (format!("[[stores]]\nname = \"a\"\npath = \"a\"\n[[stores]]\nname = \"a\"\npath = \"b\"\n{DB}"), "stores[1].name"),
+            (format!("[[stores]]\nname = \"a\"\npath = \"a\"\n[[stores]]\nname = \"b\"\npath = \"a\"\n{DB}"), "stores[1]: the same place"),
+            (format!("[[stores]]\nname = \"a\"\npath = \"a\"\nbucket = \"x\"\n{DB}"), "stores[0].bucket"),
+            (format!("[[stores]]\nname = \"a\"\npath = \"\"\n{DB}"), "stores[0].path"),
+            (format!("{TWO_STORES}{DB}stores = [\"nowhere\"]\n"), "databases[0].stores"),
+            (format!("{TWO_STORES}{DB}stores = []\n"), "databases[0].stores"),
+            (format!("{TWO_STORES}{DB}stores = [\"far\", \"far\"]\n"), "databases[0].stores"),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
     #[test]
     fn s3_storage_parses_with_every_key() {
         let c = parse(&format!(
             "[storage]\nkind = \"s3\"\nbucket = \"market-backups\"\nprefix = \"/prod/guardian/\"\nregion = \"auto\"\nendpoint = \"https://acc.r2.cloudflarestorage.com\"\nforce_path_style = true\ntimeout = \"90s\"\n{DB}"
         ))
         .unwrap();
-        let StorageConfig::S3(s3) = &c.storage else {
-            panic!("{:?}", c.storage)
+        let StorageConfig::S3(s3) = &c.stores[0].storage else {
+            panic!("{:?}", c.stores)
         };
         assert_eq!(s3.bucket, "market-backups");
         assert_eq!(s3.prefix, "prod/guardian");
@@ -719,7 +908,7 @@ mod tests {
         assert_eq!(s3.timeout, std::time::Duration::from_secs(90));
         assert_eq!(s3.region.as_deref(), Some("auto"));
         let bare = parse(&format!("[storage]\nkind = \"s3\"\nbucket = \"b-1\"\n{DB}")).unwrap();
-        let StorageConfig::S3(s3) = &bare.storage else {
+        let StorageConfig::S3(s3) = &bare.stores[0].storage else {
             panic!()
         };
         assert_eq!(s3.prefix, "");

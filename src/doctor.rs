@@ -56,14 +56,27 @@ pub async fn check(cfg: &Config) -> Report {
         .file
         .as_ref()
         .map_or("(built-in)".into(), |p| p.display().to_string());
-    let kind = cfg.storage.kind().as_str();
+    let stores: Vec<String> = cfg
+        .stores
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.storage.kind().as_str()))
+        .collect();
     let n = cfg.databases.len();
     r.pass(
         "config",
-        format!(
-            "{file}: {n} database{}, storage kind {kind}",
-            if n == 1 { "" } else { "s" }
-        ),
+        match stores.as_slice() {
+            [_] => format!(
+                "{file}: {n} database{}, storage kind {}",
+                if n == 1 { "" } else { "s" },
+                cfg.stores[0].storage.kind().as_str()
+            ),
+            _ => format!(
+                "{file}: {n} database{}, {} stores: {}",
+                if n == 1 { "" } else { "s" },
+                stores.len(),
+                stores.join(", ")
+            ),
+        },
     );
     for db in &cfg.databases {
         let name = format!("database {}", db.name);
@@ -86,9 +99,20 @@ pub async fn check(cfg: &Config) -> Report {
         Err(e) => r.fail("notify", e.to_string()),
     }
 
-    match storage::open(&cfg.storage).await {
-        Ok(store) => store.diagnose(&mut r).await,
-        Err(e) => r.fail("storage", chain(&e)),
+    // Every store on its own: with several, each check's name says which store it is about.
+    let several = cfg.stores.len() > 1;
+    for s in &cfg.stores {
+        let mut checks = Report::default();
+        match storage::open(&s.storage).await {
+            Ok(store) => store.diagnose(&mut checks).await,
+            Err(e) => checks.fail("storage", chain(&e)),
+        }
+        for mut c in checks.checks {
+            if several {
+                c.name = format!("store {}: {}", s.name, c.name);
+            }
+            r.checks.push(c);
+        }
     }
     r
 }

@@ -112,6 +112,19 @@ pub enum Error {
         how: SourceChange,
     },
 
+    /// A snapshot reached some of its database's stores but not the others: it is published
+    /// (and kept) where it landed, and the stores that missed it need `guardian sync`.
+    #[error("snapshot {id} of {db} reached {} but not {}: {}; it is kept where it landed: check the failed store{} with `guardian doctor`, then copy the snapshot with `guardian sync --db {db}`", landed.join(", "), missed.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", "), missed.iter().map(|(s, why)| format!("{s}: {why}")).collect::<Vec<_>>().join("; "), if missed.len() == 1 { "" } else { "s" })]
+    StoresMissed {
+        db: String,
+        /// The snapshot that was published.
+        id: String,
+        /// The stores that hold it, in config order.
+        landed: Vec<String>,
+        /// The stores that do not, each with why (one line).
+        missed: Vec<(String, String)>,
+    },
+
     /// A file so damaged that nothing of it can be read (`diff`: its schema is unreadable).
     #[error("{0}")]
     Unreadable(String),
@@ -178,6 +191,7 @@ impl Error {
             | Error::Io { .. }
             | Error::InUse(_)
             | Error::SourceGone { .. }
+            | Error::StoresMissed { .. }
             | Error::Cancelled(_)
             | Error::Internal(_) => 2,
             Error::Busy(_) => 3,

@@ -37,13 +37,13 @@ use crate::manifest::{
 };
 use crate::pageset::{self, BaseDigests, BaseDigestsWriter, Overlay, PageSetParser};
 use crate::snapshot::{Inspection, ReadSnapshot};
-use crate::storage::Storage;
+use crate::storage::{NamedStore, Storage};
 
 /// How an attempt at an incremental ended.
 #[derive(Debug)]
 pub enum Attempt {
-    /// Published.
-    Done(Box<Manifest>),
+    /// Published (where the writer says).
+    Done(Box<Manifest>, SnapshotWriter),
     /// Not possible now: take a full instead, for this reason (one line).
     Full(String),
 }
@@ -54,16 +54,27 @@ struct Chain {
     parent: Manifest,
 }
 
-/// Take an incremental snapshot of `db` on the newest chain in `store`.
+/// Take an incremental snapshot of `db` on the newest chain in the first of `stores` that can
+/// be read, and publish it to every store that holds that chain. A store that lacks it (it
+/// missed a snapshot, or it is new) is left out, to be filled by `guardian sync`.
 pub async fn run(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     opts: &BackupConfig,
     keys: &Keys,
     key: SnapshotKey,
     created_at: DateTime<Utc>,
 ) -> Result<Attempt> {
-    let catalog = catalog::load(store, &db.name).await?;
+    let mut catalogs = Vec::with_capacity(stores.len());
+    for s in stores {
+        catalogs.push(catalog::load(&s.store, &db.name).await);
+    }
+    let Some(source) = catalogs.iter().position(|c| c.is_ok()) else {
+        let first = catalogs.into_iter().next().expect("a database has a store");
+        return Err(first.expect_err("no catalog loaded"));
+    };
+    let store = &stores[source].store;
+    let catalog = catalogs[source].as_ref().expect("loaded");
     let chain = match pick_chain(&catalog.snapshots, keys) {
         Ok(c) => c,
         Err(why) => return Ok(Attempt::Full(why)),
@@ -110,7 +121,30 @@ pub async fn run(
         Err(why) => return Ok(Attempt::Full(why)),
     };
 
-    let writer = SnapshotWriter::new(store, key.clone(), opts, keys);
+    let writer = SnapshotWriter::new(stores, key.clone(), opts, keys);
+    // The other stores take it only if they hold the same chain (the parent, undamaged, with
+    // the same objects): an incremental names its parents' objects, it does not carry them.
+    for (s, c) in stores.iter().zip(&catalogs) {
+        let lacks = match c {
+            Err(e) => Some(crate::error::chain(e)),
+            Ok(c) => (!c.snapshots.iter().any(|e| {
+                e.key.id == chain.parent.id
+                    && e.problem.is_none()
+                    && e.manifest
+                        .as_ref()
+                        .is_some_and(|m| m.objects() == chain.parent.objects())
+            }))
+            .then(|| {
+                format!(
+                    "it lacks snapshot {}, which the incremental builds on",
+                    chain.parent.id
+                )
+            }),
+        };
+        if let Some(why) = lacks {
+            writer.exclude(&s.name, Error::Gone(why));
+        }
+    }
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(2);
     let pages = Arc::new(AtomicU64::new(0));
     let abort = Arc::new(AtomicBool::new(false));
@@ -195,18 +229,23 @@ pub async fn run(
         changed_since_base = scanned.overlay.pages.len(),
         "incremental snapshot published"
     );
-    if let Err(e) = scanned
-        .overlay
-        .save(&cache, &db.name, &chain.base.id, &key.id)
-    {
-        tracing::warn!(error = %e, "could not cache the page digests; the next incremental reads them from the store");
-    }
-    pageset::keep_only(&cache, &db.name, &chain.base.id, Some(&key.id));
+    // The digests go into the cache of every store that took it, so that the next
+    // incremental reads none back even when another store is the first one readable.
     let proved: Vec<(String, String)> = base_parts_keys(&manifest);
-    if let Err(e) = verified.save(&cache, &db.name, &proved) {
-        tracing::warn!(error = %e, "could not record which objects were read back");
+    for store in writer.live_stores() {
+        let cache = cache_dir(opts, store.as_ref());
+        if let Err(e) = scanned
+            .overlay
+            .save(&cache, &db.name, &chain.base.id, &key.id)
+        {
+            tracing::warn!(error = %e, "could not cache the page digests; the next incremental reads them from the store");
+        }
+        pageset::keep_only(&cache, &db.name, &chain.base.id, Some(&key.id));
+        if let Err(e) = verified.save(&cache, &db.name, &proved) {
+            tracing::warn!(error = %e, "could not record which objects were read back");
+        }
     }
-    Ok(Attempt::Done(Box::new(manifest)))
+    Ok(Attempt::Done(Box::new(manifest), writer))
 }
 
 /// The objects (key, stored SHA-256) of `m`'s chain but its own: what was proved before it.

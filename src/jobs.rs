@@ -421,15 +421,21 @@ impl Runner {
                 incremental,
             } => {
                 let started = Instant::now();
-                let done = backup::run(&app.store, db, &app.config.backup, &app.keys, *incremental)
-                    .await?;
+                let done = backup::run(
+                    &app.stores_of(db),
+                    db,
+                    &app.config.backup,
+                    &app.keys,
+                    *incremental,
+                )
+                .await?;
                 let (manifest, full_because) = (done.manifest, done.full_because);
                 let seconds = started.elapsed().as_secs_f64();
                 // A failed prune is a warning: the backup itself is safe in the store. Also
                 // without a retention table: that prune removes only orphans over a day old
                 // (what cancelled backups leave), never a snapshot.
                 let prune = match prune_after {
-                    true => Some(retention::prune(&app.store, db, false).await),
+                    true => Some(retention::prune(&app.first_store(db).store, db, false).await),
                     false => None,
                 };
                 Ok(Done::Backup {
@@ -440,14 +446,23 @@ impl Runner {
                 })
             }
             Job::Drill { snapshot: Some(id) } => {
-                let latest = drill::run(&app.store, db, &staging, Some(id), &app.keys).await?;
+                let latest = drill::run(
+                    &app.first_store(db).store,
+                    db,
+                    &staging,
+                    Some(id),
+                    &app.keys,
+                )
+                .await?;
                 Ok(Done::Drill {
                     latest,
                     rotation: None,
                 })
             }
             Job::Drill { snapshot: None } => {
-                let d = drill::run_with_rotation(&app.store, db, &staging, &app.keys).await?;
+                let d =
+                    drill::run_with_rotation(&app.first_store(db).store, db, &staging, &app.keys)
+                        .await?;
                 Ok(Done::Drill {
                     latest: d.latest,
                     rotation: Some(Rotation {
@@ -457,9 +472,11 @@ impl Runner {
                 })
             }
             Job::Prune { dry_run } => Ok(Done::Prune(
-                retention::prune(&app.store, db, *dry_run).await?,
+                retention::prune(&app.first_store(db).store, db, *dry_run).await?,
             )),
-            Job::Verify { all } => Ok(Done::Verify(verify::run(&app.store, &db.name, *all).await?)),
+            Job::Verify { all } => Ok(Done::Verify(
+                verify::run(&app.first_store(db).store, &db.name, *all).await?,
+            )),
         }
     }
 
@@ -480,7 +497,9 @@ impl Runner {
             }
             Ended::Done(_) | Ended::Busy(_) | Ended::Cancelled => return,
         };
-        crate::outcome::record(&self.app.store, &staging, &out.db, result).await;
+        let db = self.app.config.databases.iter().find(|d| d.name == out.db);
+        let stores = db.map_or_else(Vec::new, |d| self.app.stores_of(d));
+        crate::outcome::record(&stores, &staging, &out.db, result).await;
     }
 
     /// Count a run of `job` that ended `how` (the service only).
@@ -498,11 +517,13 @@ impl Runner {
         // outcome (a proven restore time, a success) then also sees the snapshots and drill
         // records it wrote, never an outcome ahead of its catalog.
         if matches!(out.ended, Ended::Done(_) | Ended::Failed(_)) {
-            match catalog::load(&self.app.store, &db.name).await {
+            match catalog::load(&self.app.first_store(db).store, &db.name).await {
                 Ok(c) => {
                     m.observe_catalog(&c);
                     let staging = self.app.config.backup.staging_dir();
-                    let attempt = crate::outcome::last(&self.app.store, &staging, &db.name).await;
+                    let attempt =
+                        crate::outcome::last(&self.app.first_store(db).store, &staging, &db.name)
+                            .await;
                     m.observe_attempt(&db.name, attempt);
                 }
                 Err(e) => {

@@ -32,7 +32,7 @@ use crate::manifest::{
     DATA_OBJECT, DATA_OBJECT_AGE, PAGES_OBJECT, PAGES_OBJECT_AGE,
 };
 use crate::progress::Progress;
-use crate::storage::{body_channel, ObjectKey, PutMode, Storage};
+use crate::storage::{body_channel, NamedStore, ObjectKey, PutMode, Storage};
 
 /// What [`SnapshotWriter::write`] stored: the layout for the manifest, and the raw side's
 /// size and digest.
@@ -43,31 +43,110 @@ pub struct Written {
     pub raw_sha256: Sha256Hex,
 }
 
-/// Writes one new snapshot: its data objects, then (once the caller has proved the copy good)
-/// its manifest, last.
+/// Writes one new snapshot to every store of its database: its data objects, then (once the
+/// caller has proved the copy good) its manifest, last. The bytes are produced once and go to
+/// every store at the same time; a store that fails drops out (its error kept for
+/// [`SnapshotWriter::missed`]) and the others go on. The snapshot fails only when no store is
+/// left.
+#[derive(Debug)]
 pub struct SnapshotWriter {
-    store: Arc<dyn Storage>,
+    targets: Vec<Target>,
     key: SnapshotKey,
     level: u32,
     threads: usize,
     keys: Keys,
 }
 
+/// One store a [`SnapshotWriter`] writes to, and why it dropped out, if it did.
+#[derive(Debug)]
+struct Target {
+    name: String,
+    store: Arc<dyn Storage>,
+    failed: std::sync::Mutex<Option<Error>>,
+}
+
+impl Target {
+    fn live(&self) -> bool {
+        self.failed.lock().expect("never poisoned").is_none()
+    }
+
+    fn fail(&self, e: Error) {
+        let mut f = self.failed.lock().expect("never poisoned");
+        if f.is_none() {
+            tracing::warn!(store = %self.name, error = %crate::error::chain(&e), "the snapshot did not reach this store");
+            *f = Some(e);
+        }
+    }
+}
+
 impl SnapshotWriter {
-    /// A writer for the snapshot `key`, compressing and encrypting as `opts` and `keys` say.
-    pub fn new(
-        store: &Arc<dyn Storage>,
-        key: SnapshotKey,
-        opts: &BackupConfig,
-        keys: &Keys,
-    ) -> Self {
+    /// A writer for the snapshot `key` to `stores` (in config order),
+    /// compressing and encrypting as `opts` and `keys` say.
+    pub fn new(stores: &[NamedStore], key: SnapshotKey, opts: &BackupConfig, keys: &Keys) -> Self {
         SnapshotWriter {
-            store: Arc::clone(store),
+            targets: stores
+                .iter()
+                .map(|s| Target {
+                    name: s.name.clone(),
+                    store: Arc::clone(&s.store),
+                    failed: std::sync::Mutex::new(None),
+                })
+                .collect(),
             key,
             level: opts.compression_level(),
             threads: opts.threads(),
             keys: keys.clone(),
         }
+    }
+
+    /// The stores that hold everything written so far, in config order.
+    pub fn landed(&self) -> Vec<String> {
+        self.targets
+            .iter()
+            .filter(|t| t.live())
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// The stores that dropped out, each with why (one line), in config order.
+    pub fn missed(&self) -> Vec<(String, String)> {
+        self.targets
+            .iter()
+            .filter_map(|t| {
+                let f = t.failed.lock().expect("never poisoned");
+                f.as_ref().map(|e| (t.name.clone(), crate::error::chain(e)))
+            })
+            .collect()
+    }
+
+    /// The stores still in, for what is done after the snapshot is published (sweeps, caches).
+    pub fn live_stores(&self) -> Vec<Arc<dyn Storage>> {
+        self.targets
+            .iter()
+            .filter(|t| t.live())
+            .map(|t| Arc::clone(&t.store))
+            .collect()
+    }
+
+    /// Drop `name` before anything is written to it (it cannot take this snapshot: say, an
+    /// incremental whose chain it lacks).
+    pub fn exclude(&self, name: &str, why: Error) {
+        if let Some(t) = self.targets.iter().find(|t| t.name == name) {
+            t.fail(why);
+        }
+    }
+
+    /// The first live store's error when none is left, else `Ok`.
+    fn any_live(&self) -> Result<()> {
+        if self.targets.iter().any(Target::live) {
+            return Ok(());
+        }
+        // Report the first store's error: with one store, exactly what it said.
+        let first = self
+            .targets
+            .first()
+            .and_then(|t| t.failed.lock().expect("never poisoned").take());
+        Err(first.unwrap_or_else(|| Error::Internal("a snapshot writer with no store".into())))
     }
 
     /// Store the data of the raw database file at `copy` (`raw_len` bytes) in one streaming
@@ -153,13 +232,19 @@ impl SnapshotWriter {
     ) -> Result<Digests> {
         let encryptor = self.keys.encryptor();
         let data_key = self.key.object(object);
-        let (tx, rx) = body_channel();
+        // One bounded body channel per live store, all fed from the one pass: the slowest
+        // store sets the pace, and memory stays CHANNEL_DEPTH chunks per store.
+        let live: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| self.targets[i].live())
+            .collect();
+        let (senders, bodies): (Vec<_>, Vec<_>) = live.iter().map(|_| body_channel()).unzip();
         let pipeline = {
             let abort = Arc::clone(abort);
             let (level, threads, db) = (self.level, self.threads, self.key.db.clone());
             let what = data_key.to_string();
             tokio::task::spawn_blocking(move || {
                 let progress = Progress::start("compress+upload", &db, raw_len);
+                let mut senders: Vec<Option<_>> = senders.into_iter().map(Some).collect();
                 let digests = archive::compress(
                     src,
                     level,
@@ -170,8 +255,19 @@ impl SnapshotWriter {
                         if abort.load(Ordering::SeqCst) {
                             return Err(std::io::Error::other("the copy failed its check"));
                         }
-                        tx.blocking_send(Ok(chunk))
-                            .map_err(|_| std::io::Error::other("upload stopped"))
+                        for tx in senders.iter_mut() {
+                            // A store whose upload ended (failed) drops out; the others go on.
+                            if tx
+                                .as_ref()
+                                .is_some_and(|t| t.blocking_send(Ok(chunk.clone())).is_err())
+                            {
+                                *tx = None;
+                            }
+                        }
+                        if senders.iter().all(Option::is_none) {
+                            return Err(std::io::Error::other("upload stopped"));
+                        }
+                        Ok(())
                     },
                 )
                 .map_err(|e| Error::Io {
@@ -181,61 +277,90 @@ impl SnapshotWriter {
                 });
                 match &digests {
                     Ok(d) => progress.finish(d.raw_len),
-                    // Tell the store the body is incomplete, so that nothing is published.
+                    // Tell every store the body is incomplete, so that nothing is published.
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                        for tx in senders.iter().flatten() {
+                            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                        }
                     }
                 }
                 digests
             })
         };
-        let (upload, digests) =
-            tokio::join!(self.store.put_stream(&data_key, rx, raw_len), pipeline);
-        let digests = digests.expect("compressor does not panic");
-        // A failed upload makes the compressor fail too ("upload stopped"): report the root cause.
-        let (digests, stored_len) = match (digests, upload) {
-            (Ok(d), Ok(n)) => (d, n),
-            (_, Err(upload)) => return Err(upload.into()),
-            (Err(e), Ok(_)) => return Err(e),
-        };
-        if stored_len != digests.stored_len {
-            return Err(Error::Damaged {
-                id: self.key.id.to_string(),
-                damage: Damage::UploadShort {
-                    stored: stored_len,
-                    produced: digests.stored_len,
-                },
-                remedy: None,
-            });
+        let mut uploads = tokio::task::JoinSet::new();
+        for (&i, body) in live.iter().zip(bodies) {
+            let (store, key) = (Arc::clone(&self.targets[i].store), data_key.clone());
+            uploads.spawn(async move { (i, store.put_stream(&key, body, raw_len).await) });
         }
+        let (results, digests) = tokio::join!(uploads.join_all(), pipeline);
+        let digests = digests.expect("compressor does not panic");
+        let digests = match digests {
+            Ok(d) => d,
+            Err(e) => {
+                // A failed upload makes the compressor fail too ("upload stopped"): report the
+                // root cause, the store's error.
+                for (i, r) in results {
+                    if let Err(upload) = r {
+                        self.targets[i].fail(upload.into());
+                    }
+                }
+                return match self.any_live() {
+                    Err(upload) => Err(upload),
+                    Ok(()) => Err(e),
+                };
+            }
+        };
+        for (i, r) in results {
+            match r {
+                Ok(stored) if stored == digests.stored_len => {}
+                Ok(stored) => self.targets[i].fail(Error::Damaged {
+                    id: self.key.id.to_string(),
+                    damage: Damage::UploadShort {
+                        stored,
+                        produced: digests.stored_len,
+                    },
+                    remedy: None,
+                }),
+                Err(upload) => self.targets[i].fail(upload.into()),
+            }
+        }
+        self.any_live()?;
         Ok(digests)
     }
 
-    /// Remove the data objects of a copy that will not be published (it failed its check).
-    /// Failures are logged: an unpublished object is an orphan that prune removes later.
+    /// Remove the data objects of a copy that will not be published (it failed its check),
+    /// from every store. Failures are logged: an unpublished object is an orphan that prune
+    /// removes later.
     pub async fn discard(&self, data: &DataLayout) {
         // Only this snapshot's own objects: an incremental names its base's too.
         let keys = match data {
             DataLayout::Whole(w) => vec![self.key.object(&w.object)],
             DataLayout::Pages(c) => vec![c.own().key(&self.key.db)],
         };
-        for key in keys {
-            if let Err(e) = self.store.delete(&key).await {
-                tracing::warn!(key = %key, error = %crate::error::chain(&e), "could not delete the data object of a rejected copy");
+        for t in &self.targets {
+            for key in &keys {
+                if let Err(e) = t.store.delete(key).await {
+                    tracing::warn!(store = %t.name, key = %key, error = %crate::error::chain(&e), "could not delete the data object of a rejected copy");
+                }
             }
         }
     }
 
-    /// Write the manifest, last: from here on the snapshot exists. Never overwrites one.
+    /// Write the manifest, last, to every store that holds the data: from here on the
+    /// snapshot exists there. Never overwrites one. Fails only when no store took it.
     pub async fn publish(&self, manifest: &Manifest) -> Result<()> {
-        self.store
-            .put_bytes(
-                &self.key.manifest(),
-                Bytes::from(manifest.to_json()),
-                PutMode::IfAbsent,
-            )
-            .await?;
-        Ok(())
+        let body = Bytes::from(manifest.to_json());
+        let mut puts = tokio::task::JoinSet::new();
+        for (i, t) in self.targets.iter().enumerate().filter(|(_, t)| t.live()) {
+            let (store, key, body) = (Arc::clone(&t.store), self.key.manifest(), body.clone());
+            puts.spawn(async move { (i, store.put_bytes(&key, body, PutMode::IfAbsent).await) });
+        }
+        for (i, r) in puts.join_all().await {
+            if let Err(e) = r {
+                self.targets[i].fail(e.into());
+            }
+        }
+        self.any_live()
     }
 }
 

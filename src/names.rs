@@ -34,3 +34,18 @@ pub fn validate_component(part: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// Store names (`[[stores]]`) appear in output, metrics labels and `--store`: 1-32 of
+/// `[a-z0-9_-]`.
+pub fn validate_store_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 32 {
+        return Err(format!("must be 1 to 32 characters (got {name:?})"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(format!("must match [a-z0-9_-]+ (got {name:?})"));
+    }
+    Ok(())
+}

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{chain, Error};
 use crate::manifest::Manifest;
-use crate::storage::{ObjectKey, PutMode, Storage};
+use crate::storage::{NamedStore, ObjectKey, PutMode, Storage};
 
 /// The record format this guardian writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -58,9 +58,10 @@ pub fn local_path(staging_dir: &Path, db: &str) -> PathBuf {
     staging_dir.join(format!("guardian-{db}.last-backup.json"))
 }
 
-/// Record the outcome of a backup of `db` (in the store and in `staging_dir`); never fails.
+/// Record the outcome of a backup of `db` (in each of its `stores` and in `staging_dir`);
+/// never fails.
 pub async fn record(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     staging_dir: &Path,
     db: &str,
     result: Result<&Manifest, &Error>,
@@ -74,7 +75,7 @@ pub async fn record(
         exit_code: result.map_or_else(Error::exit_code, |_| 0),
         snapshot: match result {
             Ok(m) => Some(m.id.to_string()),
-            Err(Error::SourceGone { id, .. }) => Some(id.clone()),
+            Err(Error::SourceGone { id, .. } | Error::StoresMissed { id, .. }) => Some(id.clone()),
             Err(_) => None,
         },
         error: result.err().map(|e| chain(e)),
@@ -96,11 +97,21 @@ pub async fn record(
         return;
     }
     let key = store_key(db);
-    if let Err(e) = store
-        .put_bytes(&key, Bytes::from(body), PutMode::Overwrite)
-        .await
-    {
-        tracing::warn!(key = %key, error = %chain(&e), "could not record the backup's outcome in the store; `status` on this host still sees it");
+    let body = Bytes::from(body);
+    for s in stores {
+        // A store that missed the snapshot failed on its own; the same holds for it.
+        if let Err(Error::StoresMissed { missed, .. }) = result {
+            if missed.iter().any(|(name, _)| name == &s.name) {
+                continue;
+            }
+        }
+        if let Err(e) = s
+            .store
+            .put_bytes(&key, body.clone(), PutMode::Overwrite)
+            .await
+        {
+            tracing::warn!(store = %s.name, key = %key, error = %chain(&e), "could not record the backup's outcome in the store; `status` on this host still sees it");
+        }
     }
 }
 

@@ -85,7 +85,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(
         app.config.databases.iter().map(|d| d.name.as_str()),
     ));
-    metrics.describe(&app.config.databases, &app.store.location());
+    metrics.describe(&app.config.databases, &app.stores[0].store.location());
     observe_store(&app, &metrics).await;
     let cancel = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -113,7 +113,7 @@ pub async fn run(
     };
     let count = entries.len();
     let scheduler = Scheduler::start(entries, on_tick).await?;
-    info!(listen = %addr, schedules = count, store = %shared.app().store.location(), "guardian service started");
+    info!(listen = %addr, schedules = count, stores = %shared.app().stores.iter().map(|s| s.describe()).collect::<Vec<_>>().join(", "), "guardian service started");
 
     stop(&shared, scheduler, shutdown, abort).await;
     let _ = http.await;
@@ -156,13 +156,14 @@ async fn refresh_from_store(s: Arc<Shared>) {
 /// Start the metrics from what the store holds (a store that is down is retried by the jobs).
 async fn observe_store(app: &App, metrics: &Metrics) {
     for db in &app.config.databases {
-        match catalog::load(&app.store, &db.name).await {
+        match catalog::load(&app.first_store(db).store, &db.name).await {
             Ok(c) => {
                 metrics.observe_catalog(&c);
                 let staging = app.config.backup.staging_dir();
-                let attempt = crate::outcome::last(&app.store, &staging, &db.name).await;
+                let attempt =
+                    crate::outcome::last(&app.first_store(db).store, &staging, &db.name).await;
                 metrics.observe_attempt(&db.name, attempt);
-                if let Some(r) = crate::rto::proven(&app.store, &c).await {
+                if let Some(r) = crate::rto::proven(&app.first_store(db).store, &c).await {
                     metrics.drill_passed_at(&db.name, r.drilled_at_time, r.restore_seconds);
                 }
             }

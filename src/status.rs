@@ -280,10 +280,15 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
     let mut all = Vec::new();
     for db in app.config.select(db)? {
         let staging = app.config.backup.staging_dir();
-        let attempt = crate::outcome::last(&app.store, &staging, &db.name).await;
-        let catalog = catalog::load(&app.store, &db.name).await?;
-        let mut status = summarize(db, &catalog, attempt.as_ref(), app.store.location());
-        status.proven_rto = crate::rto::proven(&app.store, &catalog).await;
+        let attempt = crate::outcome::last(&app.first_store(db).store, &staging, &db.name).await;
+        let catalog = catalog::load(&app.first_store(db).store, &db.name).await?;
+        let mut status = summarize(
+            db,
+            &catalog,
+            attempt.as_ref(),
+            app.first_store(db).store.location(),
+        );
+        status.proven_rto = crate::rto::proven(&app.first_store(db).store, &catalog).await;
         all.push(status);
     }
     if json {

@@ -87,7 +87,9 @@ pub(super) async fn backup(runner: &Runner, args: BackupArgs) -> Result<u8> {
                 outln!("{}", manifest.id)
             }
             // The snapshot exists (stdout lists every new snapshot); stderr says what is wrong.
-            Ended::Failed(Error::SourceGone { id, .. }) => outln!("{id}"),
+            Ended::Failed(Error::SourceGone { id, .. } | Error::StoresMissed { id, .. }) => {
+                outln!("{id}")
+            }
             _ => {}
         }
         worst.outcome(&out);
@@ -224,7 +226,7 @@ pub(super) async fn verify(runner: &Runner, args: VerifyArgs) -> Result<u8> {
             errln!(
                 "no snapshots of {} in {}; nothing to verify: take one with `guardian backup --db {}`",
                 db.name,
-                runner.app().store.location(),
+                runner.app().stores_of(db).iter().map(|s| s.describe()).collect::<Vec<_>>().join(", "),
                 db.name
             );
         }

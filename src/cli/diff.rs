@@ -27,7 +27,8 @@ pub(super) async fn diff(app: &App, args: DiffArgs) -> Result<u8> {
         keys: app.keys.clone(),
         staging_dir: app.config.backup.staging_dir(),
     };
-    let r = diff::run(&app.store, db, &app.config.databases, &opts).await?;
+    let store = db.map_or_else(|| app.stores[0].clone(), |d| app.first_store(d));
+    let r = diff::run(&store.store, db, &app.config.databases, &opts).await?;
     for (side, info) in [("FROM", &r.from), ("TO", &r.to)] {
         for (id, why) in &info.skipped {
             warnln!("{side} {}: skipped snapshot {id}: {why}", info.spec);
@@ -280,17 +281,11 @@ pub(super) async fn restore_tables(
         force: args.force,
         dry_run: args.dry_run,
         keys: app.keys.clone(),
-        protected: app
-            .config
-            .storage
-            .local_root()
-            .map(Into::into)
-            .into_iter()
-            .collect(),
+        protected: app.config.local_roots(),
         check: args.check,
         staging_dir: app.config.backup.staging_dir(),
     };
-    let r = crate::table_restore::run(&app.store, db, &opts).await?;
+    let r = crate::table_restore::run(&app.first_store(db).store, db, &opts).await?;
     let m = &r.manifest;
     for (id, why) in &r.skipped {
         outln!("skipped {id}: {why}");

@@ -60,6 +60,7 @@ fn fix(job: Option<&str>, db: Option<&str>, e: &Error, why: &str) -> Option<Stri
         | Error::ForeignKeys { .. }
         | Error::Unreadable(_)
         | Error::SourceGone { .. }
+        | Error::StoresMissed { .. }
         | Error::Cancelled(_)
         | Error::Internal(_)
         | Error::Reported(_) => return None,

@@ -40,6 +40,9 @@ impl StorageKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageTable {
+    /// The store's name, in a `[[stores]]` table only (1-32 of `[a-z0-9_-]`): what `list`,
+    /// `restore --store`, `status` and the metrics' `store` label call it.
+    pub name: Option<String>,
     /// `"local"` (default) or `"s3"`.
     #[serde(default)]
     pub kind: StorageKind,
@@ -72,6 +75,7 @@ pub const DEFAULT_LOCAL_PATH: &str = "/var/backups/guardian";
 impl Default for StorageTable {
     fn default() -> Self {
         StorageTable {
+            name: None,
             kind: StorageKind::Local,
             path: Some(PathBuf::from(DEFAULT_LOCAL_PATH)),
             bucket: None,

@@ -105,6 +105,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
     }
 }
 
+/// An opened store and its name (`[[stores]]`' `name`; `primary` for `[storage]`).
+#[derive(Debug, Clone)]
+pub struct NamedStore {
+    pub name: String,
+    pub store: Arc<dyn Storage>,
+}
+
+impl NamedStore {
+    /// `name (location)`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.store.location())
+    }
+}
+
 /// Open the store a config describes.
 pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
     match cfg {
