@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier, StartPing};
 use crate::retention::PruneReport;
 use crate::verify::{self, Verified};
-use crate::{backup, catalog, drill, retention};
+use crate::{backup, drill, retention};
 
 /// What to do to a database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,14 +517,11 @@ impl Runner {
         // outcome (a proven restore time, a success) then also sees the snapshots and drill
         // records it wrote, never an outcome ahead of its catalog.
         if matches!(out.ended, Ended::Done(_) | Ended::Failed(_)) {
-            match catalog::load(&self.app.first_store(db).store, &db.name).await {
-                Ok(c) => {
-                    m.observe_catalog(&c);
-                    let staging = self.app.config.backup.staging_dir();
-                    let attempt =
-                        crate::outcome::last(&self.app.first_store(db).store, &staging, &db.name)
-                            .await;
-                    m.observe_attempt(&db.name, attempt);
+            match crate::status::load(&self.app, db).await {
+                Ok(l) => {
+                    m.observe_catalog(l.catalog());
+                    m.observe_stores(&db.name, crate::status::store_statuses(db, &l));
+                    m.observe_attempt(&db.name, l.attempt);
                 }
                 Err(e) => {
                     tracing::debug!(db = %db.name, error = %chain(&e), "could not refresh snapshot metrics")

@@ -123,6 +123,11 @@ impl Metrics {
         });
     }
 
+    /// Each store of `db` as `status` sees it (the `guardian_store_*` series, the status page).
+    pub fn observe_stores(&self, db: &str, stores: Vec<crate::status::StoreStatus>) {
+        self.with(db, |v| v.page.stores = stores);
+    }
+
     /// The status page's data.
     pub fn status_data(&self) -> crate::statuspage::StatusData {
         let inputs: Vec<_> = self
@@ -263,6 +268,17 @@ impl Metrics {
                 .collect();
             family(&mut out, (name, "gauge"), help, rows);
         }
+        for (name, help, value) in store_gauges() {
+            let rows = map
+                .iter()
+                .flat_map(|(db, v)| {
+                    v.page.stores.iter().filter_map(move |st| {
+                        value(st).map(|x| (format!("db=\"{db}\",store=\"{}\"", st.name), x))
+                    })
+                })
+                .collect();
+            family(&mut out, (name, "gauge"), help, rows);
+        }
         family(
             &mut out,
             ("guardian_failures_total", "counter"),
@@ -357,6 +373,50 @@ fn gauges() -> [Gauge; 10] {
             "guardian_snapshot_bytes",
             "Stored bytes of the usable snapshots.",
             |v| v.snapshot_bytes.map(|n| n as f64),
+        ),
+    ]
+}
+
+/// A per-store gauge (labels `db` and `store`).
+type StoreGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::status::StoreStatus) -> Option<f64>,
+);
+
+/// The per-store gauges, in the order they are rendered.
+fn store_gauges() -> [StoreGauge; 5] {
+    [
+        (
+            "guardian_store_up",
+            "1 when the store could be listed at the last look, 0 when not.",
+            |s| Some(f64::from(u8::from(s.snapshot_count.is_some()))),
+        ),
+        (
+            "guardian_store_snapshots",
+            "Usable (not failed) snapshots in this store.",
+            |s| s.snapshot_count.map(|n| n as f64),
+        ),
+        (
+            "guardian_store_snapshot_bytes",
+            "Stored bytes of the usable snapshots in this store.",
+            |s| s.stored_bytes.map(|n| n as f64),
+        ),
+        (
+            "guardian_store_missing_snapshots",
+            "Usable snapshots another store of the database holds and this one lacks (guardian sync copies them).",
+            |s| s.snapshot_count.map(|_| s.missing.len() as f64),
+        ),
+        (
+            "guardian_store_last_snapshot_timestamp_seconds",
+            "When the newest usable snapshot in this store was taken (Unix time).",
+            |s| {
+                s.last_snapshot.as_ref().and_then(|l| {
+                    chrono::DateTime::parse_from_rfc3339(&l.created_at)
+                        .ok()
+                        .map(|t| t.timestamp_millis() as f64 / 1000.0)
+                })
+            },
         ),
     ]
 }

@@ -22,7 +22,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::app::App;
-use crate::catalog;
 use crate::config::Config;
 use crate::drill::{self, DrillReport};
 use crate::error::{Error, Result};
@@ -153,19 +152,18 @@ async fn refresh_from_store(s: Arc<Shared>) {
     }
 }
 
-/// Start the metrics from what the store holds (a store that is down is retried by the jobs).
+/// Start the metrics from what the stores hold (a store that is down is retried by the jobs).
 async fn observe_store(app: &App, metrics: &Metrics) {
     for db in &app.config.databases {
-        match catalog::load(&app.first_store(db).store, &db.name).await {
-            Ok(c) => {
-                metrics.observe_catalog(&c);
-                let staging = app.config.backup.staging_dir();
-                let attempt =
-                    crate::outcome::last(&app.first_store(db).store, &staging, &db.name).await;
-                metrics.observe_attempt(&db.name, attempt);
-                if let Some(r) = crate::rto::proven(&app.first_store(db).store, &c).await {
+        match crate::status::load(app, db).await {
+            Ok(l) => {
+                metrics.observe_catalog(l.catalog());
+                metrics.observe_stores(&db.name, crate::status::store_statuses(db, &l));
+                if let Some(r) = crate::rto::proven(&l.stores[l.reference].store, l.catalog()).await
+                {
                     metrics.drill_passed_at(&db.name, r.drilled_at_time, r.restore_seconds);
                 }
+                metrics.observe_attempt(&db.name, l.attempt);
             }
             Err(e) => {
                 warn!(db = %db.name, error = %chain(&e), "cannot read the store yet; jobs will retry")

@@ -54,6 +54,27 @@ pub struct DbStatus {
     pub last_backup_attempt: Option<LastAttempt>,
     /// Findings that do not make the database unhealthy (records that were ignored).
     pub warnings: Vec<String>,
+    /// Each store of the database, in config order (one, `primary`, with `[storage]`). The
+    /// fields above describe the store that holds the newest usable snapshot (the first
+    /// readable one when none does); a store that cannot be read or lacks a snapshot another
+    /// store holds makes the database unhealthy.
+    pub stores: Vec<StoreStatus>,
+}
+
+/// One store of a database in `status --json` (its metrics carry a `store` label).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStatus {
+    pub name: String,
+    pub location: String,
+    pub healthy: bool,
+    pub problems: Vec<String>,
+    /// Null when the store could not be read.
+    pub snapshot_count: Option<usize>,
+    pub stored_bytes: Option<u64>,
+    pub last_snapshot: Option<LastSnapshot>,
+    /// Usable snapshots another store of the database holds and this one lacks (newest
+    /// first): `guardian sync` copies them.
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,7 +87,7 @@ pub struct LastAttempt {
     pub host: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LastSnapshot {
     pub id: String,
     pub created_at: String,
@@ -154,6 +175,7 @@ pub fn summarize(
             host: a.host.clone(),
         }),
         warnings: warnings(db, catalog, now),
+        stores: Vec::new(),
     }
 }
 
@@ -275,21 +297,161 @@ fn warnings(db: &DatabaseConfig, catalog: &Catalog, now: DateTime<Utc>) -> Vec<S
     warnings
 }
 
+/// What every store of a database holds, read once (`status`, the service's metrics and its
+/// status page).
+#[derive(Debug)]
+pub struct Loaded {
+    pub stores: Vec<crate::app::Store>,
+    /// Each store's catalog, or why it could not be read (same order as `stores`).
+    pub catalogs: Vec<Result<Catalog>>,
+    /// The newest recorded backup attempt of any store (or the staging folder).
+    pub attempt: Option<Attempt>,
+    /// The store holding the newest usable snapshot (else the first readable one).
+    pub reference: usize,
+}
+
+impl Loaded {
+    /// The reference store's catalog.
+    pub fn catalog(&self) -> &Catalog {
+        self.catalogs[self.reference]
+            .as_ref()
+            .expect("the reference store was read")
+    }
+}
+
+/// Read every store of `db`.
+///
+/// # Errors
+/// The first store's error when no store can be read.
+pub async fn load(app: &App, db: &DatabaseConfig) -> Result<Loaded> {
+    let staging = app.config.backup.staging_dir();
+    let stores = app.stores_of(db);
+    let mut catalogs = Vec::with_capacity(stores.len());
+    let mut attempt: Option<Attempt> = None;
+    for s in &stores {
+        if let Some(a) = crate::outcome::last(&s.store, &staging, &db.name).await {
+            if attempt.as_ref().is_none_or(|b| a.at > b.at) {
+                attempt = Some(a);
+            }
+        }
+        catalogs.push(catalog::load(&s.store, &db.name).await);
+    }
+    let newest = |c: &Catalog| c.usable().next().map(|e| e.created_at);
+    let reference = catalogs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().ok().map(|c| (i, newest(c))))
+        .max_by_key(|&(i, t)| (t, std::cmp::Reverse(i)))
+        .map(|(i, _)| i);
+    let Some(reference) = reference else {
+        // No store can be read: the first one's error, as with one store.
+        let first = catalogs.into_iter().next().expect("a database has a store");
+        return Err(first.expect_err("no store could be read"));
+    };
+    Ok(Loaded {
+        stores,
+        catalogs,
+        attempt,
+        reference,
+    })
+}
+
+/// Each store on its own: readable or not, and which usable snapshots of the other stores
+/// it lacks.
+pub fn store_statuses(db: &DatabaseConfig, l: &Loaded) -> Vec<StoreStatus> {
+    let mut held: Vec<(DateTime<Utc>, String)> = l
+        .catalogs
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .flat_map(|c| c.usable().map(|e| (e.created_at, e.key.id.to_string())))
+        .collect();
+    held.sort();
+    held.dedup();
+    held.reverse();
+    let now = Utc::now();
+    l.stores
+        .iter()
+        .zip(&l.catalogs)
+        .map(|(s, c)| match c {
+            Err(e) => StoreStatus {
+                name: s.name.clone(),
+                location: s.store.location(),
+                healthy: false,
+                problems: vec![format!(
+                    "store {} cannot be read: {}; check it with `guardian doctor`",
+                    s.name,
+                    crate::error::chain(e)
+                )],
+                snapshot_count: None,
+                stored_bytes: None,
+                last_snapshot: None,
+                missing: Vec::new(),
+            },
+            Ok(c) => {
+                let usable: Vec<_> = c.usable().collect();
+                let missing: Vec<String> = held
+                    .iter()
+                    .filter(|(_, id)| !usable.iter().any(|e| e.key.id.as_str() == id))
+                    .map(|(_, id)| id.clone())
+                    .collect();
+                let problems = match missing.as_slice() {
+                    [] => Vec::new(),
+                    [first, ..] => vec![format!(
+                        "store {} lacks {} snapshot{} that another store holds (newest {first}); copy {} with `guardian sync --db {}`",
+                        s.name,
+                        missing.len(),
+                        if missing.len() == 1 { "" } else { "s" },
+                        if missing.len() == 1 { "it" } else { "them" },
+                        db.name
+                    )],
+                };
+                StoreStatus {
+                    name: s.name.clone(),
+                    location: s.store.location(),
+                    healthy: problems.is_empty(),
+                    problems,
+                    snapshot_count: Some(usable.len()),
+                    stored_bytes: Some(c.stored_bytes),
+                    last_snapshot: last_snapshot(&usable, now),
+                    missing,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The status of `db` over its stores: the database's fields from the store holding the
+/// newest usable snapshot, and a problem for each store that cannot be read or lacks a
+/// usable snapshot another store holds.
+pub async fn of_database(app: &App, db: &DatabaseConfig) -> Result<DbStatus> {
+    let l = load(app, db).await?;
+    let location = l
+        .stores
+        .iter()
+        .map(|s| {
+            if l.stores.len() == 1 {
+                s.store.location()
+            } else {
+                s.describe()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut status = summarize(db, l.catalog(), l.attempt.as_ref(), location);
+    status.proven_rto = crate::rto::proven(&l.stores[l.reference].store, l.catalog()).await;
+    status.stores = store_statuses(db, &l);
+    for st in &status.stores {
+        status.problems.extend(st.problems.iter().cloned());
+    }
+    status.healthy = status.problems.is_empty();
+    Ok(status)
+}
+
 /// Print the status of the selected databases; returns 1 when any is unhealthy.
 pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
     let mut all = Vec::new();
     for db in app.config.select(db)? {
-        let staging = app.config.backup.staging_dir();
-        let attempt = crate::outcome::last(&app.first_store(db).store, &staging, &db.name).await;
-        let catalog = catalog::load(&app.first_store(db).store, &db.name).await?;
-        let mut status = summarize(
-            db,
-            &catalog,
-            attempt.as_ref(),
-            app.first_store(db).store.location(),
-        );
-        status.proven_rto = crate::rto::proven(&app.first_store(db).store, &catalog).await;
-        all.push(status);
+        all.push(of_database(app, db).await?);
     }
     if json {
         crate::output::json(&all);
@@ -302,6 +464,28 @@ pub async fn print(app: &App, db: Option<&str>, json: bool) -> Result<u8> {
             );
             outln!("  database   {}", s.path);
             outln!("  storage    {}", s.location);
+            if s.stores.len() > 1 {
+                for st in &s.stores {
+                    outln!(
+                        "  store      {}: {}",
+                        st.name,
+                        match (&st.snapshot_count, &st.last_snapshot) {
+                            (None, _) => "UNREADABLE".to_string(),
+                            (Some(n), last) => format!(
+                                "{n} snapshot{}, {} stored, newest {}{}",
+                                if *n == 1 { "" } else { "s" },
+                                human_bytes(st.stored_bytes.unwrap_or(0)),
+                                last.as_ref().map_or("none".into(), |l| l.id.clone()),
+                                if st.missing.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", LACKS {}", st.missing.len())
+                                }
+                            ),
+                        }
+                    );
+                }
+            }
             match &s.last_snapshot {
                 Some(l) => outln!(
                     "  last       {} at {} ({}), {} {} (stored {}), {}",

@@ -6,7 +6,7 @@
 //! lose), the last proven restore time (the restore a passed drill measured: download,
 //! decompression, both SHA-256s, `integrity_check`; see `rto`), store usage per store, and a
 //! 14-day timeline (inline SVG) of snapshots, drills and failures. Every snapshot has a `kind`
-//! (`full` or `incremental`), and stores are a list (one today).
+//! (`full` or `incremental`), and stores are a list (one per `[[stores]]` table).
 //! "—" stands for nothing known. Every string is HTML-escaped: error texts come from stores,
 //! SQLite and the OS, and are never trusted.
 
@@ -51,6 +51,8 @@ pub struct DbInput {
     pub failures: Vec<Failure>,
     /// When the last passed drill ran and how many seconds it took (restore and every check).
     pub last_passed_drill: Option<(DateTime<Utc>, f64)>,
+    /// Each store of the database as `status` sees it (empty until the stores were read).
+    pub stores: Vec<crate::status::StoreStatus>,
 }
 
 /// `/status.json` (fields are only ever added).
@@ -94,11 +96,15 @@ pub struct Event {
 
 #[derive(Debug, Serialize)]
 pub struct StoreUsage {
-    /// `primary` (the one store that exists today).
-    pub name: &'static str,
+    /// The store's name (`primary` for a config with one `[storage]`).
+    pub name: String,
     pub location: String,
     pub snapshots: usize,
     pub stored_bytes: u64,
+    /// False when the store could not be read at the last look (its counts are then 0).
+    pub up: bool,
+    /// Usable snapshots another store holds and this one lacks (`guardian sync` copies them).
+    pub missing: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,12 +188,30 @@ fn db_page(name: &str, input: &DbInput, now: DateTime<Utc>) -> DbPage {
             .filter_map(|s| s.last_drill.as_ref().map(|d| (s, d)))
             .max_by_key(|(s, d)| (d.at, !d.ok, s.created_at))
             .map(|(s, d)| event(d.at, d.ok, Some(s.key.id.to_string()), now));
-        page.stores.push(StoreUsage {
-            name: "primary",
-            location: input.store.clone(),
-            snapshots: s.snapshot_count,
-            stored_bytes: s.stored_bytes,
-        });
+        if input.stores.is_empty() {
+            page.stores.push(StoreUsage {
+                name: crate::config::DEFAULT_STORE_NAME.into(),
+                location: input.store.clone(),
+                snapshots: s.snapshot_count,
+                stored_bytes: s.stored_bytes,
+                up: true,
+                missing: 0,
+            });
+        }
+        for st in &input.stores {
+            page.stores.push(StoreUsage {
+                name: st.name.clone(),
+                location: st.location.clone(),
+                snapshots: st.snapshot_count.unwrap_or(0),
+                stored_bytes: st.stored_bytes.unwrap_or(0),
+                up: st.snapshot_count.is_some(),
+                missing: st.missing.len(),
+            });
+            page.problems.extend(st.problems.iter().cloned());
+        }
+        if !page.problems.is_empty() {
+            page.health = "unhealthy";
+        }
         for snap in catalog.snapshots.iter().filter(|s| s.created_at >= since) {
             page.timeline.push(TimelineItem {
                 at: rfc3339(snap.created_at),
@@ -362,9 +386,14 @@ fn cells(db: &DbPage) -> [(&'static str, String, &'static str); 6] {
         .stores
         .iter()
         .map(|s| {
+            let state = match (s.up, s.missing) {
+                (false, _) => " <b>UNREADABLE</b>".to_string(),
+                (true, 0) => String::new(),
+                (true, n) => format!(" <b>lacks {n}</b> (guardian sync)"),
+            };
             format!(
-                "{}: {} in {} snapshot{} <span class=\"dim\">{}</span>",
-                esc(s.name),
+                "{}: {} in {} snapshot{}{state} <span class=\"dim\">{}</span>",
+                esc(&s.name),
                 human_bytes(s.stored_bytes),
                 s.snapshots,
                 if s.snapshots == 1 { "" } else { "s" },

@@ -74,3 +74,6 @@ mod network_faults;
 mod store_faults;
 // The store layout without guardian: scripts/rebuild.py rebuilds fulls and incrementals (docs/FORMAT.md).
 mod incremental_format;
+// Several stores, the backup side: every store written from one pass, a failed store missed
+// loudly (exit 2) with the snapshot kept where it landed, incrementals only where their chain is.
+mod stores_backup;

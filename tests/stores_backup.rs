@@ -1,0 +1,229 @@
+//! Several stores (`[[stores]]`), the backup side: one pass of the source, every store
+//! written; a store that fails drops out, the snapshot is kept where it landed, exit 2 with
+//! one line naming the store that missed it; incrementals go only to stores holding their
+//! chain. (list, restore, drill and prune across stores: `stores.rs`; sync: `sync.rs`.)
+
+use std::path::Path;
+
+use crate::s3_server::{external, unique_prefix, S3Server, S3Target};
+use crate::util::{self, TestEnv};
+
+/// `[[stores]]` `near` (local `near/`) and `far` (`far_toml`, the keys of a store table),
+/// staging in the test folder, the market database, and `extra` appended.
+fn two_stores(env: &TestEnv, far_toml: &str, extra: &str) {
+    let text = format!(
+        "[[stores]]\nname = \"near\"\npath = \"near\"\n\n[[stores]]\nname = \"far\"\n{far_toml}\n[backup]\nstaging_dir = \"staging\"\n\n[[databases]]\nname = \"market\"\npath = \"market.db\"\n{extra}"
+    );
+    std::fs::write(&env.config, text).unwrap();
+}
+
+fn local_far() -> &'static str {
+    "path = \"far\"\n"
+}
+
+fn s3_far(target: &S3Target, prefix: &str) -> String {
+    target.storage_toml(prefix).replace("[storage]\n", "")
+}
+
+fn manifest_in(root: &Path, id: &str) -> bool {
+    root.join("market").join(id).join("manifest.json").is_file()
+}
+
+fn run(env: &TestEnv, target: Option<&S3Target>, args: &[&str]) -> util::Run {
+    let mut cmd = env.command();
+    if let Some(t) = target {
+        t.credentials_env(&mut cmd);
+    }
+    util::run(cmd.args(args))
+}
+
+#[test]
+fn a_backup_goes_to_every_store_and_restores_from_each() {
+    let env = TestEnv::new();
+    two_stores(&env, local_far(), "");
+    let id = env.backup();
+    for store in ["near", "far"] {
+        assert!(manifest_in(&env.path(store), &id), "{store} lacks {id}");
+    }
+    // The same bytes in both: the data object is identical.
+    let obj =
+        |s: &str| std::fs::read(env.path(s).join("market").join(&id).join("db.sqlite.gz")).unwrap();
+    assert_eq!(obj("near"), obj("far"));
+    assert_eq!(
+        std::fs::read(
+            env.path("near")
+                .join("market")
+                .join(&id)
+                .join("manifest.json")
+        )
+        .unwrap(),
+        std::fs::read(
+            env.path("far")
+                .join("market")
+                .join(&id)
+                .join("manifest.json")
+        )
+        .unwrap()
+    );
+}
+
+#[test]
+fn a_store_that_fails_misses_the_snapshot_and_the_backup_says_which_exit_2() {
+    let env = TestEnv::new();
+    // `far` is a regular file where its folder should be: every write there fails.
+    std::fs::write(env.path("far"), b"not a folder").unwrap();
+    two_stores(&env, local_far(), "");
+    let r = env.run(&["backup"]).expect_code(2);
+    let id = r.stdout.trim().to_string();
+    assert_eq!(
+        id.lines().count(),
+        1,
+        "the snapshot that was published: {r:?}"
+    );
+    assert!(
+        manifest_in(&env.path("near"), &id),
+        "near lacks {id}: {r:?}"
+    );
+    let line = r.error_line();
+    assert!(
+        line.contains(&format!("snapshot {id} of market reached near but not far")),
+        "{line}"
+    );
+    assert!(line.contains("guardian sync --db market"), "{line}");
+    assert_eq!(r.error_lines().len(), 1, "one line: {}", r.stderr);
+    // The attempt is recorded, and status is unhealthy, naming the store that lacks it.
+    std::fs::remove_file(env.path("far")).unwrap();
+    let s = env.run(&["status", "--json"]);
+    assert_eq!(s.code, 1, "{s:?}");
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    let db = &v[0];
+    assert_eq!(db["healthy"], false);
+    assert_eq!(db["stores"][0]["name"], "near");
+    assert_eq!(db["stores"][0]["healthy"], true, "{db}");
+    assert_eq!(db["stores"][1]["name"], "far");
+    assert_eq!(db["stores"][1]["missing"][0], id.as_str(), "{db}");
+    let problems = db["problems"].to_string();
+    assert!(
+        problems.contains("store far lacks 1 snapshot"),
+        "{problems}"
+    );
+    assert!(problems.contains("guardian sync --db market"), "{problems}");
+    // The next backup reaches both, but far still lacks the first one: unhealthy until sync.
+    let next = env.backup();
+    assert!(manifest_in(&env.path("far"), &next));
+    let text = env.run(&["status"]).expect_code(1).stdout;
+    assert!(text.contains("store      far: 1 snapshot"), "{text}");
+    assert!(text.contains("LACKS 1"), "{text}");
+    std::fs::remove_dir_all(env.path("far")).unwrap();
+    std::fs::write(env.path("far"), b"not a folder").unwrap();
+    // With both stores failing nothing is published: the first store's error, exit 2.
+    std::fs::remove_dir_all(env.path("near")).unwrap();
+    std::fs::write(env.path("near"), b"not a folder").unwrap();
+    let r = env.run(&["backup"]).expect_code(2);
+    assert!(r.stdout.trim().is_empty(), "{r:?}");
+    assert!(!r.error_line().contains("reached"), "{}", r.error_line());
+}
+
+#[test]
+fn a_database_with_stores_goes_only_to_those() {
+    let env = TestEnv::new();
+    two_stores(&env, local_far(), "stores = [\"far\"]\n");
+    let id = env.backup();
+    assert!(manifest_in(&env.path("far"), &id));
+    assert!(
+        !env.path("near").join("market").exists(),
+        "near was written"
+    );
+}
+
+#[test]
+fn an_incremental_goes_only_to_the_stores_that_hold_its_chain() {
+    let env = TestEnv::new();
+    two_stores(&env, local_far(), "");
+    let full = env.backup();
+    // `far` loses the full (a new, empty store in its place).
+    std::fs::remove_dir_all(env.path("far")).unwrap();
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    conn.execute_batch("UPDATE products SET stock = stock + 1 WHERE id % 5 = 0")
+        .unwrap();
+    drop(conn);
+    let r = env.run(&["backup", "--incremental"]).expect_code(2);
+    let id = r.stdout.trim().to_string();
+    assert!(manifest_in(&env.path("near"), &id), "{r:?}");
+    assert!(
+        !manifest_in(&env.path("far"), &id),
+        "far got an incremental without its chain"
+    );
+    let line = r.error_line();
+    assert!(line.contains("but not far"), "{line}");
+    assert!(
+        line.contains(&full),
+        "the line names the snapshot far lacks: {line}"
+    );
+}
+
+fn both_kinds(target: &S3Target) {
+    let prefix = unique_prefix("stores-backup");
+    let env = TestEnv::new();
+    two_stores(&env, &s3_far(target, &prefix), "");
+    let r = run(&env, Some(target), &["backup"]).ok();
+    let id = r.stdout.trim().to_string();
+    assert!(manifest_in(&env.path("near"), &id));
+    let keys: Vec<String> = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let out = target
+                .raw_client()
+                .list_objects_v2()
+                .bucket(&target.bucket)
+                .prefix(format!("{prefix}/market/{id}/"))
+                .send()
+                .await
+                .unwrap();
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string))
+                .collect()
+        })
+    };
+    assert!(
+        keys.iter().any(|k| k.ends_with("/manifest.json")),
+        "{}: far lacks the manifest: {keys:?}",
+        target.name
+    );
+    // The secret key shows nowhere.
+    assert!(!r.stdout.contains(&target.secret_key) && !r.stderr.contains(&target.secret_key));
+}
+
+#[test]
+fn local_and_in_process_s3_both_get_the_snapshot_and_a_dead_s3_is_missed() {
+    let server = S3Server::start();
+    both_kinds(&server.target);
+    // The S3 store down: the snapshot lands in near, exit 2 naming far, in bounded time.
+    let prefix = unique_prefix("stores-down");
+    let env = TestEnv::new();
+    let target = server.target.clone();
+    let mut far = s3_far(&target, &prefix);
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    far = far.replace(&target.endpoint, &format!("http://127.0.0.1:{port}"));
+    two_stores(&env, &far, "");
+    let started = std::time::Instant::now();
+    let r = run(&env, Some(&target), &["backup"]).expect_code(2);
+    let id = r.stdout.trim().to_string();
+    assert!(manifest_in(&env.path("near"), &id), "{r:?}");
+    assert!(
+        r.error_line().contains("reached near but not far"),
+        "{}",
+        r.error_line()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn local_and_the_external_s3_server_both_get_the_snapshot() {
+    let Some(target) = external() else { return };
+    both_kinds(&target);
+}
