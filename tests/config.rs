@@ -38,6 +38,8 @@ fn the_example_documents_every_key() {
         "region",
         "endpoint",
         "force_path_style",
+        "[[stores]]",
+        "stores",
         "[backup]",
         "staging_dir",
         "compression_level",

@@ -227,3 +227,57 @@ fn local_and_the_external_s3_server_both_get_the_snapshot() {
     let Some(target) = external() else { return };
     both_kinds(&target);
 }
+
+#[test]
+fn the_service_reports_each_store_in_metrics_and_on_the_status_page() {
+    let env = TestEnv::new();
+    // `far` cannot be read (a file where its folder should be).
+    std::fs::write(env.path("far"), b"not a folder").unwrap();
+    two_stores(
+        &env,
+        local_far(),
+        "backup = \"* * * * * *\"\n[service]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut svc = util::Service::start(&env);
+    let addr = svc.addr();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let (_, text) = util::http_get(&addr, "/metrics");
+        if util::metric(
+            &text,
+            "guardian_store_snapshots{db=\"market\",store=\"near\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text}\n{}",
+            svc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(
+        util::metric(&text, "guardian_store_up{db=\"market\",store=\"near\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        util::metric(&text, "guardian_store_up{db=\"market\",store=\"far\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    let (_, json) = util::http_get(&addr, "/status.json");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let db = &v["databases"][0];
+    assert_eq!(db["health"], "unhealthy", "{json}");
+    assert_eq!(db["stores"][1]["name"], "far");
+    assert_eq!(db["stores"][1]["up"], false);
+    let (_, page) = util::http_get(&addr, "/");
+    assert!(
+        page.contains("far: ") && page.contains("UNREADABLE"),
+        "{page}"
+    );
+    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    svc.wait_exit(15);
+}
