@@ -887,6 +887,8 @@ mod tests {
             (format!("{TWO_STORES}{DB}stores = [\"nowhere\"]\n"), "databases[0].stores"),
             (format!("{TWO_STORES}{DB}stores = []\n"), "databases[0].stores"),
             (format!("{TWO_STORES}{DB}stores = [\"far\", \"far\"]\n"), "databases[0].stores"),
+            (format!("[[stores]]\nname = \"a\"\npath = \"a\"\nprofile = \"p\"\n{DB}"), "stores[0].profile"),
+            (format!("[storage]\nkind = \"s3\"\nbucket = \"bkt\"\nprofile = \"a b\"\n{DB}"), "storage.profile"),
         ] {
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?}: {e}");

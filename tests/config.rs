@@ -38,6 +38,7 @@ fn the_example_documents_every_key() {
         "region",
         "endpoint",
         "force_path_style",
+        "profile",
         "[[stores]]",
         "stores",
         "[backup]",

@@ -281,3 +281,44 @@ fn the_service_reports_each_store_in_metrics_and_on_the_status_page() {
     svc.signal(nix::sys::signal::Signal::SIGTERM);
     svc.wait_exit(15);
 }
+
+/// Two providers need two sets of keys: a store's `profile` takes its keys from that profile
+/// of the shared credentials file, not from the environment (which holds another store's).
+#[test]
+fn each_s3_store_can_use_its_own_profile_of_keys() {
+    let server = S3Server::start();
+    let target = server.target.clone();
+    let prefix = unique_prefix("stores-profile");
+    let env = TestEnv::new();
+    let creds = env.path("aws-credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[far]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            target.access_key, target.secret_key
+        ),
+    )
+    .unwrap();
+    let with_env = |args: &[&str]| {
+        let mut cmd = env.command();
+        target.credentials_env(&mut cmd);
+        // The environment's keys are some other provider's: wrong for this server.
+        cmd.env("AWS_ACCESS_KEY_ID", "AKIAOTHERPROVIDER000")
+            .env("AWS_SECRET_ACCESS_KEY", "not-this-servers-secret")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds);
+        util::run(cmd.args(args))
+    };
+    two_stores(&env, &s3_far(&target, &prefix), "");
+    let r = with_env(&["backup"]).expect_code(2);
+    assert!(r.error_line().contains("but not far"), "{}", r.error_line());
+    two_stores(
+        &env,
+        &format!("{}profile = \"far\"\n", s3_far(&target, &prefix)),
+        "",
+    );
+    let r = with_env(&["backup"]).ok();
+    assert_eq!(r.stdout.trim().lines().count(), 1, "{r:?}");
+    for out in [&r.stdout, &r.stderr] {
+        assert!(!out.contains(&target.secret_key) && !out.contains("not-this-servers-secret"));
+    }
+}

@@ -67,6 +67,10 @@ pub struct StorageTable {
     /// upload gets at least the time a part needs at 64 KiB/s. A store that stays silent fails
     /// after 4 attempts. 1s to 1h. Default: `"60s"`.
     pub timeout: Option<String>,
+    /// The profile of the shared AWS files (`~/.aws/credentials`, `~/.aws/config`) whose
+    /// credentials this store uses (kind = "s3"), e.g. for two providers' keys side by side.
+    /// Default: the standard AWS chain (`AWS_ACCESS_KEY_ID`..., `AWS_PROFILE`, roles).
+    pub profile: Option<String>,
 }
 
 /// The store when the config has no `[storage]` table.
@@ -84,13 +88,14 @@ impl Default for StorageTable {
             endpoint: None,
             force_path_style: None,
             timeout: None,
+            profile: None,
         }
     }
 }
 
 impl StorageTable {
     /// The keys that are set, by name (`kind` aside).
-    pub(crate) fn set_keys(&self) -> [(&'static str, bool); 7] {
+    pub(crate) fn set_keys(&self) -> [(&'static str, bool); 8] {
         [
             ("path", self.path.is_some()),
             ("bucket", self.bucket.is_some()),
@@ -99,6 +104,7 @@ impl StorageTable {
             ("endpoint", self.endpoint.is_some()),
             ("force_path_style", self.force_path_style.is_some()),
             ("timeout", self.timeout.is_some()),
+            ("profile", self.profile.is_some()),
         ]
     }
 

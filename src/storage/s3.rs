@@ -104,8 +104,17 @@ impl S3Storage {
     pub async fn connect(cfg: &S3Config, opts: S3Options) -> Result<S3Storage, StorageError> {
         let bucket = cfg.bucket.clone();
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(creds) = opts.credentials {
-            loader = loader.credentials_provider(creds);
+        match (opts.credentials, &cfg.profile) {
+            (Some(creds), _) => loader = loader.credentials_provider(creds),
+            // Only that profile's keys: not the environment's, which may be another store's.
+            (None, Some(profile)) => {
+                loader = loader.profile_name(profile).credentials_provider(
+                    aws_config::profile::ProfileFileCredentialsProvider::builder()
+                        .profile_name(profile)
+                        .build(),
+                );
+            }
+            (None, None) => {}
         }
         use aws_config::meta::region::RegionProviderChain;
         let configured = RegionProviderChain::first_try(cfg.region.clone().map(Region::new));

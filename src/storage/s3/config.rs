@@ -22,6 +22,9 @@ pub struct S3Config {
     pub force_path_style: bool,
     /// How long one request may wait for its answer.
     pub timeout: Duration,
+    /// The shared-files profile whose credentials (and region) this store uses; `None`: the
+    /// standard AWS chain.
+    pub profile: Option<String>,
 }
 
 impl S3Config {
@@ -33,6 +36,7 @@ impl S3Config {
         "endpoint",
         "force_path_style",
         "timeout",
+        "profile",
     ];
 
     /// A config for `bucket` under `prefix` at `endpoint` (path style), every other key at its
@@ -45,6 +49,7 @@ impl S3Config {
             endpoint: endpoint.map(str::to_string),
             force_path_style: endpoint.is_some(),
             timeout: DEFAULT_S3_TIMEOUT,
+            profile: None,
         }
     }
 
@@ -78,7 +83,21 @@ impl S3Config {
             Some(text) => parse_timeout(text).map_err(|r| invalid("timeout", r))?,
             None => DEFAULT_S3_TIMEOUT,
         };
+        if let Some(p) = &t.profile {
+            if p.is_empty()
+                || p.len() > 64
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                return Err(invalid(
+                    "profile",
+                    format!("{p:?} is not a profile name (1 to 64 of A-Z, a-z, 0-9, '_', '-', '.'): the name of a [profile] in ~/.aws/credentials"),
+                ));
+            }
+        }
         Ok(S3Config {
+            profile: t.profile.clone(),
             bucket: bucket.clone(),
             prefix: prefix.to_string(),
             region: t.region.clone(),
