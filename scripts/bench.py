@@ -28,7 +28,7 @@ on a copy of the same database:
   3. restore of the day's newest incremental vs restore of its base full (--check integrity);
   4. with --s3: the S3 requests of one incremental in steady state, from the server's log.
 
-Usage: scripts/bench.py [--sizes 100,1024] [--runs 3] [--work DIR] [--s3 http://127.0.0.1:PORT] [--only diff]
+Usage: scripts/bench.py [--sizes 100,1024] [--runs 3] [--work DIR] [--s3 http://127.0.0.1:PORT] [--only diff|stores]
        scripts/bench.py --incremental [--sizes 100] [--runs 3] [--day 96] [--s3 ...]
 """
 
@@ -629,21 +629,69 @@ def s3_requests(work, db, writer, s3):
     sys.stdout.flush()
 
 
+def stores_config(work, db, which, s3):
+    """A config whose database goes to `which`: "local", "s3" or "both" ([[stores]])."""
+    cfg = work / f"stores-{which}.toml"
+    near = f'name = "near"\npath = "{work / "store-near"}"\n'
+    far = (f'name = "far"\nkind = "s3"\nbucket = "{S3_BUCKET}"\nprefix = "t-bench-stores-{os.getpid()}"\n'
+           f'endpoint = "{s3}"\nforce_path_style = true\nregion = "us-east-1"\n')
+    stores = {"local": [near], "s3": [far], "both": [near, far]}[which]
+    text = "".join(f"[[stores]]\n{t}\n" for t in stores)
+    cfg.write_text(f'{text}[backup]\nstaging_dir = "{work}"\n\n[[databases]]\nname = "bench"\npath = "{db}"\n')
+    return cfg
+
+
+def bench_stores(size_mib, runs, work, s3):
+    """Issue #13's target: a backup to two stores (local + the local S3 server) against the
+    slower single-store backup, runs interleaved; peak RSS; and the bytes guardian read (rchar),
+    which show the source is read once whatever the number of stores."""
+    db = work / f"bench-{size_mib}.sqlite"
+    if not db.exists():
+        sh(f"{ROOT}/scripts/gen-db.sh {db} {size_mib} > /dev/null")
+    size = db.stat().st_size
+    env = dict(os.environ)
+    env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get("GUARDIAN_TEST_S3_ACCESS_KEY", ""))
+    env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get("GUARDIAN_TEST_S3_SECRET_KEY", ""))
+    env.setdefault("AWS_REGION", "us-east-1")
+    results = {w: {"t": [], "rss": [], "rchar": []} for w in ("local", "s3", "both")}
+    for _ in range(runs):
+        for which in ("local", "s3", "both"):
+            cfg = stores_config(work, db, which, s3)
+            dt, rss, io, _ = measured(["--config", str(cfg), "backup"], env=env)
+            results[which]["t"].append(dt)
+            results[which]["rss"].append(rss)
+            results[which]["rchar"].append(io.get("rchar", 0))
+    shutil.rmtree(work / "store-near", ignore_errors=True)
+    print(f"\n## Several stores: backup of the {size / 2**20:.0f} MiB database (load {loadavg()})")
+    print("| stores | median | peak RSS | read by guardian (rchar) |")
+    print("|---|---|---|---|")
+    med = {}
+    for which, label in (("local", "local only"), ("s3", "local S3 server only"), ("both", "both ([[stores]] near + far)")):
+        r = results[which]
+        med[which] = statistics.median(r["t"])
+        print(f"| {label} | {med[which]:.2f} s | {max(r['rss']) / 1024:.0f} MiB | "
+              f"{statistics.median(r['rchar']) / 2**20:.0f} MiB ({statistics.median(r['rchar']) / size:.2f}x the database) |")
+    slower = max(med["local"], med["s3"])
+    print(f"- two stores / slower single store = {med['both'] / slower:.2f} (target <= 1.15); "
+          f"peak RSS target < 64 MiB", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100,1024", help="database sizes in MiB, comma-separated")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", default="/var/tmp/guardian-bench")
     ap.add_argument("--scale", type=int, default=10, help="also back up this many 100 MiB databases in one run (0: skip)")
-    ap.add_argument("--only", choices=("all", "diff"), default="all",
-                    help="diff: only the diff rows (diff vs integrity_check), e.g. on a small disk")
+    ap.add_argument("--only", choices=("all", "diff", "stores"), default="all",
+                    help="diff: only the diff rows (diff vs integrity_check), e.g. on a small disk; "
+                         "stores: only a backup to two stores (needs --s3) against one")
     ap.add_argument("--s3", help="endpoint of a local S3 server (start it with scripts/s3-server.sh start; source target/s3-server/env)")
     ap.add_argument("--incremental", action="store_true",
                     help="measure only incremental snapshots against full ones (issue #12's targets)")
     ap.add_argument("--day", type=int, default=96,
                     help="with --incremental: incrementals in the simulated day (0: skip it)")
     a = ap.parse_args()
-    tools = ("sqlite3", "/usr/bin/time") if a.only == "diff" or a.incremental else ("sqlite3", "gzip", "pigz", "sha256sum", "/usr/bin/time")
+    tools = ("sqlite3", "/usr/bin/time") if a.only in ("diff", "stores") or a.incremental else ("sqlite3", "gzip", "pigz", "sha256sum", "/usr/bin/time")
     for tool in tools:
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: apt-get install sqlite3 pigz time")
@@ -665,6 +713,12 @@ def main():
             print(f"| PRAGMA integrity_check (sqlite3) | {t_ic:.2f} s |")
             print(f"| guardian diff, 0.1% of rows differ ({changed} rows) | {t_d:.2f} s | {rss_d / 1024:.0f} MiB peak RSS |")
             print(f"- diff / integrity_check = {t_d / t_ic:.2f} (target <= 1); peak RSS target < 64 MiB", flush=True)
+        return
+    if a.only == "stores":
+        if not a.s3:
+            sys.exit("--only stores needs --s3 ENDPOINT (scripts/s3-server.sh start; source target/s3-server/env)")
+        for size in a.sizes.split(","):
+            bench_stores(int(size), a.runs, work, a.s3)
         return
     if a.incremental:
         for size in a.sizes.split(","):
