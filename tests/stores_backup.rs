@@ -322,3 +322,35 @@ fn each_s3_store_can_use_its_own_profile_of_keys() {
         assert!(!out.contains(&target.secret_key) && !out.contains("not-this-servers-secret"));
     }
 }
+
+#[test]
+fn doctor_checks_every_store_and_names_it() {
+    let env = TestEnv::new();
+    two_stores(&env, local_far(), "");
+    let r = env.run(&["doctor"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("2 stores: near (local), far (local)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("store near: "), "{}", r.stdout);
+    assert!(r.stdout.contains("store far: "), "{}", r.stdout);
+    // far broken: doctor fails on a line that names it, near's lines still pass.
+    std::fs::remove_dir_all(env.path("far")).unwrap();
+    std::fs::write(env.path("far"), b"not a folder").unwrap();
+    let r = env.run(&["doctor"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let far_fail = r
+        .stdout
+        .lines()
+        .any(|l| l.starts_with("fail") && l.contains("store far: "));
+    assert!(far_fail, "{}", r.stdout);
+    assert!(
+        !r.stdout
+            .lines()
+            .any(|l| l.starts_with("fail") && l.contains("store near: ")),
+        "{}",
+        r.stdout
+    );
+}
