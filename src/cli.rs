@@ -13,13 +13,13 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::App;
-use crate::catalog;
 use crate::error::{Error, Result};
 use crate::human::{ago, human_age, human_bytes, rfc3339};
 use crate::jobs::Runner;
 use crate::output::{errln, outln, warnln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
+use crate::stores::{Copy, Merged};
 
 /// SQLite backup and integrity guardian.
 #[derive(Debug, Parser)]
@@ -270,6 +270,10 @@ pub struct ListArgs {
     /// Only this database
     #[arg(long, value_name = "NAME")]
     pub db: Option<String>,
+    /// Only this store (a `[[stores]]` name; `primary` for `[storage]`) [default: every store
+    /// of the database]
+    #[arg(long, value_name = "NAME")]
+    pub store: Option<String>,
     /// Print a JSON array
     #[arg(long)]
     pub json: bool,
@@ -304,6 +308,10 @@ pub struct RestoreArgs {
     /// Say what would be restored and where; write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Read only from this store (a `[[stores]]` name; `primary` for `[storage]`) [default:
+    /// every store of the database, in config order, falling back to the next one's copy]
+    #[arg(long, value_name = "NAME")]
+    pub store: Option<String>,
     /// The SQLite check the restored bytes must pass before they replace anything [default:
     /// integrity, quick for a drill-verified snapshot]; the SHA-256 checks always run
     #[arg(long, value_enum, value_name = "CHECK")]
@@ -388,21 +396,48 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
 
 async fn list(app: &App, args: ListArgs) -> Result<u8> {
     let now = Utc::now();
-    let mut catalogs = Vec::new();
+    let mut all = Vec::new();
+    let mut code = 0;
     for db in app.config.select(args.db.as_deref())? {
-        catalogs.push(catalog::load(&app.first_store(db).store, &db.name).await?);
+        let stores = app.select_stores(db, args.store.as_deref())?;
+        let merged = Merged::load(&stores, &db.name).await.require_readable()?;
+        // One store that cannot be read never hides what the others hold; it fails the
+        // command (exit 2) after the listing.
+        for (store, e) in merged.unreadable() {
+            warnln!(
+                "store {} of {} could not be listed ({}); the snapshots of its other stores are listed: check it with `guardian doctor`",
+                store.name,
+                db.name,
+                crate::human::chain(e)
+            );
+            code = 2;
+        }
+        all.push(merged);
     }
     if args.json {
-        let views: Vec<_> = catalogs
+        let views: Vec<serde_json::Value> = all
             .iter()
-            .flat_map(|c| c.snapshots.iter().map(|s| s.view(now)))
+            .flat_map(|m| {
+                m.snapshots.iter().map(move |s| {
+                    let mut v = serde_json::to_value(m.best(s).view(now))
+                        .expect("a snapshot view serializes");
+                    v["stores"] = m.json(s);
+                    v
+                })
+            })
             .collect();
         crate::output::json(&views);
-        return Ok(0);
+        return finish_list(code);
     }
-    let multi = catalogs.len() > 1;
+    let multi = all.len() > 1;
+    let stores_width = all
+        .iter()
+        .flat_map(|m| m.snapshots.iter().map(|s| m.short(s).len()))
+        .max()
+        .unwrap_or(0)
+        .max("STORES".len());
     outln!(
-        "{}{:<26} {:<20} {:>8} {:>10} {:>10} {:<5} STATUS",
+        "{}{:<26} {:<20} {:>8} {:>10} {:>10} {:<5} {:<stores_width$} STATUS",
         if multi {
             format!("{:<12} ", "DB")
         } else {
@@ -414,9 +449,11 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
         "SIZE",
         "STORED",
         "KIND",
+        "STORES",
     );
-    for c in &catalogs {
-        for s in &c.snapshots {
+    for m in &all {
+        for merged in &m.snapshots {
+            let s = m.best(merged);
             let v = s.view(now);
             let mut status = match &s.problem {
                 Some(p) => format!("{} ({p})", v.status.as_str()),
@@ -431,10 +468,21 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
             for r in &s.ignored_records {
                 status.push_str(&format!("; ignored record {r}"));
             }
+            // A damaged copy in another store: say what is wrong with it.
+            for (store, copy) in m.copies(merged) {
+                if let Copy::Damaged(e) = copy {
+                    if !std::ptr::eq(e, s) {
+                        if let Some(p) = &e.problem {
+                            status
+                                .push_str(&format!("; its copy in {} is failed ({p})", store.name));
+                        }
+                    }
+                }
+            }
             outln!(
-                "{}{:<26} {:<20} {:>8} {:>10} {:>10} {:<5} {}",
+                "{}{:<26} {:<20} {:>8} {:>10} {:>10} {:<5} {:<stores_width$} {}",
                 if multi {
-                    format!("{:<12} ", c.db)
+                    format!("{:<12} ", m.db)
                 } else {
                     String::new()
                 },
@@ -448,24 +496,32 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
                 v.size_bytes.map_or("-".into(), human_bytes),
                 v.stored_bytes.map_or("-".into(), human_bytes),
                 s.manifest.as_ref().map_or("-", |m| m.kind().short()),
+                m.short(merged),
                 status
             );
         }
-        if c.snapshots.is_empty() {
+        if m.snapshots.is_empty() {
             warnln!(
                 "no snapshots of {} in {}; take one with `guardian backup --db {}`",
-                c.db,
-                app.config
-                    .stores
+                m.db,
+                m.stores
                     .iter()
-                    .map(|s| s.name.as_str())
+                    .map(|s| s.store.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-                c.db
+                m.db
             );
         }
     }
-    Ok(0)
+    finish_list(code)
+}
+
+/// `list`'s exit code: 2 when a store could not be listed (said above), else 0.
+fn finish_list(code: u8) -> Result<u8> {
+    match code {
+        0 => Ok(0),
+        code => Err(Error::Reported(code)),
+    }
 }
 
 async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
@@ -492,7 +548,8 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         protected: app.config.local_roots(),
         check: args.check,
     };
-    let r = restore::run_interruptible(&app.first_store(db).store, db, &opts).await?;
+    let stores = app.select_stores(db, args.store.as_deref())?;
+    let r = restore::run_interruptible(&stores, db, &opts).await?;
     let now = Utc::now();
     let m = &r.manifest;
     let when = format!(
@@ -500,8 +557,14 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         rfc3339(m.created_at),
         ago((now - m.created_at).num_seconds())
     );
+    for (store, why) in &r.stores_unreadable {
+        outln!("skipped store {store}: it could not be read: {why}");
+    }
     for (id, why) in &r.skipped {
         outln!("skipped {id}: {why}");
+    }
+    for (store, id, why) in &r.copies_skipped {
+        outln!("skipped the copy of {id} in store {store}: {why}");
     }
     if r.dry_run {
         outln!(
@@ -516,6 +579,7 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
             human_bytes(m.own_stored_len()),
             m.raw_sha256
         );
+        outln!("  from store {}", r.store.describe());
         for p in &r.moved_aside {
             outln!("  would move aside {}", p.display());
         }
@@ -538,6 +602,7 @@ async fn restore(app: &App, args: RestoreArgs) -> Result<u8> {
         m.id,
         r.target.display()
     );
+    outln!("  from store {}", r.store.describe());
     match r.check {
         Some(c) => outln!(
             "  checks passed: stored sha256, raw sha256 {}, PRAGMA {}",

@@ -31,7 +31,6 @@ mod value;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
@@ -45,14 +44,14 @@ pub(crate) fn rowid_alias(columns: &[String]) -> Option<&'static str> {
     scan::rowid_name(columns)
 }
 
-use crate::catalog;
 use crate::config::DatabaseConfig;
 use crate::crypto::Keys;
 use crate::drill::Scratch;
 use crate::error::{Error, Result};
 use crate::restore::Selector;
 use crate::snapshot;
-use crate::storage::Storage;
+use crate::storage::NamedStore;
+use crate::stores::Merged;
 
 /// One side of a diff, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +196,7 @@ impl DiffReport {
 /// unreadable), a `--table` on neither side, and operational failures. Damage inside tables
 /// is not an error: it is in the report (`partial`).
 pub async fn run(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: Option<&DatabaseConfig>,
     configured: &[DatabaseConfig],
     opts: &DiffOptions,
@@ -210,7 +209,7 @@ pub async fn run(
         install(SignalKind::hangup())?,
     );
     STOP.store(false, Ordering::SeqCst);
-    let work = compare(store, db, configured, opts);
+    let work = compare(stores, db, configured, opts);
     tokio::pin!(work);
     let sig = tokio::select! {
         r = &mut work => return r,
@@ -241,7 +240,7 @@ fn stopped() -> bool {
 }
 
 async fn compare(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: Option<&DatabaseConfig>,
     configured: &[DatabaseConfig],
     opts: &DiffOptions,
@@ -256,7 +255,7 @@ async fn compare(
     let from_scratch = Scratch::create(&opts.staging_dir, name, "diff")?;
     let to_scratch = Scratch::create(&opts.staging_dir, name, "diff")?;
     let (from, from_path) = open_side(
-        store,
+        stores,
         db,
         configured,
         &opts.from,
@@ -265,7 +264,8 @@ async fn compare(
         "FROM",
     )
     .await?;
-    let (to, to_path) = open_side(store, db, configured, &opts.to, opts, &to_scratch, "TO").await?;
+    let (to, to_path) =
+        open_side(stores, db, configured, &opts.to, opts, &to_scratch, "TO").await?;
     let spool = from_scratch.dir().to_path_buf();
     let opts2 = opts.clone();
     let db_name = db.map(|d| d.name.clone());
@@ -303,7 +303,7 @@ struct Opened {
 /// Resolve one side: rebuild or copy it into `scratch` where needed; returns what it is and
 /// the file to open.
 async fn open_side(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: Option<&DatabaseConfig>,
     configured: &[DatabaseConfig],
     spec: &Spec,
@@ -338,12 +338,16 @@ async fn open_side(
     let opened = match spec {
         Spec::Latest | Spec::Snapshot(_) | Spec::Before(_) => {
             let db = need_db()?;
-            let (id, at, skipped) = rebuild(store, db, spec, &opts.keys, scratch).await?;
+            let (id, at, skipped, from) = rebuild(stores, db, spec, &opts.keys, scratch).await?;
             info.kind = "snapshot";
             info.snapshot = Some(id);
             info.taken_at = Some(at);
             info.skipped = skipped;
-            info.read_as = "rebuilt from the store (both SHA-256s proven)".into();
+            info.read_as = if stores.len() > 1 {
+                format!("rebuilt from store {from} (both SHA-256s proven)")
+            } else {
+                "rebuilt from the store (both SHA-256s proven)".into()
+            };
             Opened {
                 path: scratch.path.clone(),
                 immutable: true,
@@ -374,15 +378,19 @@ async fn open_side(
 }
 
 /// Rebuild the snapshot `spec` names into the scratch file; for `latest`/`before:`, a
-/// snapshot whose data proves bad is passed over for the next older one.
+/// snapshot whose data proves bad is passed over for the next older one. With several stores,
+/// each snapshot is read from the stores holding a good copy, in config order (the next
+/// store's copy when one is bad or its store fails); returns the store it was read from too.
 async fn rebuild(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     spec: &Spec,
     keys: &Keys,
     scratch: &Scratch,
-) -> Result<(String, DateTime<Utc>, Vec<(String, String)>)> {
-    let catalog = catalog::load(store, &db.name).await?;
+) -> Result<(String, DateTime<Utc>, Vec<(String, String)>, String)> {
+    let merged = Merged::load(stores, &db.name).await.require_readable()?;
+    let several = stores.len() > 1;
+    let catalog = merged.combined();
     let selector = match spec {
         Spec::Latest => Selector::Latest,
         Spec::Before(t) => Selector::Before(*t),
@@ -390,34 +398,83 @@ async fn rebuild(
         _ => unreachable!("a snapshot spec"),
     };
     let (candidates, mut skipped) = crate::restore::select(&catalog, &selector)?;
+    for (store, e) in merged.unreadable() {
+        skipped.push((
+            format!("store {}", store.name),
+            format!("could not be read: {}", crate::error::chain(e)),
+        ));
+    }
     let named = matches!(spec, Spec::Snapshot(_));
     for cand in candidates {
-        // A named snapshot is read whatever its status (a failed drill may be the very
-        // damage to look into); its bytes are still proven against the manifest.
-        let Some(m) = &cand.manifest else {
-            let why = cand
-                .problem
-                .as_ref()
-                .map_or_else(|| "manifest is unreadable".into(), ToString::to_string);
-            if named {
-                return Err(Error::Usage(format!(
-                    "snapshot {} cannot be read: {why}",
-                    cand.key.id
-                )));
+        let id = cand.key.id.to_string();
+        let mut holders = merged.holders(&id, true);
+        if holders.is_empty() {
+            holders = merged.holders(&id, false);
+        }
+        let mut bad: Vec<(String, crate::damage::Damage)> = Vec::new();
+        let mut failed_store: Option<(String, Error)> = None;
+        for (store, cand) in holders {
+            // A named snapshot is read whatever its status (a failed drill may be the very
+            // damage to look into); its bytes are still proven against the manifest.
+            let Some(m) = &cand.manifest else {
+                let why = cand
+                    .problem
+                    .as_ref()
+                    .map_or_else(|| "manifest is unreadable".into(), ToString::to_string);
+                if named {
+                    return Err(Error::Usage(format!(
+                        "snapshot {} cannot be read: {why}",
+                        cand.key.id
+                    )));
+                }
+                skipped.push((cand.key.id.to_string(), why));
+                continue;
+            };
+            match scratch.read_snapshot(&store.store, m, keys).await {
+                Ok(Ok(_)) => return Ok((m.id.to_string(), m.created_at, skipped, store.name)),
+                Ok(Err(damage)) => {
+                    if several {
+                        skipped.push((
+                            id.clone(),
+                            format!("its copy in store {}: {damage}", store.name),
+                        ));
+                    }
+                    bad.push((store.name, damage));
+                }
+                Err(e @ Error::Storage(_)) if several => {
+                    skipped.push((
+                        id.clone(),
+                        format!(
+                            "its copy in store {} could not be read: {}",
+                            store.name,
+                            crate::error::chain(&e)
+                        ),
+                    ));
+                    failed_store.get_or_insert((store.name, e));
+                }
+                Err(e) => return Err(e),
             }
-            skipped.push((cand.key.id.to_string(), why));
+        }
+        if let Some((store, e)) = failed_store {
+            // An older snapshot would not fix a store that fails: stop, as with one store.
+            return Err(Error::InStore {
+                store,
+                source: Box::new(e),
+            });
+        }
+        if bad.is_empty() {
             continue;
-        };
-        match scratch.read_snapshot(store, m, keys).await? {
-            Ok(_) => return Ok((m.id.to_string(), m.created_at, skipped)),
-            Err(damage) if named => {
-                return Err(Error::Damaged {
-                    id: m.id.to_string(),
-                    damage,
-                    remedy: None,
-                })
-            }
-            Err(damage) => skipped.push((m.id.to_string(), damage.to_string())),
+        }
+        let (_, damage) = bad.swap_remove(0);
+        if named {
+            return Err(Error::Damaged {
+                id,
+                damage,
+                remedy: None,
+            });
+        }
+        if !several {
+            skipped.push((id, damage.to_string()));
         }
     }
     let what = match spec {
@@ -430,7 +487,14 @@ async fn rebuild(
     };
     Err(Error::NoGoodSnapshot(format!(
         "{what} to compare in {}; take one with `guardian backup --db {}`{}",
-        store.location(),
+        match stores {
+            [one] => one.store.location(),
+            several => several
+                .iter()
+                .map(NamedStore::describe)
+                .collect::<Vec<_>>()
+                .join(", "),
+        },
         db.name,
         if skipped.is_empty() {
             String::new()

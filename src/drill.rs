@@ -19,6 +19,16 @@
 //! retained, K drills read every one of them, on any host, with no state outside the store: bit
 //! rot in an old snapshot is found by a drill, not by the restore that needed it.
 //!
+//! Several stores (`stores.rs`): the snapshot is drilled from the first store, in config
+//! order, that holds a good copy of it. Then every other store's copy is read in full and its
+//! stored objects checked against their SHA-256s in the manifest ([`SnapshotReader::verify_stored`]):
+//! a copy with the same stored SHA-256 as the drilled one, whose bytes match, holds the very
+//! bytes the drill restored, and gets the same verdict recorded in its store. A copy that does
+//! not match gets a failed verdict saying so (so `restore` passes over it, and `guardian sync`
+//! can replace it), and fails the drill. When the drilled copy's own bytes were bad, the
+//! verdict is about that copy alone: the others are checked and reported, and nothing is
+//! recorded for them.
+//!
 //! Foreign-key violations are warnings, not failures: the online backup copies pages exactly,
 //! so violations were in the source when the copy was taken, and marking the snapshot failed
 //! would only stop `restore --latest` from restoring a faithful copy.
@@ -41,7 +51,8 @@ use crate::error::{Error, Result};
 use crate::layout::SnapshotReader;
 use crate::manifest::{Manifest, SnapshotKey};
 use crate::snapshot;
-use crate::storage::{PutMode, Storage};
+use crate::storage::{NamedStore, PutMode, Storage};
+use crate::stores::Merged;
 
 /// The drill record format this guardian writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -111,32 +122,218 @@ pub struct DrillReport {
     pub selected_by: Selection,
     /// When this snapshot was last drilled before, if ever.
     pub previous_drill_at: Option<DateTime<Utc>>,
+    /// The store the drilled copy was read from (its name).
+    pub store: String,
+    /// The copies of the snapshot in the database's other stores, checked against this drill
+    /// (see the module doc).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyCheck>,
     /// Where the record was stored, or why it could not be (not part of the record).
     #[serde(skip)]
     pub record: std::result::Result<String, String>,
 }
 
-/// Drill `db`'s newest usable snapshot, or `snapshot` (an id or unique prefix), and record the
-/// result in `store`. The scratch copy lives under `staging_dir`; `keys` decrypt encrypted
-/// snapshots (a missing identity is an operational error, not a failed drill).
+/// Another store's copy of a drilled snapshot, read in full and checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyCheck {
+    pub store: String,
+    /// `same` (its stored bytes are the drilled ones: the verdict is recorded there too),
+    /// `differs` (damaged or other bytes: a failed verdict is recorded there), `intact` (its
+    /// bytes match its manifest, but the drilled copy was bad: not judged), `unreadable` (the
+    /// store failed while it was read).
+    pub state: &'static str,
+    pub detail: String,
+    /// Where the verdict was recorded in that store, or why it could not be.
+    pub record: Option<std::result::Result<String, String>>,
+}
+
+impl CopyCheck {
+    /// A copy whose data is bad: the drill fails for it (exit 1).
+    pub fn differs(&self) -> bool {
+        self.state == "differs"
+    }
+
+    /// The copy could not be checked, or its verdict not recorded (exit 2).
+    pub fn failed_to_check(&self) -> bool {
+        self.state == "unreadable" || matches!(self.record, Some(Err(_)))
+    }
+}
+
+/// Drill `db`'s newest usable snapshot, or `snapshot` (an id or unique prefix), from the first
+/// of `stores` holding a good copy, and record the result there and in every other store whose
+/// copy holds the same bytes (see the module doc). The scratch copy lives under `staging_dir`;
+/// `keys` decrypt encrypted snapshots (a missing identity is an operational error, not a
+/// failed drill).
 ///
 /// # Errors
 /// Operational failures (store unreachable, disk full) and "nothing to drill". A snapshot that
 /// fails its checks is `Ok` with `ok == false`.
 #[instrument(skip_all, fields(db = %db.name))]
 pub async fn run(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     staging_dir: &Path,
     snapshot: Option<&str>,
     keys: &Keys,
 ) -> Result<DrillReport> {
-    let catalog = catalog::load(store, &db.name).await?;
+    let merged = load(stores, db).await?;
+    let catalog = merged.combined();
     let (entry, selected_by) = match snapshot {
         Some(id) => (catalog.find(id)?, Selection::Requested),
-        None => (latest(store, db, &catalog)?, Selection::Latest),
+        None => (latest(stores, db, &catalog)?, Selection::Latest),
     };
-    drill_one(store, db, staging_dir, entry, selected_by, Utc::now(), keys).await
+    let ctx = Ctx {
+        merged: &merged,
+        db,
+        staging_dir,
+        keys,
+    };
+    drill_copies(&ctx, entry, selected_by, Utc::now()).await
+}
+
+/// The merged catalogs of `db`'s stores; a store that cannot be read is logged and left out.
+async fn load(stores: &[NamedStore], db: &DatabaseConfig) -> Result<Merged> {
+    let merged = Merged::load(stores, &db.name).await.require_readable()?;
+    for (s, e) in merged.unreadable() {
+        tracing::warn!(store = %s.name, error = %crate::error::chain(e), "this store could not be read; drilling from the others");
+    }
+    Ok(merged)
+}
+
+/// What every drill of one run works with.
+struct Ctx<'a> {
+    merged: &'a Merged,
+    db: &'a DatabaseConfig,
+    staging_dir: &'a Path,
+    keys: &'a Keys,
+}
+
+/// Drill the first good copy of `entry`'s snapshot, then check the other stores' copies
+/// against it (see the module doc).
+async fn drill_copies(
+    ctx: &Ctx<'_>,
+    entry: &catalog::SnapshotEntry,
+    selected_by: Selection,
+    run_at: DateTime<Utc>,
+) -> Result<DrillReport> {
+    let id = entry.key.id.to_string();
+    let mut holders = ctx.merged.holders(&id, true);
+    if holders.is_empty() {
+        holders = ctx.merged.holders(&id, false);
+    }
+    let mut holders = holders.into_iter();
+    let Some((store, first)) = holders.next() else {
+        return Err(Error::Internal(format!("snapshot {id} has no copy")));
+    };
+    let mut r = drill_one(
+        &store,
+        ctx.db,
+        ctx.staging_dir,
+        &first,
+        selected_by,
+        run_at,
+        ctx.keys,
+    )
+    .await?;
+    let downloaded = r.steps.iter().any(|s| s.name == "download" && s.ok);
+    let drilled_sha = first.manifest.as_ref().map(|m| m.stored_sha256().clone());
+    // Copies in the other stores (damaged ones too: a damaged copy is found and reported).
+    let others: Vec<(NamedStore, catalog::SnapshotEntry)> =
+        holders
+            .chain(ctx.merged.holders(&id, false).into_iter().filter(|(s, e)| {
+                s.name != store.name && e.status == catalog::SnapshotStatus::Failed
+            }))
+            .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (other, copy) in others {
+        if !seen.insert(other.name.clone()) {
+            continue;
+        }
+        let check = check_copy(ctx, &other, &copy, drilled_sha.as_ref(), downloaded).await;
+        let check = match check {
+            Err(e) => CopyCheck {
+                store: other.name.clone(),
+                state: "unreadable",
+                detail: crate::error::chain(&e),
+                record: None,
+            },
+            Ok((state, detail)) => {
+                let record = match state {
+                    "same" => Some(record(&other.store, &entry.key, run_at, &r).await),
+                    "differs" => {
+                        let mut failed = r.clone();
+                        failed.ok = false;
+                        failed.store = other.name.clone();
+                        failed.problems = vec![format!(
+                            "its copy in store {} is not the drilled data: {detail}",
+                            other.name
+                        )];
+                        Some(record(&other.store, &entry.key, run_at, &failed).await)
+                    }
+                    _ => None,
+                };
+                CopyCheck {
+                    store: other.name.clone(),
+                    state,
+                    detail,
+                    record,
+                }
+            }
+        };
+        info!(id = %id, store = %check.store, state = check.state, "checked another store's copy");
+        r.copies.push(check);
+    }
+    Ok(r)
+}
+
+/// Read `copy` (in store `other`) in full and compare it with the drilled copy: `same`,
+/// `differs` or `intact` (when the drilled copy's own bytes were bad), with a detail line.
+async fn check_copy(
+    ctx: &Ctx<'_>,
+    other: &NamedStore,
+    copy: &catalog::SnapshotEntry,
+    drilled_sha: Option<&crate::manifest::Sha256Hex>,
+    downloaded: bool,
+) -> Result<(&'static str, String)> {
+    let Some(m) = &copy.manifest else {
+        let why = copy
+            .problem
+            .as_ref()
+            .map_or_else(|| "manifest is unreadable".into(), ToString::to_string);
+        return Ok(("differs", why));
+    };
+    if downloaded && drilled_sha.is_some_and(|h| h != m.stored_sha256()) {
+        return Ok((
+            "differs",
+            format!(
+                "its manifest names other stored data (stored sha256 {}, the drilled copy's {})",
+                m.stored_sha256(),
+                drilled_sha.map_or_else(String::new, ToString::to_string)
+            ),
+        ));
+    }
+    Ok(
+        match SnapshotReader::new(&other.store, m, ctx.keys)
+            .verify_stored()
+            .await?
+        {
+            Ok(()) if downloaded => (
+                "same",
+                format!(
+                    "read in full: every stored object matches the manifest's sha256 {}",
+                    m.stored_sha256()
+                ),
+            ),
+            Ok(()) => (
+                "intact",
+                "read in full: its stored objects match the manifest, but the drilled copy's \
+                 did not, so this verdict is not about it: drill it from this store with \
+                 `guardian drill --snapshot` after repairing the other (`guardian sync`)"
+                    .into(),
+            ),
+            Err(damage) => ("differs", damage.to_string()),
+        },
+    )
 }
 
 /// The drills of one [`run_with_rotation`].
@@ -159,13 +356,14 @@ pub struct Rotation {
 /// [`Rotation::older`].
 #[instrument(skip_all, fields(db = %db.name))]
 pub async fn run_with_rotation(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     staging_dir: &Path,
     keys: &Keys,
 ) -> Result<Rotation> {
-    let catalog = catalog::load(store, &db.name).await?;
-    let newest = latest(store, db, &catalog)?;
+    let merged = load(stores, db).await?;
+    let catalog = merged.combined();
+    let newest = latest(stores, db, &catalog)?;
     let turns: Vec<Turn> = catalog
         .usable()
         .map(|s| Turn {
@@ -180,29 +378,17 @@ pub async fn run_with_rotation(
     // `status` and the metrics judge the run as a whole (a pass of one snapshot must not hide
     // the failure of the other).
     let run_at = Utc::now();
-    let latest = drill_one(
-        store,
+    let ctx = Ctx {
+        merged: &merged,
         db,
         staging_dir,
-        newest,
-        Selection::Latest,
-        run_at,
         keys,
-    )
-    .await?;
+    };
+    let latest = drill_copies(&ctx, newest, Selection::Latest, run_at).await?;
     let older = match older {
         Some(entry) => {
             info!(id = %entry.key.id, "drilling an older snapshot in rotation");
-            let r = drill_one(
-                store,
-                db,
-                staging_dir,
-                entry,
-                Selection::Rotation,
-                run_at,
-                keys,
-            );
-            Some(r.await)
+            Some(drill_copies(&ctx, entry, Selection::Rotation, run_at).await)
         }
         None => None,
     };
@@ -239,7 +425,7 @@ pub fn pick_rotation<'a>(snapshots: &'a [Turn], latest: &str) -> Option<&'a Turn
 }
 
 fn latest<'a>(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     catalog: &'a catalog::Catalog,
 ) -> Result<&'a catalog::SnapshotEntry> {
@@ -247,7 +433,10 @@ fn latest<'a>(
         Error::NoGoodSnapshot(format!(
             "no usable snapshot of {} to drill in {}; take one with `guardian backup --db {}`",
             db.name,
-            store.location(),
+            match stores {
+                [one] => one.store.location(),
+                several => crate::stores::names(several),
+            },
             db.name
         ))
     })
@@ -255,7 +444,7 @@ fn latest<'a>(
 
 #[allow(clippy::too_many_arguments)] // the one place a drill is assembled from its parts
 async fn drill_one(
-    store: &Arc<dyn Storage>,
+    named: &NamedStore,
     db: &DatabaseConfig,
     staging_dir: &Path,
     entry: &catalog::SnapshotEntry,
@@ -263,6 +452,7 @@ async fn drill_one(
     run_at: DateTime<Utc>,
     keys: &Keys,
 ) -> Result<DrillReport> {
+    let store = &named.store;
     let started_at = Utc::now();
     let t0 = Instant::now();
     info!(id = %entry.key.id, "drill started");
@@ -291,6 +481,8 @@ async fn drill_one(
         warnings: Vec::new(),
         selected_by,
         previous_drill_at: entry.last_drill.as_ref().map(|d| d.at),
+        store: named.name.clone(),
+        copies: Vec::new(),
         record: Err("not recorded".into()),
     };
     match &entry.manifest {

@@ -148,6 +148,14 @@ pub enum Error {
     #[error("internal error (a bug in guardian): {0}")]
     Internal(String),
 
+    /// An operation on one of a database's several stores failed (the source says how).
+    #[error("store {store}")]
+    InStore {
+        store: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// Failures were already reported one by one (e.g. one line per database); exit with this code.
     #[error("one or more operations failed (see above)")]
     Reported(u8),
@@ -196,6 +204,7 @@ impl Error {
             | Error::Internal(_) => 2,
             Error::Busy(_) => 3,
             Error::Reported(code) => *code,
+            Error::InStore { source, .. } => source.exit_code(),
         }
     }
 

@@ -32,7 +32,7 @@ use crate::lock::DbLock;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier, StartPing};
-use crate::retention::PruneReport;
+use crate::retention::{PruneReport, StoresPruned};
 use crate::verify::{self, Verified};
 use crate::{backup, drill, retention};
 
@@ -94,7 +94,8 @@ pub(crate) enum Done {
         /// Without a named snapshot: the older snapshot in rotation.
         rotation: Option<Rotation>,
     },
-    Prune(PruneReport),
+    /// One report per store that was pruned, and the stores that failed.
+    Prune(StoresPruned),
     Verify(Vec<Verified>),
 }
 
@@ -160,7 +161,11 @@ impl Outcome {
 impl Done {
     fn exit_code(&self) -> u8 {
         match self {
-            Done::Backup { .. } | Done::Prune(_) => 0,
+            Done::Backup { .. } => 0,
+            Done::Prune(p) => p
+                .failed
+                .iter()
+                .fold(0, |code, (_, e)| worst_exit_code(code, e.exit_code())),
             Done::Drill { latest, rotation } => {
                 let older = match rotation.as_ref().and_then(|r| r.older.as_ref()) {
                     Some(Ok(r)) => report_exit_code(r),
@@ -220,7 +225,16 @@ impl Done {
                 }
                 events
             }
-            Done::Prune(_) => Vec::new(),
+            // A dry run deletes nothing: a failed one is said, not alerted.
+            Done::Prune(p) if p.dry_run => Vec::new(),
+            Done::Prune(p) => p
+                .failed
+                .iter()
+                .map(|(store, e)| Event::PruneFailed {
+                    db: db.to_string(),
+                    error: format!("store {store}: {}", chain(e)),
+                })
+                .collect(),
             Done::Verify(results) => {
                 let bad: Vec<String> = results
                     .iter()
@@ -244,11 +258,18 @@ impl Done {
 /// A drill report's exit code: 1 when the snapshot failed, 2 when the verdict could not be
 /// recorded.
 fn report_exit_code(r: &DrillReport) -> u8 {
-    match (&r.record, r.ok) {
+    let own = match (&r.record, r.ok) {
         (_, false) => 1,
         (Err(_), true) => 2,
         (Ok(_), true) => 0,
-    }
+    };
+    // Another store's copy that is not the drilled data fails the drill (1); one that could
+    // not be checked, or whose verdict could not be recorded, is an operational failure (2).
+    r.copies.iter().fold(own, |code, c| match () {
+        () if c.differs() => worst_exit_code(code, 1),
+        () if c.failed_to_check() => worst_exit_code(code, 2),
+        () => code,
+    })
 }
 
 /// The alerts of one drill report: its verdict, and a failure when the verdict could not be
@@ -272,6 +293,24 @@ fn drill_events(r: &DrillReport) -> Vec<Event> {
             db: r.db.clone(),
             snapshot: Some(r.snapshot.clone()),
             detail: why.clone(),
+        });
+    }
+    for c in r
+        .copies
+        .iter()
+        .filter(|c| c.differs() || c.failed_to_check())
+    {
+        let recorded = match &c.record {
+            Some(Err(why)) => format!("; {why}"),
+            _ => String::new(),
+        };
+        events.push(Event::DrillFailed {
+            db: r.db.clone(),
+            snapshot: Some(r.snapshot.clone()),
+            detail: format!(
+                "its copy in store {} is {}: {}{recorded}",
+                c.store, c.state, c.detail
+            ),
         });
     }
     events
@@ -435,7 +474,11 @@ impl Runner {
                 // without a retention table: that prune removes only orphans over a day old
                 // (what cancelled backups leave), never a snapshot.
                 let prune = match prune_after {
-                    true => Some(retention::prune(&app.first_store(db).store, db, false).await),
+                    true => Some(
+                        retention::prune_stores(&app.stores_of(db), db, false)
+                            .await
+                            .into_one(),
+                    ),
                     false => None,
                 };
                 Ok(Done::Backup {
@@ -446,14 +489,8 @@ impl Runner {
                 })
             }
             Job::Drill { snapshot: Some(id) } => {
-                let latest = drill::run(
-                    &app.first_store(db).store,
-                    db,
-                    &staging,
-                    Some(id),
-                    &app.keys,
-                )
-                .await?;
+                let latest =
+                    drill::run(&app.stores_of(db), db, &staging, Some(id), &app.keys).await?;
                 Ok(Done::Drill {
                     latest,
                     rotation: None,
@@ -461,8 +498,7 @@ impl Runner {
             }
             Job::Drill { snapshot: None } => {
                 let d =
-                    drill::run_with_rotation(&app.first_store(db).store, db, &staging, &app.keys)
-                        .await?;
+                    drill::run_with_rotation(&app.stores_of(db), db, &staging, &app.keys).await?;
                 Ok(Done::Drill {
                     latest: d.latest,
                     rotation: Some(Rotation {
@@ -472,7 +508,7 @@ impl Runner {
                 })
             }
             Job::Prune { dry_run } => Ok(Done::Prune(
-                retention::prune(&app.first_store(db).store, db, *dry_run).await?,
+                retention::prune_stores(&app.stores_of(db), db, *dry_run).await,
             )),
             Job::Verify { all } => Ok(Done::Verify(
                 verify::run(&app.first_store(db).store, &db.name, *all).await?,

@@ -24,6 +24,8 @@
 //! - [`storage`]: the narrow storage trait, its backends (local directory, S3) with their own
 //!   config and `doctor` checks.
 //! - [`catalog`]: what is stored for a database: snapshots, statuses, orphans.
+//! - [`stores`]: a database's snapshots across its several stores, per snapshot and store:
+//!   present, damaged, missing or unreadable; where to read a snapshot, in config order.
 //! - [`backup`]: one backup: copy, check ∥ compress + upload, manifest last.
 //! - [`incremental`]: one incremental snapshot: the changed pages of one read transaction,
 //!   streamed into a page set on the newest chain (or the reason a full is needed).
@@ -95,6 +97,7 @@ pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod statuspage;
 pub mod storage;
+pub mod stores;
 pub(crate) mod table_restore;
 pub(crate) mod target;
 pub(crate) mod verify;

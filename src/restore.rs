@@ -10,6 +10,15 @@
 //! If a candidate's *data* is bad, the next older one is tried and the skip is reported. An
 //! operational error (store unreachable, disk full) stops the restore: an older snapshot would
 //! not fix it.
+//!
+//! Several stores (`stores.rs`): the candidates are the snapshots of every store of the
+//! database that can be read (a store that cannot is reported and left out). A candidate is
+//! read from the stores that hold a good copy of it, in config order: a copy that fails its
+//! checks, or whose store fails while it is read, is reported and the next store's copy is
+//! tried. Only when every copy's data is bad is the next older snapshot tried; when a copy
+//! could not be read for an operational reason and no other copy was good, the restore stops
+//! with that error, as with one store. The report names the store the restored bytes came
+//! from.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,7 +38,8 @@ use crate::layout::SnapshotReader;
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::snapshot;
-use crate::storage::Storage;
+use crate::storage::{NamedStore, Storage};
+use crate::stores::Merged;
 use crate::target;
 
 /// Which snapshot to restore.
@@ -116,6 +126,12 @@ pub struct RestoreReport {
     /// How long this restore takes (or took), from the last passed drill's measured restore
     /// time scaled to this snapshot's size; `None` when no drill has passed.
     pub estimate: Option<crate::rto::Estimate>,
+    /// The store the restored bytes came from (or would, for a dry run).
+    pub store: NamedStore,
+    /// Copies passed over for another store's copy: (store, snapshot id, why).
+    pub copies_skipped: Vec<(String, String, String)>,
+    /// Stores of the database that could not be read at all: (store, why).
+    pub stores_unreadable: Vec<(String, String)>,
 }
 
 /// Staging files this process's restores have created and not yet renamed into place: what a
@@ -153,7 +169,7 @@ pub fn remove_interrupted_staging() -> Vec<PathBuf> {
 /// # Errors
 /// Those of [`run`]; [`Error::Cancelled`] (exit 2) on a signal.
 pub async fn run_interruptible(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
@@ -163,7 +179,7 @@ pub async fn run_interruptible(
     let mut term = install(SignalKind::terminate())?;
     let mut hup = install(SignalKind::hangup())?;
     let sig = tokio::select! {
-        r = run(store, db, opts) => return r,
+        r = run(stores, db, opts) => return r,
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
         _ = hup.recv() => "SIGHUP",
@@ -201,122 +217,205 @@ impl Skip {
     }
 }
 
-/// Restore a snapshot of `db` from `store`: check the target, select the candidates, then
-/// stage (read, verify, SQLite check) one after another until one is good, swap it into place
-/// and record the proof.
+/// Restore a snapshot of `db` from its `stores` (config order): check the target, select the
+/// candidates over every store that can be read, then stage (read, verify, SQLite check) one
+/// copy after another until one is good, swap it into place and record the proof in the
+/// store it came from.
 #[instrument(skip_all, fields(db = %db.name))]
 pub async fn run(
-    store: &Arc<dyn Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let target = opts.to.clone().unwrap_or_else(|| db.path.clone());
     let holder = check_target(&target, opts)?;
-    let catalog = catalog::load(store, &db.name).await?;
+    let merged = Merged::load(stores, &db.name).await.require_readable()?;
+    let stores_unreadable: Vec<(String, String)> = merged
+        .unreadable()
+        .into_iter()
+        .map(|(s, e)| (s.name.clone(), crate::error::chain(e)))
+        .collect();
+    for (name, why) in &stores_unreadable {
+        warn!(store = %name, error = %why, "this store could not be read; restoring from the others");
+    }
+    let catalog = merged.combined();
     let (candidates, mut skipped) = select(&catalog, &opts.selector)?;
-    let proven = crate::rto::proven(store, &catalog).await;
+    let mut proven = None;
+    for sc in &merged.stores {
+        if let Ok(c) = &sc.catalog {
+            proven = crate::rto::proven(&sc.store.store, c).await;
+            if proven.is_some() {
+                break;
+            }
+        }
+    }
+    let several = stores.len() > 1;
+    let mut copies_skipped: Vec<(String, String, String)> = Vec::new();
     // The newest snapshot whose only fault is the SQLite check, and a check it passes.
     let mut rescue: Option<(String, RestoreCheck)> = None;
     let named = matches!(opts.selector, Selector::Snapshot(_));
     for cand in candidates {
-        let Some(manifest) = usable_manifest(cand, opts, named, &mut skipped)? else {
-            continue;
-        };
-        let check = match opts.check {
-            Some(c) => c.kind(),
-            // A drill proved these exact bytes (same SHA-256) pass integrity_check.
-            None if cand.status == SnapshotStatus::Verified => Some(CheckKind::QuickCheck),
-            None => Some(CheckKind::IntegrityCheck),
-        };
-        let estimate = proven.as_ref().map(|p| p.estimate(manifest.raw_len, check));
-        if opts.dry_run {
-            return Ok(RestoreReport {
-                db: db.name.clone(),
-                manifest,
-                moved_aside: existing_files(&target),
-                target,
-                check: None,
-                skipped,
-                forced_over: holder,
-                newer_rescue: None,
-                dry_run: true,
-                estimate,
-            });
+        let id = cand.key.id.to_string();
+        // The good copies, in config order; a snapshot named on the command line with no good
+        // copy is tried as one store would (its damage is the answer, or a weaker check).
+        let mut holders = merged.holders(&id, true);
+        if holders.is_empty() {
+            holders = merged.holders(&id, false);
         }
-        if let Some(e) = &estimate {
-            crate::progress::note(&db.name, &format!("restoring {}: {e}", manifest.id));
-        }
-        let check_eta = crate::rto::check_duration(estimate.as_ref());
-        match stage(
-            store,
-            &manifest,
-            &target,
-            check,
-            check_eta,
-            &opts.keys,
-            db.mode(),
-        )
-        .await?
-        {
-            Err(Skip {
-                why,
-                rescue: weaker,
-            }) => {
-                warn!(id = %manifest.id, reason = %why, "snapshot failed verification; trying an older one");
-                if named {
-                    return Err(Error::Damaged {
-                        id: manifest.id.to_string(),
-                        damage: why,
-                        remedy: weaker.map(|c| {
-                            format!(
-                                "to restore it anyway (the SHA-256 checks still run): {}",
-                                rescue_command(
-                                    &db.name,
-                                    manifest.id.as_str(),
-                                    c,
-                                    opts.to.as_deref()
-                                )
-                            )
-                        }),
-                    });
-                }
-                if let (None, Some(c)) = (&rescue, weaker) {
-                    rescue = Some((manifest.id.to_string(), c));
-                }
-                skipped.push((manifest.id.to_string(), why.to_string()));
-            }
-            Ok(staged) => {
-                // The target may have been opened while we downloaded: look again.
-                if !opts.force {
-                    if let Some(who) = target::in_use(&target) {
-                        return Err(Error::InUse(format!(
-                            "restore target {} became in use during the restore ({who}); nothing was replaced",
-                            target.display()
-                        )));
-                    }
-                }
-                let moved_aside = swap_into_place(staged, &target)?;
-                info!(id = %manifest.id, target = %target.display(), "restore finished");
-                record(store, cand, &manifest, check).await;
+        // Why each copy of this candidate failed: its data (the first, for the skip and the
+        // rescue), or its store (the first, which stops the restore if no copy is good).
+        let mut bad_data: Vec<(String, Skip)> = Vec::new();
+        let mut failed_store: Option<(String, Error)> = None;
+        for (store, entry) in holders {
+            let Some(manifest) = usable_manifest(&entry, opts, named, &mut skipped)? else {
+                continue;
+            };
+            let check = match opts.check {
+                Some(c) => c.kind(),
+                // A drill proved these exact bytes (same SHA-256) pass integrity_check.
+                None if entry.status == SnapshotStatus::Verified => Some(CheckKind::QuickCheck),
+                None => Some(CheckKind::IntegrityCheck),
+            };
+            let estimate = proven.as_ref().map(|p| p.estimate(manifest.raw_len, check));
+            if opts.dry_run {
                 return Ok(RestoreReport {
                     db: db.name.clone(),
                     manifest,
+                    moved_aside: existing_files(&target),
                     target,
-                    check,
-                    moved_aside,
+                    check: None,
                     skipped,
                     forced_over: holder,
-                    newer_rescue: rescue
-                        .map(|(id, c)| rescue_command(&db.name, &id, c, opts.to.as_deref())),
-                    dry_run: false,
+                    newer_rescue: None,
+                    dry_run: true,
                     estimate,
+                    store,
+                    copies_skipped,
+                    stores_unreadable,
                 });
             }
+            if let Some(e) = &estimate {
+                crate::progress::note(&db.name, &format!("restoring {}: {e}", manifest.id));
+            }
+            let check_eta = crate::rto::check_duration(estimate.as_ref());
+            let staged = match stage(
+                &store.store,
+                &manifest,
+                &target,
+                check,
+                check_eta,
+                &opts.keys,
+                db.mode(),
+            )
+            .await
+            {
+                Ok(staged) => staged,
+                // The store failed while the copy was read: another store's copy may do.
+                Err(e @ Error::Storage(_)) if several => {
+                    let why = crate::error::chain(&e);
+                    warn!(store = %store.name, id = %manifest.id, error = %why, "could not read this store's copy; trying another store's");
+                    copies_skipped.push((store.name.clone(), id.clone(), why));
+                    failed_store.get_or_insert((store.name.clone(), e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match staged {
+                Err(skip) => {
+                    warn!(store = %store.name, id = %manifest.id, reason = %skip.why, "this copy failed verification; trying another copy or an older snapshot");
+                    if several {
+                        copies_skipped.push((store.name.clone(), id.clone(), skip.why.to_string()));
+                    }
+                    bad_data.push((store.name.clone(), skip));
+                }
+                Ok(staged) => {
+                    // The target may have been opened while we downloaded: look again.
+                    if !opts.force {
+                        if let Some(who) = target::in_use(&target) {
+                            return Err(Error::InUse(format!(
+                                "restore target {} became in use during the restore ({who}); nothing was replaced",
+                                target.display()
+                            )));
+                        }
+                    }
+                    let moved_aside = swap_into_place(staged, &target)?;
+                    info!(id = %manifest.id, store = %store.name, target = %target.display(), "restore finished");
+                    record(&store.store, &entry, &manifest, check).await;
+                    return Ok(RestoreReport {
+                        db: db.name.clone(),
+                        manifest,
+                        target,
+                        check,
+                        moved_aside,
+                        skipped,
+                        forced_over: holder,
+                        newer_rescue: rescue
+                            .map(|(id, c)| rescue_command(&db.name, &id, c, opts.to.as_deref())),
+                        dry_run: false,
+                        estimate,
+                        store,
+                        copies_skipped,
+                        stores_unreadable,
+                    });
+                }
+            }
         }
+        // No copy of this candidate was good.
+        if let Some((store, e)) = failed_store {
+            // An older snapshot would not fix a store that fails: stop, as with one store.
+            return Err(Error::InStore {
+                store,
+                source: Box::new(e),
+            });
+        }
+        let Some((_, first)) = bad_data.first() else {
+            continue;
+        };
+        if named {
+            let (
+                _,
+                Skip {
+                    why,
+                    rescue: weaker,
+                },
+            ) = bad_data.swap_remove(0);
+            return Err(Error::Damaged {
+                id,
+                damage: why,
+                remedy: weaker.map(|c| {
+                    format!(
+                        "to restore it anyway (the SHA-256 checks still run): {}",
+                        rescue_command(&db.name, &cand.key.id.to_string(), c, opts.to.as_deref())
+                    )
+                }),
+            });
+        }
+        if let (None, Some(c)) = (&rescue, first.rescue) {
+            rescue = Some((id.clone(), c));
+        }
+        let why = if bad_data.len() == 1 {
+            first.why.to_string()
+        } else {
+            bad_data
+                .iter()
+                .map(|(store, skip)| format!("its copy in {store}: {}", skip.why))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        skipped.push((id, why));
     }
-    Err(Error::NoGoodSnapshot(no_good_snapshot(
-        &catalog, db, opts, &skipped, rescue,
-    )))
+    let mut msg = no_good_snapshot(&catalog, db, opts, &skipped, rescue);
+    if !stores_unreadable.is_empty() {
+        msg.push_str(&format!(
+            "; stores that could not be read: {}",
+            stores_unreadable
+                .iter()
+                .map(|(s, why)| format!("{s} ({why})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Err(Error::NoGoodSnapshot(msg))
 }
 
 /// Refuse a target that is not a file guardian may replace, or that another process has open

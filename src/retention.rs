@@ -28,6 +28,11 @@
 //!
 //! [`prune`] deletes the manifest first, then the rest of the folder: a crash in between leaves
 //! an orphan, never a manifest without its data.
+//!
+//! Several stores: [`prune_stores`] prunes each store of the database on its own catalog (its
+//! own statuses, proofs and marks: a snapshot is deleted from a store only when a newer one
+//! *in that store* has passed `integrity_check`). A store that fails is reported and the others
+//! are still pruned.
 
 use std::sync::Arc;
 
@@ -41,7 +46,7 @@ use crate::config::{DatabaseConfig, RetentionConfig};
 use crate::error::{Error, Result};
 use crate::human::rfc3339;
 use crate::manifest::{self, ObjectRole, SnapshotKey};
-use crate::storage::{PutMode, Storage, StorageError};
+use crate::storage::{NamedStore, PutMode, Storage, StorageError};
 use bytes::Bytes;
 
 /// How old an orphan must be before it is deleted (an upload in progress is an orphan too).
@@ -409,6 +414,8 @@ pub fn plan_orphans(catalog: &Catalog, now: DateTime<Utc>) -> Vec<OrphanDecision
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
     pub db: String,
+    /// The store this report is about (`primary` for `[storage]`).
+    pub store: String,
     /// `None` when the database has no `[databases.retention]`.
     pub policy: Option<RetentionConfig>,
     pub plan: Plan,
@@ -461,17 +468,81 @@ pub fn held_for_proof(
     plan_for(db, catalog, now).unproven
 }
 
-/// Apply `db`'s retention policy to its snapshots in `store`.
-#[instrument(skip_all, fields(db = %db.name))]
-pub async fn prune(
-    store: &Arc<dyn Storage>,
+/// What a prune of every store of a database did.
+#[derive(Debug)]
+pub struct StoresPruned {
+    /// One report per store pruned, in config order.
+    pub reports: Vec<PruneReport>,
+    /// The stores whose prune failed, with the error.
+    pub failed: Vec<(String, Error)>,
+    pub dry_run: bool,
+}
+
+impl StoresPruned {
+    /// One result for the prune after a backup: the first store's error if any failed (the
+    /// others are logged), else the first store's report, its `deleted` being every id deleted
+    /// from any store.
+    pub fn into_one(mut self) -> Result<PruneReport> {
+        let several = self.reports.len() + self.failed.len() > 1;
+        if !self.failed.is_empty() {
+            for (store, e) in self.failed.iter().skip(1) {
+                warn!(store = %store, error = %crate::error::chain(e), "prune of this store failed");
+            }
+            let (store, e) = self.failed.swap_remove(0);
+            return Err(if several {
+                Error::InStore {
+                    store,
+                    source: Box::new(e),
+                }
+            } else {
+                e
+            });
+        }
+        let mut reports = self.reports.into_iter();
+        let mut first = reports
+            .next()
+            .ok_or_else(|| Error::Internal("a prune of no store".into()))?;
+        for r in reports {
+            for id in r.deleted {
+                if !first.deleted.contains(&id) {
+                    first.deleted.push(id);
+                }
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// Apply `db`'s retention policy in every one of `stores`, each on its own catalog; a store
+/// that fails does not stop the others.
+pub async fn prune_stores(
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     dry_run: bool,
-) -> Result<PruneReport> {
+) -> StoresPruned {
+    let mut out = StoresPruned {
+        reports: Vec::new(),
+        failed: Vec::new(),
+        dry_run,
+    };
+    for store in stores {
+        match prune(store, db, dry_run).await {
+            Ok(r) => out.reports.push(r),
+            Err(e) => out.failed.push((store.name.clone(), e)),
+        }
+    }
+    out
+}
+
+/// Apply `db`'s retention policy to its snapshots in `store`.
+#[instrument(skip_all, fields(db = %db.name, store = %named.name))]
+pub async fn prune(named: &NamedStore, db: &DatabaseConfig, dry_run: bool) -> Result<PruneReport> {
+    let store = &named.store;
     let catalog = catalog::load(store, &db.name).await?;
     let now = Utc::now();
     let mut report = PruneReport {
         db: db.name.clone(),
+        store: named.name.clone(),
         policy: db.retention.clone(),
         plan: plan_with_marks(db, &catalog, now),
         // Orphans are not snapshots: a hold (no policy, a failed newest snapshot) keeps every

@@ -9,6 +9,10 @@
 //! and `PRAGMA foreign_key_check` runs on those tables and on the tables that refer to them:
 //! on any violation, or on SIGINT/SIGTERM/SIGHUP, the transaction is rolled back and nothing
 //! has changed. SQLite's own journal makes the commit all-or-nothing on a crash too.
+//!
+//! With several stores, the snapshot is chosen and read as a full restore does (`restore.rs`):
+//! over every store that can be read, each candidate from its stores in config order, the
+//! next store's copy when one fails its checks or cannot be read.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +21,15 @@ use std::sync::Arc;
 use rusqlite::{Connection, OpenFlags};
 use tracing::{info, warn};
 
-use crate::catalog::{self, SnapshotStatus};
+use crate::catalog::SnapshotStatus;
 use crate::config::{CheckKind, DatabaseConfig};
 use crate::crypto::Keys;
 use crate::drill::Scratch;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::restore::{RestoreCheck, Selector};
+use crate::storage::NamedStore;
+use crate::stores::Merged;
 use crate::{durable, snapshot, target};
 
 /// What to put back, from which snapshot.
@@ -58,6 +64,12 @@ pub struct TableRestoreReport {
     pub kept_aside: Option<PathBuf>,
     /// Newer candidates passed over, with why.
     pub skipped: Vec<(String, String)>,
+    /// The store the snapshot was read from.
+    pub store: NamedStore,
+    /// Copies passed over for another store's copy: (store, snapshot id, why).
+    pub copies_skipped: Vec<(String, String, String)>,
+    /// Stores of the database that could not be read at all: (store, why).
+    pub stores_unreadable: Vec<(String, String)>,
     pub forced_over: Option<String>,
     pub dry_run: bool,
 }
@@ -69,7 +81,7 @@ pub struct TableRestoreReport {
 /// both or whose columns differ; no good snapshot; [`Error::ForeignKeys`] when the restored rows
 /// break a foreign key (nothing changed); [`Error::Cancelled`] on a signal (nothing changed).
 pub async fn run(
-    store: &Arc<dyn crate::storage::Storage>,
+    stores: &[NamedStore],
     db: &DatabaseConfig,
     opts: &TableRestoreOptions,
 ) -> Result<TableRestoreReport> {
@@ -90,68 +102,114 @@ pub async fn run(
             target.display()
         )));
     }
-    let catalog = catalog::load(store, &db.name).await?;
+    let merged = Merged::load(stores, &db.name).await.require_readable()?;
+    let stores_unreadable: Vec<(String, String)> = merged
+        .unreadable()
+        .into_iter()
+        .map(|(s, e)| (s.name.clone(), crate::error::chain(e)))
+        .collect();
+    let mut copies_skipped: Vec<(String, String, String)> = Vec::new();
+    let catalog = merged.combined();
     let (candidates, mut skipped) = crate::restore::select(&catalog, &opts.selector)?;
     let named = matches!(opts.selector, Selector::Snapshot(_));
+    let several = stores.len() > 1;
     for cand in candidates {
-        let Some(m) = cand.manifest.clone() else {
-            let why = cand
-                .problem
-                .as_ref()
-                .map_or_else(|| "manifest is unreadable".into(), ToString::to_string);
-            if named {
-                return Err(Error::Usage(format!(
-                    "snapshot {} cannot be read: {why}",
-                    cand.key.id
-                )));
-            }
-            skipped.push((cand.key.id.to_string(), why));
-            continue;
-        };
-        let scratch = Scratch::create(&opts.staging_dir, &db.name, "table-restore")?;
-        let check = match opts.check {
-            Some(c) => c.kind(),
-            None if cand.status == SnapshotStatus::Verified => Some(CheckKind::QuickCheck),
-            None => Some(CheckKind::IntegrityCheck),
-        };
-        let bad = match scratch.read_snapshot(store, &m, &opts.keys).await? {
-            Err(damage) => Some(damage.to_string()),
-            Ok(_) => checked(&scratch.path, check).await?,
-        };
-        if let Some(why) = bad {
-            if named {
-                // Bad data, as in a full restore of the named snapshot: exit 1.
-                return Err(Error::Integrity {
-                    what: format!("snapshot {}", m.id),
-                    detail: format!("{why}; no table was restored from it"),
-                });
-            }
-            warn!(id = %m.id, reason = %why, "snapshot failed verification; trying an older one");
-            skipped.push((m.id.to_string(), why));
-            continue;
+        let id = cand.key.id.to_string();
+        let mut holders = merged.holders(&id, true);
+        if holders.is_empty() {
+            holders = merged.holders(&id, false);
         }
-        let mut report = TableRestoreReport {
-            db: db.name.clone(),
-            manifest: m,
-            target: target.clone(),
-            tables: Vec::new(),
-            kept_aside: None,
-            skipped,
-            forced_over: holder,
-            dry_run: opts.dry_run,
-        };
-        let snap = scratch.path.clone();
-        let (t, tables) = (target.clone(), opts.tables.clone());
-        let names = blocking(move || plan(&t, &snap, &tables)).await?;
-        if opts.dry_run {
-            report.tables = names;
+        let mut bad: Vec<String> = Vec::new();
+        let mut failed_store: Option<(String, Error)> = None;
+        for (store, cand) in holders {
+            let Some(m) = cand.manifest.clone() else {
+                let why = cand
+                    .problem
+                    .as_ref()
+                    .map_or_else(|| "manifest is unreadable".into(), ToString::to_string);
+                if named {
+                    return Err(Error::Usage(format!(
+                        "snapshot {} cannot be read: {why}",
+                        cand.key.id
+                    )));
+                }
+                bad.push(why);
+                continue;
+            };
+            let scratch = Scratch::create(&opts.staging_dir, &db.name, "table-restore")?;
+            let check = match opts.check {
+                Some(c) => c.kind(),
+                None if cand.status == SnapshotStatus::Verified => Some(CheckKind::QuickCheck),
+                None => Some(CheckKind::IntegrityCheck),
+            };
+            let read = match scratch.read_snapshot(&store.store, &m, &opts.keys).await {
+                Ok(r) => r,
+                // This store failed while the copy was read: the next store's copy may do.
+                Err(e @ Error::Storage(_)) if several => {
+                    let why = crate::error::chain(&e);
+                    warn!(store = %store.name, id = %m.id, error = %why, "could not read this store's copy; trying another store's");
+                    copies_skipped.push((store.name.clone(), id.clone(), why));
+                    failed_store.get_or_insert((store.name.clone(), e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let why = match read {
+                Err(damage) => Some(damage.to_string()),
+                Ok(_) => checked(&scratch.path, check).await?,
+            };
+            if let Some(why) = why {
+                if several {
+                    copies_skipped.push((store.name.clone(), id.clone(), why.clone()));
+                }
+                bad.push(why);
+                continue;
+            }
+            let mut report = TableRestoreReport {
+                db: db.name.clone(),
+                manifest: m,
+                target: target.clone(),
+                tables: Vec::new(),
+                kept_aside: None,
+                skipped,
+                forced_over: holder,
+                dry_run: opts.dry_run,
+                store,
+                copies_skipped,
+                stores_unreadable,
+            };
+            let snap = scratch.path.clone();
+            let (t, tables) = (target.clone(), opts.tables.clone());
+            let names = blocking(move || plan(&t, &snap, &tables)).await?;
+            if opts.dry_run {
+                report.tables = names;
+                return Ok(report);
+            }
+            let aside = keep_aside(&target).await?;
+            report.kept_aside = Some(aside.clone());
+            report.tables = apply(&target, &scratch.path, names, &aside).await?;
+            info!(id = %report.manifest.id, store = %report.store.name, tables = ?opts.tables, "table restore finished");
             return Ok(report);
         }
-        let aside = keep_aside(&target).await?;
-        report.kept_aside = Some(aside.clone());
-        report.tables = apply(&target, &scratch.path, names, &aside).await?;
-        info!(id = %report.manifest.id, tables = ?opts.tables, "table restore finished");
-        return Ok(report);
+        if let Some((store, e)) = failed_store {
+            // An older snapshot would not fix a store that fails: stop, as with one store.
+            return Err(Error::InStore {
+                store,
+                source: Box::new(e),
+            });
+        }
+        let Some(why) = bad.first() else {
+            continue;
+        };
+        if named {
+            // Bad data, as in a full restore of the named snapshot: exit 1.
+            return Err(Error::Integrity {
+                what: format!("snapshot {id}"),
+                detail: format!("{why}; no table was restored from it"),
+            });
+        }
+        warn!(id = %id, reason = %why, "snapshot failed verification; trying an older one");
+        skipped.push((id, bad.join("; ")));
     }
     Err(Error::NoGoodSnapshot(format!(
         "no good snapshot of {} to restore tables from{}",

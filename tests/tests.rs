@@ -54,6 +54,8 @@ mod silent_damage;
 mod status_page;
 // Hard sources: fast writers in another process, open write transactions, a source removed mid-backup.
 mod sources;
+// Several stores, reading: list's STORES, restore/drill/prune across stores, fallbacks.
+mod stores;
 // `verify`: bit rot found without SQLite, per snapshot.
 mod verify;
 // In-process S3 server (s3s + s3s-fs, request log, faults) and the external one from GUARDIAN_TEST_S3_*.

@@ -209,6 +209,27 @@ fn print_drill(r: &DrillReport) {
         ),
         Err(_) => outln!("  the verdict could NOT be recorded in the store (see below)"),
     }
+    if !r.copies.is_empty() {
+        outln!("  drilled from store {}", r.store);
+    }
+    for c in &r.copies {
+        let word = match c.state {
+            "same" => "same bytes",
+            "differs" => "DIFFERS",
+            "intact" => "intact, not judged",
+            _ => "UNREADABLE",
+        };
+        outln!("  copy in store {}: {word}: {}", c.store, c.detail);
+        match &c.record {
+            Some(Ok(key)) if c.differs() => outln!(
+                "    recorded as {key}: that copy is now marked failed; `guardian sync --db {}` replaces it from a good copy",
+                r.db
+            ),
+            Some(Ok(key)) => outln!("    recorded as {key}: that copy is now verified too"),
+            Some(Err(why)) => outln!("    the verdict could NOT be recorded there: {why}"),
+            None => {}
+        }
+    }
 }
 
 /// `guardian verify`.
@@ -266,11 +287,25 @@ pub(super) async fn prune(runner: &Runner, args: PruneArgs) -> Result<u8> {
         };
         let out = runner.run(db, job).await;
         worst.outcome(&out);
-        if let Ended::Done(Done::Prune(r)) = out.ended {
-            if !args.json {
-                print_prune(&r);
+        if let Ended::Done(Done::Prune(p)) = out.ended {
+            let several = p.reports.len() + p.failed.len() > 1;
+            for r in p.reports {
+                if !args.json {
+                    print_prune(&r, several);
+                }
+                all.push(r);
             }
-            all.push(r);
+            // Each store's failure, on its own line; the other stores were pruned.
+            for (store, e) in p.failed {
+                let e = Error::InStore {
+                    store,
+                    source: Box::new(e),
+                };
+                errln!(
+                    "{}",
+                    super::fix::describe(Some("prune"), Some(&db.name), &e)
+                );
+            }
         }
     }
     if args.json {
@@ -279,7 +314,7 @@ pub(super) async fn prune(runner: &Runner, args: PruneArgs) -> Result<u8> {
     worst.finish()
 }
 
-fn print_prune(r: &PruneReport) {
+fn print_prune(r: &PruneReport, several_stores: bool) {
     let policy = match &r.policy {
         Some(p) => format!(
             "keep_last {}, daily {}, weekly {}, monthly {}, yearly {}; keep_delete {}",
@@ -293,8 +328,13 @@ fn print_prune(r: &PruneReport) {
         None => "no retention policy".into(),
     };
     outln!(
-        "prune {}{}: {policy}",
+        "prune {}{}{}: {policy}",
         r.db,
+        if several_stores {
+            format!(" in store {}", r.store)
+        } else {
+            String::new()
+        },
         if r.dry_run { " (dry run)" } else { "" }
     );
     if let Some(hold) = &r.plan.hold {

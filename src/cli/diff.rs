@@ -27,8 +27,8 @@ pub(super) async fn diff(app: &App, args: DiffArgs) -> Result<u8> {
         keys: app.keys.clone(),
         staging_dir: app.config.backup.staging_dir(),
     };
-    let store = db.map_or_else(|| app.stores[0].clone(), |d| app.first_store(d));
-    let r = diff::run(&store.store, db, &app.config.databases, &opts).await?;
+    let stores = db.map_or_else(Vec::new, |d| app.stores_of(d));
+    let r = diff::run(&stores, db, &app.config.databases, &opts).await?;
     for (side, info) in [("FROM", &r.from), ("TO", &r.to)] {
         for (id, why) in &info.skipped {
             warnln!("{side} {}: skipped snapshot {id}: {why}", info.spec);
@@ -285,10 +285,17 @@ pub(super) async fn restore_tables(
         check: args.check,
         staging_dir: app.config.backup.staging_dir(),
     };
-    let r = crate::table_restore::run(&app.first_store(db).store, db, &opts).await?;
+    let stores = app.select_stores(db, args.store.as_deref())?;
+    let r = crate::table_restore::run(&stores, db, &opts).await?;
     let m = &r.manifest;
+    for (store, why) in &r.stores_unreadable {
+        outln!("skipped store {store}: it could not be read: {why}");
+    }
     for (id, why) in &r.skipped {
         outln!("skipped {id}: {why}");
+    }
+    for (store, id, why) in &r.copies_skipped {
+        outln!("skipped the copy of {id} in store {store}: {why}");
     }
     let when = format!(
         "taken {}, {}",
@@ -307,6 +314,7 @@ pub(super) async fn restore_tables(
         m.id,
         r.target.display()
     );
+    outln!("  from store {}", r.store.describe());
     for t in &r.tables {
         outln!(
             "  {:<24} {} row(s){} {} in the snapshot",

@@ -34,6 +34,13 @@ fn fix(job: Option<&str>, db: Option<&str>, e: &Error, why: &str) -> Option<Stri
     }
     let db_arg = db.map_or(String::new(), |db| format!(" --db {db}"));
     Some(match e {
+        // One store of several: the fix of what failed there, and the store to check.
+        Error::InStore { store, source } => match fix(job, db, source, why)? {
+            _ if matches!(**source, Error::Storage(_)) => format!(
+                "check store {store} and its credentials with `guardian doctor`; the other stores are not affected"
+            ),
+            f => f,
+        },
         Error::Integrity { .. } if job == Some("backup") => format!(
             "put the newest good snapshot back with `guardian restore --latest{db_arg}` (the damaged file is kept aside)"
         ),
