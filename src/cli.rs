@@ -70,6 +70,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Delete snapshots the retention policy no longer keeps (see --dry-run)
     Prune(PruneArgs),
+    /// Copy the snapshots a store lacks, or holds damaged, from a store that holds a good copy
+    /// (streamed, checked on arrival, manifest last); exit 1 when a snapshot has no good copy
+    Sync(SyncArgs),
     /// Check config, databases, credentials and the store (probe object, conditional writes,
     /// multipart, clock skew); one pass/warn/fail line each, exit 1 on any failure
     Doctor,
@@ -255,6 +258,19 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only this database
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// Say what would be copied (every copy is still read and checked); write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Only this database
     #[arg(long, value_name = "NAME")]
@@ -385,6 +401,7 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
         Command::Drill(args) => commands::drill(&Runner::new(app.clone())?, args).await,
         Command::Verify(args) => commands::verify(&Runner::new(app.clone())?, args).await,
         Command::Prune(args) => commands::prune(&Runner::new(app.clone())?, args).await,
+        Command::Sync(args) => commands::sync(&Runner::new(app.clone())?, args).await,
         Command::Doctor => Ok(crate::doctor::check(&app.config).await.print()),
         Command::Init(_) | Command::Completions(_) | Command::Man => {
             dispatch_standalone(app.config.file.as_deref(), &command)

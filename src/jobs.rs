@@ -33,6 +33,7 @@ use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier, StartPing};
 use crate::retention::{PruneReport, StoresPruned};
+use crate::sync::{self, SyncOptions, SyncReport};
 use crate::verify::{self, Verified};
 use crate::{backup, drill, retention};
 
@@ -52,6 +53,8 @@ pub(crate) enum Job {
     Prune { dry_run: bool },
     /// Re-read stored snapshots and check their checksums (`all`: every one, not the newest).
     Verify { all: bool },
+    /// Copy the snapshots a store lacks or holds damaged from a store with a good copy.
+    Sync(SyncOptions),
 }
 
 impl Job {
@@ -62,6 +65,7 @@ impl Job {
             Job::Drill { .. } => "drill",
             Job::Prune { .. } => "prune",
             Job::Verify { .. } => "verify",
+            Job::Sync(_) => "sync",
         }
     }
 
@@ -70,7 +74,7 @@ impl Job {
     fn locks(&self) -> bool {
         match self {
             Job::Backup { .. } | Job::Drill { .. } => true,
-            Job::Prune { dry_run } => !dry_run,
+            Job::Prune { dry_run } | Job::Sync(SyncOptions { dry_run, .. }) => !dry_run,
             Job::Verify { .. } => false,
         }
     }
@@ -97,6 +101,7 @@ pub(crate) enum Done {
     /// One report per store that was pruned, and the stores that failed.
     Prune(StoresPruned),
     Verify(Vec<Verified>),
+    Sync(SyncReport),
 }
 
 /// The older snapshot of a drill in rotation.
@@ -187,6 +192,7 @@ impl Done {
                 }
                 code
             }
+            Done::Sync(r) => r.exit_code(),
         }
     }
 
@@ -251,6 +257,11 @@ impl Done {
                     detail: bad.join("; "),
                 }]
             }
+            Done::Sync(r) if r.dry_run || r.exit_code() == 0 => Vec::new(),
+            Done::Sync(r) => vec![Event::SyncFailed {
+                db: db.to_string(),
+                error: crate::sync::summary(r),
+            }],
         }
     }
 }
@@ -330,6 +341,8 @@ fn failure_event(job: &Job, db: String, detail: String) -> Option<Event> {
         Job::Prune { dry_run: false } => Some(Event::PruneFailed { db, error: detail }),
         // The store could not be listed: the command says so; damage is what verify alerts.
         Job::Verify { .. } => None,
+        Job::Sync(SyncOptions { dry_run: true, .. }) => None,
+        Job::Sync(_) => Some(Event::SyncFailed { db, error: detail }),
     }
 }
 
@@ -512,6 +525,9 @@ impl Runner {
             )),
             Job::Verify { all } => Ok(Done::Verify(
                 verify::run(&app.first_store(db).store, &db.name, *all).await?,
+            )),
+            Job::Sync(opts) => Ok(Done::Sync(
+                sync::run(&app.stores_of(db), &db.name, *opts).await?,
             )),
         }
     }

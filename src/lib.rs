@@ -7,7 +7,7 @@
 //!   the database loop of each command); the top layer, imported by nothing.
 //! - [`app`]: the loaded config, the opened store and the keys every command works with.
 //! - [`jobs`]: the job runner: lock → run → metrics → alerts → outcome, for one job (backup,
-//!   drill, prune, verify) on one database, used by the commands and the service alike.
+//!   drill, prune, verify, sync) on one database, used by the commands and the service alike.
 //! - [`config`]: the TOML config: parsing, defaults, validation with dotted key paths.
 //! - [`error`]: the error type and the exit-code policy (0 ok, 1 bad data, 2 operational,
 //!   3 another guardian holds the database's lock).
@@ -44,6 +44,8 @@
 //! - [`rto`]: the proven recovery time (the restore time the last passed drill measured) and
 //!   the estimates built on it (`restore --dry-run`, the ETA on a terminal).
 //! - [`verify`]: re-read stored snapshots and check their checksums (bit rot), no SQLite.
+//! - [`sync`]: copy the snapshots a store lacks (or holds damaged) from a store with a good
+//!   copy: objects streamed and checked on arrival, the chain oldest first, manifest last.
 //! - [`retention`]: which snapshots to keep (a pure function) and the prune that applies it.
 //! - [`schedule`]: cron strings → scheduler jobs; no business logic.
 //! - [`service`]: `guardian run`: one run per database at a time, jitter, logging job
@@ -98,6 +100,7 @@ pub(crate) mod status;
 pub(crate) mod statuspage;
 pub mod storage;
 pub mod stores;
+pub(crate) mod sync;
 pub(crate) mod table_restore;
 pub(crate) mod target;
 pub(crate) mod verify;

@@ -101,6 +101,11 @@ pub enum Event {
         db: String,
         detail: String,
     },
+    /// `sync` left a store without some snapshot (a store failed, or no good copy exists).
+    SyncFailed {
+        db: String,
+        error: String,
+    },
 }
 
 impl Event {
@@ -113,6 +118,7 @@ impl Event {
             Event::DrillFailed { .. } => "drill_failed",
             Event::PruneFailed { .. } => "prune_failed",
             Event::VerifyFailed { .. } => "verify_failed",
+            Event::SyncFailed { .. } => "sync_failed",
         }
     }
 
@@ -127,7 +133,8 @@ impl Event {
             | Event::DrillOk { db, .. }
             | Event::DrillFailed { db, .. }
             | Event::PruneFailed { db, .. }
-            | Event::VerifyFailed { db, .. } => db,
+            | Event::VerifyFailed { db, .. }
+            | Event::SyncFailed { db, .. } => db,
         }
     }
 
@@ -169,6 +176,9 @@ impl Event {
             }
             Event::VerifyFailed { db, detail } => {
                 format!("guardian on {host}: verify of {db} found damage: {detail}")
+            }
+            Event::SyncFailed { db, error } => {
+                format!("guardian on {host}: sync of {db}'s stores FAILED: {error}")
             }
         }
     }

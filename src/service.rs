@@ -29,6 +29,7 @@ use crate::human::chain;
 use crate::jobs::{Done, Ended, Job, Outcome, Runner};
 use crate::metrics::{self, Metrics};
 use crate::schedule::{self, JobKind, OnTick, Scheduler, Tick};
+use crate::sync::SyncOptions;
 
 /// The locks of one database.
 #[derive(Default)]
@@ -287,9 +288,28 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
     async {
         let out = s.runner.run(db, job).await;
         log_outcome(&out);
+        // With several stores, copy what a store missed (this snapshot when a store failed,
+        // older ones a store lacks) while the database is still ours.
+        if after_backup_sync(&out) && s.app().stores_of(db).len() > 1 {
+            let sync = Job::Sync(SyncOptions {
+                dry_run: false,
+                deep: false,
+            });
+            log_outcome(&s.runner.run(db, sync).await);
+        }
     }
     .instrument(span)
     .await;
+}
+
+/// Whether `out` is a backup after which `sync` runs: one that published a snapshot (in
+/// every store or only some), not one that did nothing or was cancelled.
+fn after_backup_sync(out: &Outcome) -> bool {
+    matches!(out.job, Job::Backup { .. })
+        && matches!(
+            out.ended,
+            Ended::Done(Done::Backup { .. }) | Ended::Failed(Error::StoresMissed { .. })
+        )
 }
 
 /// Log how a scheduled job ended: the service is the only place job outcomes are logged.
@@ -325,6 +345,16 @@ fn log_outcome(out: &Outcome) {
                 }
                 None => {}
             }
+        }
+        Ended::Done(Done::Sync(r)) if r.exit_code() != 0 => {
+            error!(outcome = "failed", problems = %crate::sync::summary(r), "sync after the backup left a store without some snapshot");
+        }
+        Ended::Done(Done::Sync(r)) => {
+            info!(
+                outcome = "ok",
+                copied = r.copied(),
+                "sync after the backup: every store holds every snapshot"
+            );
         }
         Ended::Done(_) => info!(outcome = "ok", "scheduled {job} succeeded"),
         Ended::Busy(e) => warn!(error = %chain(e), "skipping this tick"),

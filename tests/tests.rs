@@ -58,6 +58,9 @@ mod sources;
 mod stores;
 // `verify`: bit rot found without SQLite, per snapshot.
 mod verify;
+// `sync` between two stores (local + local, local + S3): fill, repair, dry run, chains base
+// first, exit codes, a SIGKILL sweep, no secret in any output.
+mod sync;
 // In-process S3 server (s3s + s3s-fs, request log, faults) and the external one from GUARDIAN_TEST_S3_*.
 mod s3_server;
 // Storage contract suite: the same behaviours against local, in-process S3 and external S3.

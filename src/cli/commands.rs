@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 
-use super::{BackupArgs, DrillArgs, PruneArgs, VerifyArgs};
+use super::{BackupArgs, DrillArgs, PruneArgs, SyncArgs, VerifyArgs};
 use crate::config::DatabaseConfig;
 use crate::drill::DrillReport;
 use crate::error::{Error, Result};
@@ -14,6 +14,7 @@ use crate::human::{ago, chain, human_bytes, rfc3339};
 use crate::jobs::{Done, Ended, Job, Outcome, Rotation, Runner};
 use crate::output::{errln, outln, warnln};
 use crate::retention::{self, Action, PruneReport};
+use crate::sync::{SyncOptions, SyncReport};
 use crate::verify::{self, Verified};
 
 /// The exit code of the worst outcome so far, over the databases a command works on: each
@@ -399,4 +400,101 @@ fn print_prune(r: &PruneReport, several_stores: bool) {
     } else {
         outln!("deleted {snaps} snapshot(s) and {orphans} orphan(s); marked {marks} snapshot(s) for deletion");
     }
+}
+
+/// `guardian sync`: one line per snapshot copied (or, with `--dry-run`, to copy), one per
+/// problem, and a summary per database.
+pub(super) async fn sync(runner: &Runner, args: SyncArgs) -> Result<u8> {
+    let mut worst = Worst::default();
+    let mut all = Vec::new();
+    for db in runner.app().config.select(args.db.as_deref())? {
+        let job = Job::Sync(SyncOptions {
+            dry_run: args.dry_run,
+            deep: true,
+        });
+        let out = runner.run(db, job).await;
+        worst.outcome(&out);
+        if let Ended::Done(Done::Sync(r)) = out.ended {
+            if !args.json {
+                print_sync(&r);
+            }
+            all.push(r);
+        }
+    }
+    if args.json {
+        crate::output::json(&all);
+    }
+    worst.finish()
+}
+
+fn print_sync(r: &SyncReport) {
+    if r.stores.len() < 2 {
+        outln!(
+            "{}: one store ({}); nothing to sync",
+            r.db,
+            r.stores.join(", ")
+        );
+        return;
+    }
+    for c in &r.copies {
+        let from = c.from.as_deref().unwrap_or("-");
+        match (&c.error, r.dry_run) {
+            (None, true) => outln!("would copy {} from {from} to {} ({})", c.id, c.to, c.reason),
+            (None, false) => outln!(
+                "copied {} from {from} to {} ({}; {} object(s), {})",
+                c.id,
+                c.to,
+                c.reason,
+                c.objects_copied,
+                human_bytes(c.bytes_copied)
+            ),
+            (Some(e), _) => errln!(
+                "sync of {}: snapshot {} could not be copied to {} ({}): {e}",
+                r.db,
+                c.id,
+                c.to,
+                c.reason
+            ),
+        }
+    }
+    for p in &r.store_errors {
+        errln!(
+            "sync of {}: store {}: {}; check it with `guardian doctor`, then run `guardian sync --db {}` again",
+            r.db,
+            p.store,
+            p.error,
+            r.db
+        );
+    }
+    for l in &r.lost {
+        let copies: Vec<String> = l.copies.iter().map(|(s, c)| format!("{s}: {c}")).collect();
+        errln!(
+            "sync of {}: snapshot {} has no good copy in any store ({}); it cannot be restored or copied: `guardian verify --all --db {}` lists the damage",
+            r.db,
+            l.id,
+            copies.join("; "),
+            r.db
+        );
+    }
+    let failed = r.copies.iter().filter(|c| c.error.is_some()).count();
+    let verb = if r.dry_run { "would copy" } else { "copied" };
+    let end = match (r.exit_code(), r.dry_run) {
+        (0, true) if r.copies.is_empty() => "every store holds every snapshot".to_string(),
+        (0, true) => "nothing was written (dry run)".to_string(),
+        (0, false) => "every store holds every snapshot".to_string(),
+        _ => format!(
+            "{failed} copy(ies) failed, {} snapshot(s) with no good copy, {} store problem(s)",
+            r.lost.len(),
+            r.store_errors.len()
+        ),
+    };
+    outln!(
+        "sync {}{}: {} snapshot(s) in {} stores ({}); {verb} {}; {end}",
+        r.db,
+        if r.dry_run { " (dry run)" } else { "" },
+        r.snapshots,
+        r.stores.len(),
+        r.stores.join(", "),
+        r.copied()
+    );
 }
