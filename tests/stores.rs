@@ -440,3 +440,74 @@ fn restore_from_local_when_the_s3_store_is_unreachable_and_no_secret_is_printed(
         }
     }
 }
+
+/// S3 first, local second: S3's copy damaged behind guardian's back; restore reads the local
+/// copy and says so; a drill finds S3's copy differs (exit 1) and records the verdicts.
+fn damaged_s3_copy(target: &S3Target) {
+    let prefix = unique_prefix("stores-dmg");
+    let env = TestEnv::new();
+    s3_first(&env, target, &prefix);
+    let run = |args: &[&str]| {
+        let mut cmd = env.command();
+        target.credentials_env(&mut cmd);
+        util::run(cmd.args(args))
+    };
+    let first = run(&["backup"]).ok();
+    let id = first.stdout.trim().to_string();
+    let want = util::dump(&env.db);
+    let drilled = run(&["drill"]).ok();
+    assert!(
+        drilled.stdout.contains("copy in store disk: same bytes"),
+        "{}",
+        drilled.stdout
+    );
+    crate::s3_cli::damage(target, &format!("{prefix}/market/{id}/db.sqlite.gz"));
+
+    let out = env.path("restored.db");
+    let r = run(&["restore", "--latest", "--to", out.to_str().unwrap()]).ok();
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("skipped the copy of {id} in store cloud:"))),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("from store disk"), "{}", r.stdout);
+    assert_eq!(util::dump(&out), want);
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = run(&["drill", "--snapshot", &id]).expect_code(1);
+    // The S3 copy was drilled first and failed; the local copy is intact and reported so.
+    assert!(r.stdout.contains("FAILED"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("copy in store disk: intact"),
+        "{}",
+        r.stdout
+    );
+    let listed = run(&["list", "--json"]).ok();
+    let v: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(
+        v[0]["stores"],
+        serde_json::json!({"cloud": "damaged", "disk": "present"})
+    );
+    assert_eq!(v[0]["status"], "verified");
+    for o in [&first, &drilled, &r, &listed] {
+        assert!(
+            !o.stdout.contains(&target.secret_key) && !o.stderr.contains(&target.secret_key),
+            "secret printed: {o:?}"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_copy_in_the_in_process_s3_store_falls_back_to_the_local_one() {
+    let server = S3Server::start();
+    damaged_s3_copy(&server.target);
+}
+
+#[test]
+fn a_damaged_copy_in_the_external_s3_store_falls_back_to_the_local_one() {
+    if let Some(target) = crate::s3_server::external() {
+        damaged_s3_copy(&target);
+    }
+}
