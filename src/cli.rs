@@ -415,7 +415,19 @@ async fn list(app: &App, args: ListArgs) -> Result<u8> {
     let now = Utc::now();
     let mut all = Vec::new();
     let mut code = 0;
-    for db in app.config.select(args.db.as_deref())? {
+    let mut dbs = app.config.select(args.db.as_deref())?;
+    if let (Some(store), None) = (&args.store, &args.db) {
+        // Every database that goes to that store (a usage error when none does).
+        let with: Vec<_> = dbs
+            .iter()
+            .copied()
+            .filter(|d| app.stores_of(d).iter().any(|s| &s.name == store))
+            .collect();
+        if !with.is_empty() {
+            dbs = with;
+        }
+    }
+    for db in dbs {
         let stores = app.select_stores(db, args.store.as_deref())?;
         let merged = Merged::load(&stores, &db.name).await.require_readable()?;
         // One store that cannot be read never hides what the others hold; it fails the

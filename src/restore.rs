@@ -341,6 +341,16 @@ pub async fn run(
                     let moved_aside = swap_into_place(staged, &target)?;
                     info!(id = %manifest.id, store = %store.name, target = %target.display(), "restore finished");
                     record(&store.store, &entry, &manifest, check).await;
+                    // A snapshot that was needed is not deleted from any store: take back a
+                    // prune's mark on the other stores' copies too.
+                    for (other, e) in merged.holders(&id, false) {
+                        if other.name == store.name || e.marked_at.is_none() {
+                            continue;
+                        }
+                        if let Err(err) = other.store.delete(&e.key.tombstone()).await {
+                            warn!(store = %other.name, id = %id, error = %crate::error::chain(&err), "could not remove the deletion mark of the restored snapshot in this store");
+                        }
+                    }
                     return Ok(RestoreReport {
                         db: db.name.clone(),
                         manifest,

@@ -511,3 +511,63 @@ fn a_damaged_copy_in_the_external_s3_store_falls_back_to_the_local_one() {
         damaged_s3_copy(&target);
     }
 }
+
+#[test]
+fn a_restore_takes_back_the_deletion_mark_in_every_store() {
+    let mut env = env_two_stores();
+    two_stores(
+        &env,
+        "[databases.retention]\nkeep_last = 1\nkeep_delete = \"1d\"\n\n\
+         [[databases]]\nname = \"shop\"\npath = \"shop.db\"\nstores = [\"near\"]\n",
+    );
+    let real = env
+        .run(&["backup", "--db", "market"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    env.store = env.path("near");
+    let old = util::plant_snapshot(&env, &real, "2026-10-10T03:00:00Z");
+    let (from, to) = (folder(&env, "near", &old), folder(&env, "far", &old));
+    std::fs::create_dir_all(&to).unwrap();
+    for f in ["db.sqlite.gz", "manifest.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    env.run(&["prune", "--db", "market"]).ok();
+    let marks = |store: &str| {
+        std::fs::read_dir(folder(&env, store, &old))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("tombstone")
+            })
+            .count()
+    };
+    assert_eq!((marks("near"), marks("far")), (1, 1));
+    let out = env.path("old.db");
+    let r = env
+        .run(&[
+            "restore",
+            "--db",
+            "market",
+            "--snapshot",
+            &old,
+            "--to",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(r.stdout.contains("from store near"), "{}", r.stdout);
+    assert_eq!((marks("near"), marks("far")), (0, 0));
+    // list --store with no --db: the databases that go to that store (shop does not).
+    let far: Vec<serde_json::Value> =
+        serde_json::from_str(&env.run(&["list", "--json", "--store", "far"]).ok().stdout).unwrap();
+    assert_eq!(far.len(), 2);
+    assert!(far.iter().all(|s| s["db"] == "market"), "{far:?}");
+    let r = env
+        .run(&["list", "--db", "shop", "--store", "far"])
+        .expect_code(2);
+    assert!(r.error_line().contains("far"), "{}", r.stderr);
+}
