@@ -245,7 +245,10 @@ impl Done {
                 let bad: Vec<String> = results
                     .iter()
                     .filter_map(|v| match &v.outcome {
-                        verify::Outcome::Bad(why) => Some(format!("{}: {why}", v.id)),
+                        verify::Outcome::Bad(why) if v.missing => Some(format!("{}: {why}", v.id)),
+                        verify::Outcome::Bad(why) => {
+                            Some(format!("{} in store {}: {why}", v.id, v.store))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -524,7 +527,7 @@ impl Runner {
                 retention::prune_stores(&app.stores_of(db), db, *dry_run).await,
             )),
             Job::Verify { all } => Ok(Done::Verify(
-                verify::run(&app.first_store(db).store, &db.name, *all).await?,
+                verify::run(&app.stores_of(db), &db.name, *all).await?,
             )),
             Job::Sync(opts) => Ok(Done::Sync(
                 sync::run(&app.stores_of(db), &db.name, *opts).await?,

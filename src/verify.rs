@@ -1,17 +1,22 @@
 //! `guardian verify`: re-read stored snapshots and check their size and SHA-256 against the
 //! manifest, to find bit rot in the store. No SQLite, no decompression: a cheap read of every
 //! stored byte. It reports and never writes (the drill is what records a verdict).
+//!
+//! With several stores it compares them: every store's copy is read and checked against its
+//! manifest, and a snapshot a store lacks is a failure naming the store (`guardian sync`
+//! copies it there).
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use tracing::{debug, instrument};
 
-use crate::catalog;
+use crate::catalog::SnapshotEntry;
 use crate::crypto::Keys;
 use crate::error::Result;
 use crate::layout::SnapshotReader;
-use crate::storage::Storage;
+use crate::storage::{NamedStore, Storage};
+use crate::stores::{Copy, Merged};
 
 /// The verdict on one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,7 +30,7 @@ pub enum Outcome {
     Error(String),
 }
 
-/// One snapshot's verification.
+/// One snapshot's verification in one store.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
     pub db: String,
@@ -34,47 +39,106 @@ pub struct Verified {
     pub stored_bytes: Option<u64>,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The store whose copy this is (`primary` for `[storage]`).
+    pub store: String,
+    /// The store has no copy of this snapshot (then `outcome` is `bad`; `guardian sync`
+    /// copies it).
+    pub missing: bool,
 }
 
-/// Verify `db`'s newest snapshot, or all of them with `all`.
+/// Verify `db`'s newest snapshot, or all of them with `all`, in every one of `stores`: each
+/// copy's objects against its manifest (size and stored SHA-256), and a copy a store lacks
+/// is a failure naming the store and the fix (`guardian sync`).
 ///
 /// # Errors
-/// Only when the store cannot be listed; per-snapshot read failures are [`Outcome::Error`].
+/// Only when no store can be listed; per-snapshot read failures are [`Outcome::Error`].
 #[instrument(skip_all, fields(db = %db))]
-pub async fn run(store: &Arc<dyn Storage>, db: &str, all: bool) -> Result<Vec<Verified>> {
-    let catalog = catalog::load(store, db).await?;
-    let take = if all { catalog.snapshots.len() } else { 1 };
+pub async fn run(stores: &[NamedStore], db: &str, all: bool) -> Result<Vec<Verified>> {
+    let merged = Merged::load(stores, db).await.require_readable()?;
+    let take = if all { merged.snapshots.len() } else { 1 };
     let mut out = Vec::new();
-    for s in catalog.snapshots.iter().take(take) {
-        let outcome = match &s.manifest {
-            None => Outcome::Bad(
-                s.problem
+    for s in merged.snapshots.iter().take(take) {
+        let first = out.len();
+        for (store, copy) in merged.copies(s) {
+            let (outcome, entry) = match copy {
+                Copy::Present(e) | Copy::Damaged(e) => {
+                    (verify_copy(&store.store, e).await, Some(e))
+                }
+                Copy::Missing => (
+                    Outcome::Bad(format!(
+                        "missing from store {}: copy it there with `guardian sync --db {db}`",
+                        store.name
+                    )),
+                    None,
+                ),
+                Copy::Unreadable(e) => (
+                    Outcome::Error(format!(
+                        "store {} could not be listed: {}",
+                        store.name,
+                        crate::error::chain(e)
+                    )),
+                    None,
+                ),
+            };
+            match &outcome {
+                Outcome::Ok => {
+                    debug!(id = %s.id, store = %store.name, "snapshot verified: size and sha256 match")
+                }
+                Outcome::Bad(why) => {
+                    debug!(id = %s.id, store = %store.name, problem = %why, "snapshot is damaged or missing")
+                }
+                Outcome::Error(why) => {
+                    debug!(id = %s.id, store = %store.name, error = %why, "snapshot could not be read")
+                }
+            }
+            let best = merged.best(s);
+            out.push(Verified {
+                db: db.to_string(),
+                id: s.id.clone(),
+                created_at: crate::human::rfc3339(s.created_at),
+                stored_bytes: entry
+                    .unwrap_or(best)
+                    .manifest
                     .as_ref()
-                    .map_or_else(|| "manifest is unreadable".into(), ToString::to_string),
-            ),
-            Some(m) => match SnapshotReader::new(store, m, &Keys::default())
-                .verify_stored()
-                .await
-            {
-                Ok(Ok(())) => Outcome::Ok,
-                Ok(Err(damage)) => Outcome::Bad(damage.to_string()),
-                Err(e) => Outcome::Error(crate::error::chain(&e)),
-            },
-        };
-        match &outcome {
-            Outcome::Ok => debug!(id = %s.key.id, "snapshot verified: size and sha256 match"),
-            Outcome::Bad(why) => debug!(id = %s.key.id, problem = %why, "snapshot is damaged"),
-            Outcome::Error(why) => {
-                debug!(id = %s.key.id, error = %why, "snapshot could not be read")
+                    .map(|m| m.stored_len()),
+                outcome,
+                store: store.name.clone(),
+                missing: matches!(copy, Copy::Missing),
+            });
+        }
+        // A damaged copy beside a good one: say where the good one is.
+        let good = out[first..]
+            .iter()
+            .find(|v| v.outcome == Outcome::Ok)
+            .map(|v| v.store.clone());
+        if let Some(good) = good {
+            for v in &mut out[first..] {
+                if let (Outcome::Bad(why), false) = (&mut v.outcome, v.missing) {
+                    why.push_str(&format!(
+                        "; `guardian sync --db {db}` replaces it with the good copy in {good}"
+                    ));
+                }
             }
         }
-        out.push(Verified {
-            db: db.to_string(),
-            id: s.key.id.to_string(),
-            created_at: crate::human::rfc3339(s.created_at),
-            stored_bytes: s.manifest.as_ref().map(|m| m.stored_len()),
-            outcome,
-        });
     }
     Ok(out)
+}
+
+/// Re-read the objects of one store's copy and check them against its manifest.
+async fn verify_copy(store: &Arc<dyn Storage>, s: &SnapshotEntry) -> Outcome {
+    match &s.manifest {
+        None => Outcome::Bad(
+            s.problem
+                .as_ref()
+                .map_or_else(|| "manifest is unreadable".into(), ToString::to_string),
+        ),
+        Some(m) => match SnapshotReader::new(store, m, &Keys::default())
+            .verify_stored()
+            .await
+        {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(damage)) => Outcome::Bad(damage.to_string()),
+            Err(e) => Outcome::Error(crate::error::chain(&e)),
+        },
+    }
 }

@@ -546,3 +546,77 @@ fn the_service_syncs_the_stores_after_each_backup() {
         svc.log()
     );
 }
+
+#[test]
+fn verify_all_compares_the_stores_and_names_a_missing_or_damaged_copy() {
+    let w = TwoStores::local();
+    let missed = w.backup_near(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let both = w.run(&["backup"]).ok().stdout.trim().to_string();
+
+    // The far store lacks the first snapshot: a failure line naming it and the fix.
+    let r = w.run(&["verify", "--all"]).expect_code(1);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(&missed) && l.contains(" far "))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        line.contains("MISSING") && line.contains("guardian sync --db market"),
+        "{line}"
+    );
+    assert_eq!(
+        r.stdout.lines().filter(|l| l.contains(" ok ")).count(),
+        3,
+        "{}",
+        r.stdout
+    );
+    let r = w.run(&["verify", "--all", "--json"]).expect_code(1);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v.len(), 4, "{v:?}");
+    let far_missed = v
+        .iter()
+        .find(|x| x["id"] == missed.as_str() && x["store"] == "far")
+        .unwrap();
+    assert_eq!(far_missed["outcome"], "bad");
+    assert_eq!(far_missed["missing"], true);
+
+    // After sync every copy is there and whole.
+    w.run(&["sync"]).ok();
+    let r = w.run(&["verify", "--all"]).ok();
+    assert_eq!(
+        r.stdout.lines().filter(|l| l.contains(" ok ")).count(),
+        4,
+        "{}",
+        r.stdout
+    );
+
+    // Bit rot in one store's copy: that store is named, and where the good copy is.
+    util::flip_byte(
+        &w.env
+            .path("far")
+            .join("market")
+            .join(&both)
+            .join("db.sqlite.gz"),
+        300,
+    );
+    let r = w.run(&["verify"]).expect_code(1);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(" far "))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        line.contains("DAMAGED") && line.contains("good copy in near"),
+        "{line}"
+    );
+    // Single-store output is unchanged: no store column.
+    let r = w.run_with(&w.near, &["verify", "--all"]).ok();
+    assert!(
+        r.stdout
+            .lines()
+            .all(|l| l.split_whitespace().nth(2).is_some_and(|w| w != "primary")),
+        "{}",
+        r.stdout
+    );
+}

@@ -253,7 +253,8 @@ pub(super) async fn verify(runner: &Runner, args: VerifyArgs) -> Result<u8> {
             );
         }
         if !args.json {
-            results.iter().for_each(print_verified);
+            let several = runner.app().stores_of(db).len() > 1;
+            results.iter().for_each(|v| print_verified(v, several));
         }
         all.extend(results);
     }
@@ -263,14 +264,21 @@ pub(super) async fn verify(runner: &Runner, args: VerifyArgs) -> Result<u8> {
     worst.finish()
 }
 
-fn print_verified(v: &Verified) {
+/// One line per copy; with `several` stores, the store's name after the id.
+fn print_verified(v: &Verified, several: bool) {
     let (word, detail) = match &v.outcome {
         verify::Outcome::Ok => ("ok", "size and sha256 match the manifest".to_string()),
+        verify::Outcome::Bad(why) if v.missing => ("MISSING", why.clone()),
         verify::Outcome::Bad(why) => ("DAMAGED", why.clone()),
         verify::Outcome::Error(why) => ("UNREADABLE", why.clone()),
     };
+    let store = if several {
+        format!(" {:<10}", v.store)
+    } else {
+        String::new()
+    };
     outln!(
-        "{:<12} {:<26} {:>10}  {:<10} {detail}",
+        "{:<12} {:<26}{store} {:>10}  {:<10} {detail}",
         v.db,
         v.id,
         v.stored_bytes.map_or("-".into(), human_bytes),
