@@ -20,7 +20,8 @@
 //! rot in an old snapshot is found by a drill, not by the restore that needed it.
 //!
 //! Several stores (`stores.rs`): the snapshot is drilled from the first store, in config
-//! order, that holds a good copy of it. Then every other store's copy is read in full and its
+//! order, that holds a good copy of it (a store that fails while its copy is read is reported,
+//! exit 2, and the next store's copy is drilled). Then every other store's copy is read in full and its
 //! stored objects checked against their SHA-256s in the manifest ([`SnapshotReader::verify_stored`]):
 //! a copy with the same stored SHA-256 as the drilled one, whose bytes match, holds the very
 //! bytes the drill restored, and gets the same verdict recorded in its store. A copy that does
@@ -221,20 +222,51 @@ async fn drill_copies(
     if holders.is_empty() {
         holders = ctx.merged.holders(&id, false);
     }
+    let several = holders.len() > 1;
     let mut holders = holders.into_iter();
-    let Some((store, first)) = holders.next() else {
-        return Err(Error::Internal(format!("snapshot {id} has no copy")));
+    // The first copy whose store answers: a store that fails while its copy is read is
+    // reported, and the next store's copy is drilled (a store error says nothing of the data).
+    let mut unreachable: Vec<CopyCheck> = Vec::new();
+    let (store, first, mut r) = loop {
+        let Some((store, first)) = holders.next() else {
+            return Err(Error::Internal(format!("snapshot {id} has no copy")));
+        };
+        match drill_one(
+            &store,
+            ctx.db,
+            ctx.staging_dir,
+            &first,
+            selected_by,
+            run_at,
+            ctx.keys,
+        )
+        .await
+        {
+            Ok(r) => break (store, first, r),
+            Err(e @ Error::Storage(_)) if several && !holders.as_slice().is_empty() => {
+                tracing::warn!(store = %store.name, error = %crate::error::chain(&e), "could not read this store's copy; drilling the next store's");
+                unreachable.push(CopyCheck {
+                    store: store.name.clone(),
+                    state: "unreadable",
+                    detail: crate::error::chain(&e),
+                    record: None,
+                });
+            }
+            Err(e) => return Err(e),
+        }
     };
-    let mut r = drill_one(
-        &store,
-        ctx.db,
-        ctx.staging_dir,
-        &first,
-        selected_by,
-        run_at,
-        ctx.keys,
-    )
-    .await?;
+    r.copies.append(&mut unreachable);
+    // A store that could not be read at all: its copy, if any, is unchecked.
+    for (s, e) in ctx.merged.unreadable() {
+        r.copies.push(CopyCheck {
+            store: s.name.clone(),
+            state: "unreadable",
+            detail: format!("the store could not be read: {}", crate::error::chain(e)),
+            record: None,
+        });
+    }
+    let mut seen: std::collections::BTreeSet<String> =
+        r.copies.iter().map(|c| c.store.clone()).collect();
     let downloaded = r.steps.iter().any(|s| s.name == "download" && s.ok);
     let drilled_sha = first.manifest.as_ref().map(|m| m.stored_sha256().clone());
     // Copies in the other stores (damaged ones too: a damaged copy is found and reported).
@@ -244,7 +276,6 @@ async fn drill_copies(
                 s.name != store.name && e.status == catalog::SnapshotStatus::Failed
             }))
             .collect();
-    let mut seen = std::collections::BTreeSet::new();
     for (other, copy) in others {
         if !seen.insert(other.name.clone()) {
             continue;

@@ -571,3 +571,62 @@ fn a_restore_takes_back_the_deletion_mark_in_every_store() {
         .expect_code(2);
     assert!(r.error_line().contains("far"), "{}", r.stderr);
 }
+
+#[test]
+fn a_store_that_fails_mid_read_is_passed_over_by_restore_and_drill() {
+    let server = S3Server::start();
+    let prefix = unique_prefix("stores-cut");
+    let env = TestEnv::new();
+    s3_first(&env, &server.target, &prefix);
+    let run = |args: &[&str]| {
+        let mut cmd = env.command();
+        server.target.credentials_env(&mut cmd);
+        util::run(cmd.args(args))
+    };
+    let id = run(&["backup"]).ok().stdout.trim().to_string();
+    let want = util::dump(&env.db);
+    // Every download of a data object from S3 breaks half-way (the listing still works).
+    server.faults.lock().unwrap().cut_gets = 1_000;
+    let out = env.path("restored.db");
+    let r = run(&["restore", "--latest", "--to", out.to_str().unwrap()]).ok();
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("skipped the copy of {id} in store cloud:"))),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("from store disk"), "{}", r.stdout);
+    assert_eq!(util::dump(&out), want);
+
+    // Only the failing store: an operational error (exit 2), nothing written, never "damaged".
+    let r = run(&[
+        "restore",
+        "--latest",
+        "--store",
+        "cloud",
+        "--to",
+        env.path("b.db").to_str().unwrap(),
+    ])
+    .expect_code(2);
+    assert!(!r.error_line().contains("damaged"), "{}", r.stderr);
+    assert!(!env.path("b.db").exists());
+
+    // The drill drills the local copy, and says cloud's could not be read (exit 2).
+    let r = run(&["drill", "--snapshot", &id]).expect_code(2);
+    assert!(r.stdout.contains("PASSED"), "{}", r.stdout);
+    assert!(r.stdout.contains("drilled from store disk"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("copy in store cloud: UNREADABLE"),
+        "{}",
+        r.stdout
+    );
+    server.faults.lock().unwrap().cut_gets = 0;
+    // The catalog never took the store's failure for damage.
+    let listed = run(&["list", "--json"]).ok();
+    let v: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(
+        v[0]["stores"],
+        serde_json::json!({"cloud": "present", "disk": "present"})
+    );
+}
