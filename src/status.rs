@@ -226,12 +226,18 @@ fn problems(
     // whose record could not be written still counts).
     if let Some(a) = attempt.filter(|a| !a.ok) {
         if !usable.iter().any(|s| s.created_at > a.at) {
+            let error = a.error.as_deref().unwrap_or("no detail");
+            // An error that names its own fix (`guardian sync` for a store that missed the
+            // snapshot) keeps it; the others get the generic one.
+            let fix = if error.contains("guardian sync") {
+                String::new()
+            } else {
+                format!("; fix that and run `guardian backup --db {}`", db.name)
+            };
             problems.push(format!(
-                "last backup failed at {} (exit {}): {}; fix that and run `guardian backup --db {}`",
+                "last backup failed at {} (exit {}): {error}{fix}",
                 rfc3339(a.at),
                 a.exit_code,
-                a.error.as_deref().unwrap_or("no detail"),
-                db.name
             ));
         }
     }
