@@ -22,7 +22,11 @@
 //! 4. **Records**: the drill verdicts and restore records of the source's folder that the
 //!    destination lacks. Each names the stored SHA-256 it proved; the destination's copy was
 //!    just proven to have those bytes, so the verdict holds for it too. They go before the
-//!    manifest, so that a failed verdict is never missing when the snapshot appears.
+//!    manifest, so that a failed verdict is never missing when the snapshot appears. A failed
+//!    verdict the destination alone holds on a copy whose bytes sync replaced judged the old
+//!    bytes (the drill found that copy unlike the drilled one): it is kept aside
+//!    (`superseded-<name>` in the folder) and removed, so the copied verdicts speak for the
+//!    new bytes.
 //! 5. **Manifest, last**: created with [`PutMode::IfAbsent`], then read back. A manifest in
 //!    the destination that does not parse is first kept aside (`manifest-damaged-<time>.json`
 //!    in the same folder), then replaced in one write, so that there is never a moment when
@@ -581,7 +585,14 @@ async fn copy_snapshot(
         }
     }
     let key = plan.manifest.key();
-    // 2. The records that vouch for these bytes.
+    // 2. The records that vouch for these bytes. A failed drill verdict the destination holds
+    //    alone was about the bytes just replaced (a drill found its copy unlike the drilled
+    //    one): it is kept aside, so that the source's verdicts speak for the new bytes.
+    if c.objects_copied > 0 {
+        supersede_failed_verdicts(src, dst, &key)
+            .await
+            .map_err(dest)?;
+    }
     copy_records(src, dst, &key).await?;
     if !plan.write_manifest {
         return Ok(());
@@ -636,6 +647,40 @@ async fn keep_aside(
         .await
         .map(|_| info!(key = %aside, "kept the damaged manifest aside"))
         .map_err(|e| chain(&e))
+}
+
+/// Keep aside (as `superseded-<name>`) and remove the failed drill verdicts of `key`'s folder
+/// that `dst` holds and `src` does not: they judged the destination's old bytes.
+async fn supersede_failed_verdicts(
+    src: &View,
+    dst: &mut View,
+    key: &SnapshotKey,
+) -> std::result::Result<(), String> {
+    let stale: Vec<ObjectKey> = dst
+        .listed
+        .keys()
+        .filter(|k| {
+            matches!(manifest::parse_key(k), Some((sk, ObjectRole::Drill { ok: false, .. })) if sk == *key)
+        })
+        .filter(|k| !src.listed.contains_key(*k))
+        .cloned()
+        .collect();
+    for k in stale {
+        let aside = key.object(&format!("superseded-{}", k.file_name()));
+        let body = match dst.store.get_stream(&k).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(chain(&e)),
+        };
+        dst.store
+            .put_stream(&aside, body, None)
+            .await
+            .map_err(|e| chain(&e))?;
+        dst.store.delete(&k).await.map_err(|e| chain(&e))?;
+        dst.listed.remove(&k);
+        info!(key = %k, aside = %aside, "a failed drill verdict about the replaced bytes was kept aside");
+    }
+    Ok(())
 }
 
 /// Copy the drill verdicts and restore records of `key`'s folder that `dst` lacks.

@@ -620,3 +620,33 @@ fn verify_all_compares_the_stores_and_names_a_missing_or_damaged_copy() {
         r.stdout
     );
 }
+
+#[test]
+fn after_a_drill_failed_a_damaged_copy_sync_repairs_it_and_its_store_uses_it_again() {
+    let w = TwoStores::local();
+    let id = w.run(&["backup"]).ok().stdout.trim().to_string();
+    let far_dir = w.env.path("far").join("market").join(&id);
+    util::flip_byte(&far_dir.join("db.sqlite.gz"), 100);
+    // The drill restores the near copy, reads the far one, and records a failed verdict there.
+    w.run(&["drill", "--snapshot", &id]).expect_code(1);
+    assert_eq!(w.list(&w.far)[0]["status"], "failed");
+    assert_eq!(w.list(&w.near)[0]["status"], "verified");
+
+    let r = w.run(&["sync"]).ok();
+    assert_eq!(copied(&r.stdout).len(), 1, "{}", r.stdout);
+    // The far copy is whole again, carries the drill's pass, and restores on its own.
+    let far = w.list(&w.far);
+    assert_eq!(far[0]["status"], "verified", "{far:?}");
+    assert_eq!(w.restored(&w.far, &id, "far.db"), util::dump(&w.env.db));
+    // The failed verdict about the old bytes is kept aside, not destroyed.
+    let aside: Vec<String> = fs::read_dir(&far_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("superseded-drill-") && n.ends_with("-failed.json"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    // Nothing left to do.
+    let r = w.run(&["sync"]).ok();
+    assert!(copied(&r.stdout).is_empty(), "{}", r.stdout);
+}
