@@ -261,3 +261,131 @@ pub fn names(stores: &[NamedStore]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{SnapshotId, SnapshotKey};
+
+    fn entry(id: &str, status: SnapshotStatus) -> SnapshotEntry {
+        let id: SnapshotId = id.parse().unwrap();
+        SnapshotEntry {
+            created_at: id.time(),
+            key: SnapshotKey {
+                db: "market".into(),
+                id,
+            },
+            manifest: None,
+            data_size: None,
+            last_drill: None,
+            status,
+            problem: None,
+            skewed: false,
+            proof: None,
+            ignored_records: Vec::new(),
+            marked_at: None,
+        }
+    }
+
+    fn store(name: &str) -> NamedStore {
+        NamedStore {
+            name: name.into(),
+            store: std::sync::Arc::new(crate::storage::local::LocalStorage::new(format!(
+                "/nonexistent/{name}"
+            ))),
+        }
+    }
+
+    fn catalog(entries: Vec<SnapshotEntry>) -> Result<Catalog> {
+        Ok(Catalog {
+            db: "market".into(),
+            snapshots: entries,
+            orphans: Vec::new(),
+            stored_bytes: 0,
+        })
+    }
+
+    const OLD: &str = "20261123T030000Z-00000001";
+    const NEW: &str = "20261124T030000Z-00000002";
+
+    fn merged() -> Merged {
+        use SnapshotStatus::*;
+        Merged::from_catalogs(
+            "market",
+            vec![
+                StoreCatalog {
+                    store: store("near"),
+                    catalog: catalog(vec![entry(NEW, Failed), entry(OLD, Unverified)]),
+                },
+                StoreCatalog {
+                    store: store("far"),
+                    catalog: catalog(vec![entry(NEW, Verified)]),
+                },
+                StoreCatalog {
+                    store: store("down"),
+                    catalog: Err(Error::Gone("connection refused".into())),
+                },
+            ],
+        )
+    }
+
+    #[test]
+    fn each_snapshot_says_what_every_store_holds_newest_first() {
+        let m = merged();
+        let ids: Vec<&str> = m.snapshots.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, [NEW, OLD]);
+        assert_eq!(
+            m.short(&m.snapshots[0]),
+            "near(damaged),far,down(unreadable)"
+        );
+        assert_eq!(
+            m.short(&m.snapshots[1]),
+            "near,far(missing),down(unreadable)"
+        );
+        assert_eq!(
+            m.json(&m.snapshots[1]),
+            serde_json::json!({"near": "present", "far": "missing", "down": "unreadable"})
+        );
+        assert_eq!(m.unreadable().len(), 1);
+    }
+
+    #[test]
+    fn the_best_copy_stands_for_a_snapshot_and_good_copies_are_read_first() {
+        let m = merged();
+        // far's verified copy stands for NEW, though near comes first in config order.
+        assert_eq!(m.best(&m.snapshots[0]).status, SnapshotStatus::Verified);
+        let c = m.combined();
+        assert_eq!(c.usable().count(), 2);
+        let good: Vec<String> = m
+            .holders(NEW, true)
+            .into_iter()
+            .map(|(s, _)| s.name)
+            .collect();
+        assert_eq!(good, ["far"]);
+        let all: Vec<String> = m
+            .holders(NEW, false)
+            .into_iter()
+            .map(|(s, _)| s.name)
+            .collect();
+        assert_eq!(all, ["far", "near"]);
+        assert!(m.holders("20261125T030000Z-00000003", false).is_empty());
+    }
+
+    #[test]
+    fn no_readable_store_is_the_first_stores_error() {
+        let down = |name: &str| StoreCatalog {
+            store: store(name),
+            catalog: Err(Error::Gone(format!("{name} is down"))),
+        };
+        let e = Merged::from_catalogs("market", vec![down("a"), down("b")])
+            .require_readable()
+            .unwrap_err();
+        assert_eq!(crate::error::chain(&e), "store a: a is down");
+        // With one store, exactly its error.
+        let e = Merged::from_catalogs("market", vec![down("a")])
+            .require_readable()
+            .unwrap_err();
+        assert_eq!(crate::error::chain(&e), "a is down");
+        assert!(merged().require_readable().is_ok());
+    }
+}
