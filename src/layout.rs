@@ -141,11 +141,14 @@ impl SnapshotWriter {
         if self.targets.iter().any(Target::live) {
             return Ok(());
         }
-        // Report the first store's error: with one store, exactly what it said.
-        let first = self
-            .targets
-            .first()
-            .and_then(|t| t.failed.lock().expect("never poisoned").take());
+        // Report the first store's error: with one store, exactly what it said. (Its place
+        // keeps the same words, so that the store still counts as failed.)
+        let first = self.targets.first().and_then(|t| {
+            let mut failed = t.failed.lock().expect("never poisoned");
+            let e = failed.take()?;
+            *failed = Some(Error::Gone(crate::error::chain(&e)));
+            Some(e)
+        });
         Err(first.unwrap_or_else(|| Error::Internal("a snapshot writer with no store".into())))
     }
 
@@ -297,17 +300,16 @@ impl SnapshotWriter {
         let digests = match digests {
             Ok(d) => d,
             Err(e) => {
-                // A failed upload makes the compressor fail too ("upload stopped"): report the
-                // root cause, the store's error.
-                for (i, r) in results {
-                    if let Err(upload) = r {
-                        self.targets[i].fail(upload.into());
+                // The compressor stops with "upload stopped" only when every upload failed:
+                // then the first store's error is the cause; else its own error is.
+                let mut uploads: Vec<_> = results.into_iter().collect();
+                uploads.sort_by_key(|(i, _)| *i);
+                if uploads.iter().all(|(_, r)| r.is_err()) {
+                    if let Some((_, Err(upload))) = uploads.into_iter().next() {
+                        return Err(upload.into());
                     }
                 }
-                return match self.any_live() {
-                    Err(upload) => Err(upload),
-                    Ok(()) => Err(e),
-                };
+                return Err(e);
             }
         };
         for (i, r) in results {
