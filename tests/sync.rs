@@ -650,3 +650,63 @@ fn after_a_drill_failed_a_damaged_copy_sync_repairs_it_and_its_store_uses_it_aga
     let r = w.run(&["sync"]).ok();
     assert!(copied(&r.stdout).is_empty(), "{}", r.stdout);
 }
+
+#[test]
+fn sigkill_during_a_sync_to_s3_never_shows_a_partial_copy() {
+    let server = S3Server::start();
+    let w = TwoStores::s3(&server.target);
+    fs::remove_file(&w.env.db).unwrap();
+    crate::crash::make_big(&w.env.db, 24, "sync-s3");
+    let id = w.backup_near(&[]);
+    let t0 = Instant::now();
+    w.run(&["sync"]).ok();
+    let whole = t0.elapsed();
+    // Start over: a new prefix for the far store.
+    let w = TwoStores::with_far(
+        w.env,
+        &server
+            .target
+            .storage_toml(&unique_prefix("sync-kill"))
+            .replace("[storage]\n", "[[stores]]\nname = \"far\"\n"),
+        Some(server.target.clone()),
+    );
+    let trials = 10;
+    let mut killed = 0;
+    for i in 0..trials {
+        let delay = whole * 9 / 10 * i / trials;
+        let mut child = w
+            .command(&w.env.config)
+            .arg("sync")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+        // What the far store lists is whole: every copy it shows reads back right.
+        let far = w.list(&w.far);
+        assert!(
+            far.iter().all(|s| s["status"] != "failed"),
+            "trial {i}: {far:?}"
+        );
+        if !far.is_empty() {
+            w.run_with(&w.far, &["verify", "--all"]).ok();
+        }
+    }
+    assert!(
+        killed >= trials / 3,
+        "most runs must be killed mid-way ({killed}/{trials}, whole sync {whole:?})"
+    );
+    let r = w.run(&["sync"]).ok();
+    assert!(
+        r.stdout.contains("every store holds every snapshot"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(w.restored(&w.far, &id, "far.db"), util::dump(&w.env.db));
+    eprintln!("sync to S3 kill sweep: {trials} trials, {killed} killed mid-run, whole sync {whole:?}, 0 partial copies listed");
+}
