@@ -71,12 +71,4 @@ impl App {
             ))),
         }
     }
-
-    /// The first store of `db` (config order): where a single-store step reads.
-    pub fn first_store(&self, db: &DatabaseConfig) -> Store {
-        self.stores_of(db)
-            .into_iter()
-            .next()
-            .expect("config validation gives every database a store")
-    }
 }

@@ -160,8 +160,7 @@ async fn observe_store(app: &App, metrics: &Metrics) {
             Ok(l) => {
                 metrics.observe_catalog(l.catalog());
                 metrics.observe_stores(&db.name, crate::status::store_statuses(db, &l));
-                if let Some(r) = crate::rto::proven(&l.stores[l.reference].store, l.catalog()).await
-                {
+                if let Some(r) = crate::rto::proven(&l.reference_store().store, l.catalog()).await {
                     metrics.drill_passed_at(&db.name, r.drilled_at_time, r.restore_seconds);
                 }
                 metrics.observe_attempt(&db.name, l.attempt);

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::app::App;
-use crate::catalog::{self, Catalog, SnapshotEntry, SnapshotStatus};
+use crate::catalog::{Catalog, SnapshotEntry, SnapshotStatus};
 use crate::config::DatabaseConfig;
 use crate::error::Result;
 use crate::human::{ago, human_age, human_bytes, rfc3339};
@@ -307,21 +307,26 @@ fn warnings(db: &DatabaseConfig, catalog: &Catalog, now: DateTime<Utc>) -> Vec<S
 /// status page).
 #[derive(Debug)]
 pub struct Loaded {
-    pub stores: Vec<crate::app::Store>,
-    /// Each store's catalog, or why it could not be read (same order as `stores`).
-    pub catalogs: Vec<Result<Catalog>>,
+    /// Every store's catalog (a store that could not be read keeps its error).
+    pub merged: crate::stores::Merged,
     /// The newest recorded backup attempt of any store (or the staging folder).
     pub attempt: Option<Attempt>,
     /// The store holding the newest usable snapshot (else the first readable one).
-    pub reference: usize,
+    reference: usize,
 }
 
 impl Loaded {
     /// The reference store's catalog.
     pub fn catalog(&self) -> &Catalog {
-        self.catalogs[self.reference]
+        self.merged.stores[self.reference]
+            .catalog
             .as_ref()
             .expect("the reference store was read")
+    }
+
+    /// The reference store (where the database-level fields come from).
+    pub fn reference_store(&self) -> &crate::app::Store {
+        &self.merged.stores[self.reference].store
     }
 }
 
@@ -332,7 +337,9 @@ impl Loaded {
 pub async fn load(app: &App, db: &DatabaseConfig) -> Result<Loaded> {
     let staging = app.config.backup.staging_dir();
     let stores = app.stores_of(db);
-    let mut catalogs = Vec::with_capacity(stores.len());
+    let merged = crate::stores::Merged::load(&stores, &db.name)
+        .await
+        .require_readable()?;
     let mut attempt: Option<Attempt> = None;
     for s in &stores {
         if let Some(a) = crate::outcome::last(&s.store, &staging, &db.name).await {
@@ -340,23 +347,18 @@ pub async fn load(app: &App, db: &DatabaseConfig) -> Result<Loaded> {
                 attempt = Some(a);
             }
         }
-        catalogs.push(catalog::load(&s.store, &db.name).await);
     }
     let newest = |c: &Catalog| c.usable().next().map(|e| e.created_at);
-    let reference = catalogs
+    let reference = merged
+        .stores
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| c.as_ref().ok().map(|c| (i, newest(c))))
+        .filter_map(|(i, sc)| sc.catalog.as_ref().ok().map(|c| (i, newest(c))))
         .max_by_key(|&(i, t)| (t, std::cmp::Reverse(i)))
-        .map(|(i, _)| i);
-    let Some(reference) = reference else {
-        // No store can be read: the first one's error, as with one store.
-        let first = catalogs.into_iter().next().expect("a database has a store");
-        return Err(first.expect_err("no store could be read"));
-    };
+        .map(|(i, _)| i)
+        .expect("require_readable leaves a readable store");
     Ok(Loaded {
-        stores,
-        catalogs,
+        merged,
         attempt,
         reference,
     })
@@ -366,18 +368,20 @@ pub async fn load(app: &App, db: &DatabaseConfig) -> Result<Loaded> {
 /// it lacks.
 pub fn store_statuses(db: &DatabaseConfig, l: &Loaded) -> Vec<StoreStatus> {
     let mut held: Vec<(DateTime<Utc>, String)> = l
-        .catalogs
+        .merged
+        .stores
         .iter()
-        .filter_map(|c| c.as_ref().ok())
+        .filter_map(|sc| sc.catalog.as_ref().ok())
         .flat_map(|c| c.usable().map(|e| (e.created_at, e.key.id.to_string())))
         .collect();
     held.sort();
     held.dedup();
     held.reverse();
     let now = Utc::now();
-    l.stores
+    l.merged
+        .stores
         .iter()
-        .zip(&l.catalogs)
+        .map(|sc| (&sc.store, &sc.catalog))
         .map(|(s, c)| match c {
             Err(e) => StoreStatus {
                 name: s.name.clone(),
@@ -431,20 +435,22 @@ pub fn store_statuses(db: &DatabaseConfig, l: &Loaded) -> Vec<StoreStatus> {
 /// usable snapshot another store holds.
 pub async fn of_database(app: &App, db: &DatabaseConfig) -> Result<DbStatus> {
     let l = load(app, db).await?;
+    let several = l.merged.stores.len() > 1;
     let location = l
+        .merged
         .stores
         .iter()
-        .map(|s| {
-            if l.stores.len() == 1 {
-                s.store.location()
+        .map(|sc| {
+            if several {
+                sc.store.describe()
             } else {
-                s.describe()
+                sc.store.store.location()
             }
         })
         .collect::<Vec<_>>()
         .join(", ");
     let mut status = summarize(db, l.catalog(), l.attempt.as_ref(), location);
-    status.proven_rto = crate::rto::proven(&l.stores[l.reference].store, l.catalog()).await;
+    status.proven_rto = crate::rto::proven(&l.reference_store().store, l.catalog()).await;
     status.stores = store_statuses(db, &l);
     for st in &status.stores {
         status.problems.extend(st.problems.iter().cloned());
