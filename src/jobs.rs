@@ -387,6 +387,18 @@ impl Runner {
 
     /// Run `job` on `db`: lock → run → metrics → events → outcome.
     pub(crate) async fn run(&self, db: &DatabaseConfig, job: Job) -> Outcome {
+        self.run_alerted(db, job, &[]).await
+    }
+
+    /// [`Runner::run`] for a sync right after a backup whose alert already named the stores
+    /// in `alerted` (they missed its snapshot): a sync that fails only because of those stores
+    /// sends no second alert for the same fault (its outcome, log and metrics stay).
+    pub(crate) async fn run_alerted(
+        &self,
+        db: &DatabaseConfig,
+        job: Job,
+        alerted: &[String],
+    ) -> Outcome {
         let outcome = |ended| Outcome {
             db: db.name.clone(),
             job: job.clone(),
@@ -425,7 +437,17 @@ impl Runner {
             () = ping.done() => {}
             () = self.cancel.cancelled() => return out,
         }
-        self.send(&out.events()).await;
+        let mut events = out.events();
+        if let Ended::Done(Done::Sync(r)) = &out.ended {
+            let failing = r.failing_stores();
+            if !alerted.is_empty()
+                && r.lost.is_empty()
+                && failing.iter().all(|f| alerted.contains(f))
+            {
+                events.retain(|e| !matches!(e, Event::SyncFailed { .. }));
+            }
+        }
+        self.send(&events).await;
         out
     }
 

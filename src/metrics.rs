@@ -26,7 +26,8 @@ use crate::catalog::Catalog;
 use crate::manifest::SnapshotKind;
 use crate::schedule::JobKind;
 
-const JOBS: [&str; 3] = ["backup", "drill", "prune"];
+/// The jobs whose failure counters start at zero (so `increase()` works from the first scrape).
+const JOBS: [&str; 4] = ["backup", "drill", "prune", "sync"];
 
 /// Per-database values.
 #[derive(Debug, Default, Clone)]

@@ -294,7 +294,14 @@ async fn on_tick(s: Arc<Shared>, tick: Tick) {
                 dry_run: false,
                 deep: false,
             });
-            log_outcome(&s.runner.run(db, sync).await);
+            // The backup's alert already named the stores that missed its snapshot.
+            let alerted: Vec<String> = match &out.ended {
+                Ended::Failed(Error::StoresMissed { missed, .. }) => {
+                    missed.iter().map(|(store, _)| store.clone()).collect()
+                }
+                _ => Vec::new(),
+            };
+            log_outcome(&s.runner.run_alerted(db, sync, &alerted).await);
         }
     }
     .instrument(span)

@@ -135,6 +135,24 @@ impl SyncReport {
         }
     }
 
+    /// The stores that could not be read, or that a copy to failed (config order, once each).
+    pub fn failing_stores(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .store_errors
+            .iter()
+            .map(|p| p.store.clone())
+            .chain(
+                self.copies
+                    .iter()
+                    .filter(|c| c.error.is_some())
+                    .map(|c| c.to.clone()),
+            )
+            .collect();
+        names.sort_by_key(|n| self.stores.iter().position(|s| s == n));
+        names.dedup();
+        names
+    }
+
     /// Copies made (or, in a dry run, planned).
     pub fn copied(&self) -> usize {
         self.copies

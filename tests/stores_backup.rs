@@ -354,3 +354,50 @@ fn doctor_checks_every_store_and_names_it() {
         r.stdout
     );
 }
+
+/// A store that stays down: each scheduled backup alerts once, naming it; the sync after it,
+/// which fails on the same store, sends no second alert.
+#[test]
+fn a_store_down_gives_one_alert_per_backup_not_two() {
+    let hook = crate::notify::Hook::start(&[]);
+    let env = TestEnv::new();
+    std::fs::write(env.path("far"), b"not a folder").unwrap();
+    two_stores(
+        &env,
+        local_far(),
+        &format!(
+            "backup = \"*/2 * * * * *\"\n[service]\nlisten = \"127.0.0.1:0\"\n\n[notify]\nwebhook_url = \"{}\"\n",
+            hook.url("/hook")
+        ),
+    );
+    let mut svc = util::Service::start(&env);
+    svc.wait_for_line(
+        "sync after the backup left a store without some snapshot",
+        30,
+    );
+    // Let the alert of that run arrive.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    svc.wait_exit(15);
+    let bodies: Vec<String> = hook
+        .hits()
+        .into_iter()
+        .filter(|h| h.path.starts_with("/hook"))
+        .map(|h| h.body)
+        .collect();
+    let backups = bodies
+        .iter()
+        .filter(|b| b.contains("\"backup_failed\""))
+        .count();
+    assert!(backups >= 1, "{bodies:?}\n{}", svc.log());
+    assert!(
+        bodies.iter().all(|b| !b.contains("\"sync_failed\"")),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("reached near but not far")),
+        "{bodies:?}"
+    );
+}
