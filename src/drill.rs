@@ -134,8 +134,9 @@ pub struct DrillReport {
     pub record: std::result::Result<String, String>,
 }
 
-/// Another store's copy of a drilled snapshot, read in full and checked.
-#[derive(Debug, Clone, Serialize)]
+/// Another store's copy of a drilled snapshot, read in full and checked (JSON: `store`,
+/// `state`, `detail`, `record`: the key of the verdict recorded there, and `record_error`).
+#[derive(Debug, Clone)]
 pub struct CopyCheck {
     pub store: String,
     /// `same` (its stored bytes are the drilled ones: the verdict is recorded there too),
@@ -146,6 +147,25 @@ pub struct CopyCheck {
     pub detail: String,
     /// Where the verdict was recorded in that store, or why it could not be.
     pub record: Option<std::result::Result<String, String>>,
+}
+
+impl Serialize for CopyCheck {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("CopyCheck", 5)?;
+        st.serialize_field("store", &self.store)?;
+        st.serialize_field("state", self.state)?;
+        st.serialize_field("detail", &self.detail)?;
+        st.serialize_field(
+            "record",
+            &self.record.as_ref().and_then(|r| r.as_ref().ok()),
+        )?;
+        st.serialize_field(
+            "record_error",
+            &self.record.as_ref().and_then(|r| r.as_ref().err()),
+        )?;
+        st.end()
+    }
 }
 
 impl CopyCheck {

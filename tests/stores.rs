@@ -304,6 +304,20 @@ fn drill_records_its_verdict_in_every_store_holding_the_same_bytes() {
     assert_eq!(json[0]["stores"]["near"], "present");
     assert_eq!(json[0]["stores"]["far"], "damaged");
     assert_eq!(json[0]["status"], "verified");
+    let r = env
+        .run(&["drill", "--snapshot", &id, "--json"])
+        .expect_code(1);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["store"], "near");
+    assert_eq!(v[0]["copies"][0]["store"], "far");
+    assert_eq!(v[0]["copies"][0]["state"], "differs");
+    assert!(
+        v[0]["copies"][0]["record"]
+            .as_str()
+            .is_some_and(|k| k.ends_with("-failed.json")),
+        "{v}"
+    );
+    assert!(v[0]["copies"][0]["record_error"].is_null(), "{v}");
     // And restore passes over far's copy (near's is read).
     let out = env.path("r.db");
     let r = env
