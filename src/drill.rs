@@ -142,7 +142,7 @@ pub struct CopyCheck {
     /// `same` (its stored bytes are the drilled ones: the verdict is recorded there too),
     /// `differs` (damaged or other bytes: a failed verdict is recorded there), `intact` (its
     /// bytes match its manifest, but the drilled copy was bad: not judged), `unreadable` (the
-    /// store failed while it was read).
+    /// store failed while it was read), `missing` (the store lacks the snapshot).
     pub state: &'static str,
     pub detail: String,
     /// Where the verdict was recorded in that store, or why it could not be.
@@ -284,6 +284,23 @@ async fn drill_copies(
             detail: format!("the store could not be read: {}", crate::error::chain(e)),
             record: None,
         });
+    }
+    // A readable store that lacks the snapshot: nothing to check there (`guardian sync` copies
+    // it; `status` and `verify --all` report it).
+    if let Some(snap) = ctx.merged.snapshots.iter().find(|s| s.id == id) {
+        for (st, copy) in ctx.merged.copies(snap) {
+            if matches!(copy, crate::stores::Copy::Missing) {
+                r.copies.push(CopyCheck {
+                    store: st.name.clone(),
+                    state: "missing",
+                    detail: format!(
+                        "this store lacks the snapshot: `guardian sync --db {}` copies it",
+                        ctx.db.name
+                    ),
+                    record: None,
+                });
+            }
+        }
     }
     let mut seen: std::collections::BTreeSet<String> =
         r.copies.iter().map(|c| c.store.clone()).collect();

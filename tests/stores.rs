@@ -64,6 +64,14 @@ fn list_shows_the_stores_of_each_snapshot_and_a_copy_one_store_missed() {
     assert!(r.stderr.contains("far"), "{}", r.stderr);
     mend(&env, "far");
 
+    // A drill of the snapshot far lacks says so, and passes (sync's job, not a failed drill).
+    let r = env.run(&["drill", "--snapshot", &near_only]).ok();
+    assert!(
+        r.stdout.contains("copy in store far: missing"),
+        "{}",
+        r.stdout
+    );
+
     let text = env.run(&["list"]).ok();
     let header = text.stdout.lines().next().unwrap();
     assert!(header.contains("STORES"), "{}", text.stdout);

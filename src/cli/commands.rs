@@ -218,6 +218,7 @@ fn print_drill(r: &DrillReport) {
             "same" => "same bytes",
             "differs" => "DIFFERS",
             "intact" => "intact, not judged",
+            "missing" => "missing",
             _ => "UNREADABLE",
         };
         outln!("  copy in store {}: {word}: {}", c.store, c.detail);
