@@ -538,17 +538,62 @@ impl From<Error> for Stop {
     }
 }
 
-/// The read transaction: check, inspect, and stream the differing pages into `out`.
+/// The read transaction: check, inspect, and stream the differing pages into `out`. The check
+/// runs on other connections proven to read the same committed state (`ReadSnapshot`), on other
+/// cores, alongside the page reads; where they cannot be had, in this transaction, first.
 fn scan(
     plan: &ScanPlan,
     out: &mut PipeWriter,
     pages: &AtomicU64,
 ) -> std::result::Result<Scanned, Stop> {
-    let snap = ReadSnapshot::begin(&plan.source)?;
-    // The check sees the very state the pages are read from: it runs in this transaction,
-    // first. (Running it alongside on a second connection would need that connection pinned
-    // to this snapshot, `sqlite3_snapshot_open`, which rusqlite does not wrap.)
-    plan.checked(snap.check(plan.check)?)?;
+    let readers = match plan.check {
+        crate::config::CheckKind::QuickCheck => 1,
+        crate::config::CheckKind::IntegrityCheck => {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    };
+    let mut snap = ReadSnapshot::begin_with_readers(&plan.source, readers)?;
+    let Some(alongside) = snap.take_check(plan.check) else {
+        let started = std::time::Instant::now();
+        plan.checked(snap.check(plan.check)?)?;
+        tracing::debug!(
+            check_ms = started.elapsed().as_millis() as u64,
+            "the check ran in the read transaction, before the page reads"
+        );
+        return read_pages(plan, snap, out, pages);
+    };
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let checking = s.spawn(move || {
+            let verdict = alongside.run();
+            (verdict, started.elapsed())
+        });
+        let read = read_pages(plan, snap, out, pages);
+        let (verdict, took) = checking.join().expect("the check does not panic");
+        tracing::debug!(
+            check_ms = took.as_millis() as u64,
+            read_ms = started.elapsed().as_millis() as u64,
+            "the check ran alongside the page reads"
+        );
+        // A damaged database is that, whatever the page reads found; a check that could not
+        // run fails the snapshot when the reads did not fail first.
+        match verdict {
+            Ok(outcome) => plan.checked(outcome)?,
+            Err(e) if read.is_ok() => return Err(Stop::Failed(e)),
+            Err(_) => {}
+        }
+        read
+    })
+}
+
+/// Inspect, then stream the pages that differ from the parent's into `out`, hashing all of
+/// them, and end the transaction.
+fn read_pages(
+    plan: &ScanPlan,
+    snap: ReadSnapshot,
+    out: &mut PipeWriter,
+    pages: &AtomicU64,
+) -> std::result::Result<Scanned, Stop> {
     let inspection = snap.inspect()?;
     if inspection.page_size != plan.page_size {
         return Err(Stop::Full(format!(

@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::manifest::Sha256Hex;
 
 mod check;
+mod read;
+
+pub use read::ReadSnapshot;
 
 /// How long a copy keeps retrying a source that reports BUSY or LOCKED.
 pub const BUSY_DEADLINE: Duration = Duration::from_secs(120);
@@ -314,94 +317,6 @@ fn inspect_with(conn: &Connection, path: &Path) -> Result<Inspection> {
         tables: counts,
         schema_sha256: Sha256Hex::from_digest(&schema.finalize()),
     })
-}
-
-/// One read transaction on a live database: the check, the inspection and the pages read
-/// through it are all of one committed state, while (in WAL mode) writers go on. What an
-/// incremental snapshot reads instead of taking a copy.
-pub struct ReadSnapshot {
-    conn: Connection,
-    path: PathBuf,
-    /// The source's journal mode.
-    pub journal_mode: String,
-}
-
-impl ReadSnapshot {
-    /// Open `src` read-only and start the read transaction, waiting out a writer's lock up to
-    /// [`BUSY_DEADLINE`] as the full copy does.
-    pub fn begin(src: &Path) -> Result<Self> {
-        check_source(src)?;
-        let conn = Connection::open_with_flags(
-            src,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| sqlite_error("open database", src, e))?;
-        conn.busy_timeout(Duration::from_millis(250))
-            .map_err(|e| sqlite_error("configure", src, e))?;
-        let mut busy = Busy {
-            started: Instant::now(),
-            pause: Duration::from_millis(20),
-        };
-        let journal_mode = read_journal_mode(&conn, src, &mut busy)?;
-        conn.execute_batch("BEGIN")
-            .map_err(|e| sqlite_error("begin a read of", src, e))?;
-        // The first read starts the transaction: from here on every read sees this state.
-        loop {
-            match conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0)) {
-                Ok(_) => break,
-                Err(e) if is_busy(&e) => wait_busy(src, busy.started, &mut busy.pause)?,
-                Err(e) => return Err(sqlite_error("read", src, e)),
-            }
-        }
-        conn.busy_timeout(BUSY_DEADLINE)
-            .map_err(|e| sqlite_error("configure", src, e))?;
-        Ok(ReadSnapshot {
-            conn,
-            path: src.to_path_buf(),
-            journal_mode,
-        })
-    }
-
-    /// Run `check` inside the transaction.
-    pub fn check(&self, check: CheckKind) -> Result<CheckOutcome> {
-        check_with(&self.conn, &self.path, check)
-    }
-
-    /// Page geometry, schema hash and row counts, inside the transaction.
-    pub fn inspect(&self) -> Result<Inspection> {
-        inspect_with(&self.conn, &self.path)
-    }
-
-    /// Every page, in order, as this transaction sees it (`sqlite_dbpage`; the lock-byte page
-    /// of a database over 1 GiB reads as zeros, as SQLite never writes it).
-    pub fn for_each_page(&self, mut f: impl FnMut(u32, &[u8]) -> Result<()>) -> Result<()> {
-        let err = |e| sqlite_error("read the pages of", &self.path, e);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno")
-            .map_err(err)?;
-        let mut rows = stmt.query([]).map_err(err)?;
-        while let Some(row) = rows.next().map_err(err)? {
-            let pgno: i64 = row.get(0).map_err(err)?;
-            let data = row
-                .get_ref(1)
-                .map_err(err)?
-                .as_blob()
-                .map_err(|e| Error::Source(format!("sqlite_dbpage gave no page: {e}")))?;
-            f(pgno as u32, data)?;
-        }
-        Ok(())
-    }
-
-    /// End the transaction.
-    pub fn end(self) -> Result<()> {
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(|e| sqlite_error("end the read of", &self.path, e))?;
-        self.conn
-            .close()
-            .map_err(|(_, e)| sqlite_error("close database", &self.path, e))
-    }
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

@@ -46,17 +46,51 @@ pub(super) fn integrity(path: &Path, threads: usize) -> Result<CheckOutcome> {
         Ok(Some(parts)) if threads >= 2 => parts,
         _ => return pragma(path, "integrity_check", None).map(outcome),
     };
+    let conns = (0..threads.min(parts.len()))
+        .map(|_| open_read_only(path))
+        .collect::<Result<Vec<_>>>()?;
+    split(conns, &parts, path)
+}
+
+/// `check` (`quick_check` or `integrity_check`) of one committed state of the database at
+/// `path`, on `conns`: connections that all read that same state (an incremental's read
+/// snapshot), each on its own thread. `integrity_check` is split as in [`integrity`] when
+/// there are two connections or more and the split is exact; otherwise the whole check runs
+/// as one pragma on the first connection.
+pub(super) fn on_connections(
+    conns: Vec<Connection>,
+    path: &Path,
+    check: &str,
+) -> Result<CheckOutcome> {
+    let Some(first) = conns.first() else {
+        return Err(crate::error::Error::Internal(
+            "a check needs a connection".into(),
+        ));
+    };
+    match plan(first) {
+        Some(parts) if check == "integrity_check" && conns.len() >= 2 => {
+            let conns: Vec<Connection> = conns.into_iter().take(parts.len()).collect();
+            split(conns, &parts, path)
+        }
+        _ => whole_on(first, path, check),
+    }
+}
+
+/// Run the `parts` of a split check on `conns`, one thread per connection, each taking the
+/// next part in turn; the verdict of the whole check.
+fn split(conns: Vec<Connection>, parts: &[Part], path: &Path) -> Result<CheckOutcome> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Vec<String>>>>> =
         Mutex::new((0..parts.len()).map(|_| None).collect());
     std::thread::scope(|s| {
-        for _ in 0..threads.min(parts.len()) {
-            s.spawn(|| loop {
+        for conn in conns {
+            let (next, results) = (&next, &results);
+            s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(part) = parts.get(i) else { break };
                 let problems = match part {
-                    Part::Whole => pragma(path, "quick_check", None),
-                    Part::Table(t) => pragma(path, "integrity_check", Some(t)),
+                    Part::Whole => pragma_on(&conn, path, "quick_check", None),
+                    Part::Table(t) => pragma_on(&conn, path, "integrity_check", Some(t)),
                 };
                 results.lock().expect("no checker panics holding the lock")[i] = Some(problems);
             });
