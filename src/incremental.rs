@@ -6,12 +6,13 @@
 //!    long or encryption changed, the caller takes a full instead ([`Attempt::Full`]).
 //! 2. The page digests of the parent's state: the base's digests and the overlay of pages that
 //!    differ from it, from the local cache, else rebuilt from the store (`pageset`).
-//! 3. One read transaction (`snapshot::ReadSnapshot`): the configured check, the inspection,
-//!    then every page in order: hashed into the SHA-256 of the whole database, compared with
-//!    the parent's digest, and, when it differs, streamed into the page set, which is
-//!    compressed, encrypted and uploaded as it is produced. More than
-//!    `backup.incremental_max_changed` of the pages differing from the base, or another page
-//!    size, stops it: a full instead.
+//! 3. One read transaction (`snapshot::ReadSnapshot`): the inspection, then every page in
+//!    order: hashed into the SHA-256 of the whole database, compared with the parent's digest,
+//!    and, when it differs, streamed into the page set, which is compressed, encrypted and
+//!    uploaded as it is produced. The configured check runs meanwhile on other cores, on
+//!    connections proven to read the same committed state (else first, in this transaction);
+//!    a failed check discards the page set. More than `backup.incremental_max_changed` of the
+//!    pages differing from the base, or another page size, stops it: a full instead.
 //! 4. The manifest names the base's object, the parent's page sets and this one's, and is
 //!    written last, as for a full.
 

@@ -12,7 +12,8 @@
 //! - [`error`]: the error type and the exit-code policy (0 ok, 1 bad data, 2 operational,
 //!   3 another guardian holds the database's lock).
 //! - [`snapshot`]: SQLite access: the online copy, checks (`integrity_check` split over the
-//!   cores, `snapshot/check.rs`), inspection.
+//!   cores, `snapshot/check.rs`), inspection, an incremental's read transaction with more
+//!   connections on its state for the check (`snapshot/read.rs`).
 //! - [`archive`]: streaming parallel gzip + SHA-256, and the verified reverse.
 //! - [`manifest`]: snapshot ids, object-key layout, the manifest (commit marker) and its data
 //!   layouts (format 2; format 1 still read).
