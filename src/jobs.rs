@@ -621,10 +621,12 @@ impl Runner {
             }
             Ended::Done(Done::Drill { latest, rotation }) => {
                 let older = rotation.as_ref().and_then(|r| r.older.as_ref());
-                // One verdict for the job: a damaged older snapshot fails it like a damaged newest.
-                let all_ok = latest.ok && older.is_none_or(|o| o.as_ref().is_ok_and(|r| r.ok));
+                // One verdict for the job: a damaged older snapshot fails it like a damaged
+                // newest, and so does another store's copy whose bytes differ.
+                let passed = |r: &DrillReport| r.ok && !r.copies.iter().any(|c| c.differs());
+                let all_ok = passed(latest) && older.is_none_or(|o| o.as_ref().is_ok_and(passed));
                 m.drill_finished(&db.name, all_ok);
-                if all_ok {
+                if latest.ok && older.is_none_or(|o| o.as_ref().is_ok_and(|r| r.ok)) {
                     m.drill_passed(&db.name, latest.restore_seconds.unwrap_or(latest.seconds));
                 }
                 let reports = std::iter::once(latest).chain(older.and_then(|o| o.as_ref().ok()));

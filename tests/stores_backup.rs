@@ -401,3 +401,42 @@ fn a_store_down_gives_one_alert_per_backup_not_two() {
         "{bodies:?}"
     );
 }
+
+/// A drill that finds another store's copy differing is a failed drill in the metrics too.
+#[test]
+fn a_drill_that_finds_a_differing_copy_is_a_failed_drill_in_the_metrics() {
+    let env = TestEnv::new();
+    two_stores(&env, local_far(), "");
+    let id = env.backup();
+    let far_obj = env
+        .path("far")
+        .join("market")
+        .join(&id)
+        .join("db.sqlite.gz");
+    let len = std::fs::metadata(&far_obj).unwrap().len();
+    util::flip_byte(&far_obj, len / 2);
+    two_stores(
+        &env,
+        local_far(),
+        "drill = \"* * * * * *\"\n[service]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut svc = util::Service::start(&env);
+    let addr = svc.addr();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let series = "guardian_drill_last_result{db=\"market\"}";
+    let value = loop {
+        let (_, text) = util::http_get(&addr, "/metrics");
+        if let Some(v) = util::metric(&text, series) {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text}\n{}",
+            svc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    svc.wait_exit(15);
+    assert_eq!(value, 0.0, "{}", svc.log());
+}
