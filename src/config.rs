@@ -375,7 +375,7 @@ impl Config {
                         )));
                     }
                     let storage = backend(t, &at)?;
-                    if let Some(j) = stores.iter().position(|s| s.storage == storage) {
+                    if let Some(j) = stores.iter().position(|s| same_place(&s.storage, &storage)) {
                         return Err(Error::Config(format!(
                             "{at}: the same place as stores[{j}] ({:?}); each store must be its own copy",
                             stores[j].name
@@ -689,6 +689,26 @@ impl Config {
             return invalid(field, reason);
         }
         Ok(())
+    }
+}
+
+/// Whether two stores are one place: the same config, or local folders that resolve to the
+/// same folder (a symlink, `..`).
+fn same_place(a: &StorageConfig, b: &StorageConfig) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a, b) {
+        (StorageConfig::Local(x), StorageConfig::Local(y)) => {
+            match (
+                std::fs::canonicalize(&x.path),
+                std::fs::canonicalize(&y.path),
+            ) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => false,
+            }
+        }
+        _ => false,
     }
 }
 

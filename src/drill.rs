@@ -307,17 +307,27 @@ async fn drill_copies(
     let downloaded = r.steps.iter().any(|s| s.name == "download" && s.ok);
     let drilled_sha = first.manifest.as_ref().map(|m| m.stored_sha256().clone());
     // Copies in the other stores (damaged ones too: a damaged copy is found and reported).
-    let others: Vec<(NamedStore, catalog::SnapshotEntry)> =
-        holders
-            .chain(ctx.merged.holders(&id, false).into_iter().filter(|(s, e)| {
-                s.name != store.name && e.status == catalog::SnapshotStatus::Failed
-            }))
-            .collect();
+    let others: Vec<(NamedStore, catalog::SnapshotEntry)> = holders
+        .chain(
+            ctx.merged
+                .holders(&id, false)
+                .into_iter()
+                .filter(|(s, _)| s.name != store.name),
+        )
+        .collect();
     for (other, copy) in others {
         if !seen.insert(other.name.clone()) {
             continue;
         }
-        let check = check_copy(ctx, &other, &copy, drilled_sha.as_ref(), downloaded).await;
+        let check = check_copy(
+            ctx,
+            &other,
+            &copy,
+            drilled_sha.as_ref(),
+            first.manifest.as_ref(),
+            downloaded,
+        )
+        .await;
         let check = match check {
             Err(e) => CopyCheck {
                 store: other.name.clone(),
@@ -331,6 +341,11 @@ async fn drill_copies(
                     "differs" => {
                         let mut failed = r.clone();
                         failed.ok = false;
+                        // The verdict is about that copy: it names that copy's own stored
+                        // SHA-256, so that its store's catalog takes it.
+                        if let Some(m) = &copy.manifest {
+                            failed.stored_sha256 = Some(m.stored_sha256().to_string());
+                        }
                         failed.store = other.name.clone();
                         failed.problems = vec![format!(
                             "its copy in store {} is not the drilled data: {detail}",
@@ -361,6 +376,7 @@ async fn check_copy(
     other: &NamedStore,
     copy: &catalog::SnapshotEntry,
     drilled_sha: Option<&crate::manifest::Sha256Hex>,
+    first_manifest: Option<&crate::manifest::Manifest>,
     downloaded: bool,
 ) -> Result<(&'static str, String)> {
     let Some(m) = &copy.manifest else {
@@ -370,6 +386,17 @@ async fn check_copy(
             .map_or_else(|| "manifest is unreadable".into(), ToString::to_string);
         return Ok(("differs", why));
     };
+    if downloaded
+        && first_manifest.is_some_and(|f| f != m)
+        && drilled_sha.is_some_and(|h| h == m.stored_sha256())
+    {
+        return Ok((
+            "differs",
+            "its manifest differs from the drilled copy's (same stored data, other \
+             metadata): one copy was changed"
+                .into(),
+        ));
+    }
     if downloaded && drilled_sha.is_some_and(|h| h != m.stored_sha256()) {
         return Ok((
             "differs",

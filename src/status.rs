@@ -225,7 +225,16 @@ fn problems(
     // A failed attempt stays a problem until a snapshot taken after it exists (a success
     // whose record could not be written still counts).
     if let Some(a) = attempt.filter(|a| !a.ok) {
-        if !usable.iter().any(|s| s.created_at > a.at) {
+        // A snapshot that reached some stores only is settled once it is here (the stores
+        // that still lack it are a problem of their own, below `status::of_database`).
+        let settled_by_sync = a
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("guardian sync"))
+            && a.snapshot
+                .as_deref()
+                .is_some_and(|id| usable.iter().any(|s| s.key.id.as_str() == id));
+        if !settled_by_sync && !usable.iter().any(|s| s.created_at > a.at) {
             let error = a.error.as_deref().unwrap_or("no detail");
             // An error that names its own fix (`guardian sync` for a store that missed the
             // snapshot) keeps it; the others get the generic one.
@@ -372,12 +381,31 @@ pub fn store_statuses(db: &DatabaseConfig, l: &Loaded) -> Vec<StoreStatus> {
         .stores
         .iter()
         .filter_map(|sc| sc.catalog.as_ref().ok())
-        .flat_map(|c| c.usable().map(|e| (e.created_at, e.key.id.to_string())))
+        // A snapshot marked for deletion is on its way out: no store must hold it.
+        .flat_map(|c| {
+            c.usable()
+                .filter(|e| e.marked_at.is_none())
+                .map(|e| (e.created_at, e.key.id.to_string()))
+        })
         .collect();
     held.sort();
     held.dedup();
     held.reverse();
     let now = Utc::now();
+    // Copies whose manifest differs from the one that stands for their snapshot, per store.
+    let mut differing: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for snap in &l.merged.snapshots {
+        for (store, copy) in l.merged.copies(snap) {
+            if let crate::stores::Copy::Damaged(e) = copy {
+                if l.merged.differs(snap, e) {
+                    differing
+                        .entry(store.name.as_str())
+                        .or_default()
+                        .push(snap.id.as_str());
+                }
+            }
+        }
+    }
     l.merged
         .stores
         .iter()
@@ -404,7 +432,7 @@ pub fn store_statuses(db: &DatabaseConfig, l: &Loaded) -> Vec<StoreStatus> {
                     .filter(|(_, id)| !usable.iter().any(|e| e.key.id.as_str() == id))
                     .map(|(_, id)| id.clone())
                     .collect();
-                let problems = match missing.as_slice() {
+                let mut problems = match missing.as_slice() {
                     [] => Vec::new(),
                     [first, ..] => vec![format!(
                         "store {} lacks {} snapshot{} that another store holds (newest {first}); copy {} with `guardian sync --db {}`",
@@ -415,6 +443,16 @@ pub fn store_statuses(db: &DatabaseConfig, l: &Loaded) -> Vec<StoreStatus> {
                         db.name
                     )],
                 };
+                if let Some(ids) = differing.get(s.name.as_str()) {
+                    problems.push(format!(
+                        "store {} holds {} snapshot{} under an id whose manifest differs from another store's copy (newest {}): one copy was changed, and restore passes over it; compare the folders and remove the wrong copy (`guardian verify --all --db {}` lists them)",
+                        s.name,
+                        ids.len(),
+                        if ids.len() == 1 { "" } else { "s" },
+                        ids[0],
+                        db.name
+                    ));
+                }
                 StoreStatus {
                     name: s.name.clone(),
                     location: s.store.location(),

@@ -162,7 +162,7 @@ impl Merged {
                     (Ok(_), None) => Copy::Missing,
                     (Ok(c), Some(j)) => {
                         let e = &c.snapshots[*j];
-                        if e.status == SnapshotStatus::Failed {
+                        if e.status == SnapshotStatus::Failed || self.differs(s, e) {
                             Copy::Damaged(e)
                         } else {
                             Copy::Present(e)
@@ -172,6 +172,17 @@ impl Merged {
                 (&sc.store, copy)
             })
             .collect()
+    }
+
+    /// Whether copy `e` of `s` has another manifest than the copy that stands for `s` (its
+    /// best one). One backup writes the same manifest to every store and `sync` copies it
+    /// as it is, so two manifests for one id mean one copy was changed or damaged: that copy
+    /// is not used for `s` (it is damaged, whatever its own checks say).
+    pub fn differs(&self, s: &MergedSnapshot, e: &SnapshotEntry) -> bool {
+        match (&self.best(s).manifest, &e.manifest) {
+            (Some(best), Some(own)) => best != own,
+            _ => false,
+        }
     }
 
     /// The entry that stands for `s`: its best copy (verified over unverified over failed),

@@ -444,7 +444,20 @@ async fn sync_snapshot(
     }
     for to in 0..views.len() {
         let reason = match &copies[to] {
-            None | Some(Copy::Good(_)) => continue,
+            None => continue,
+            Some(Copy::Good(m)) if **m == *reference => continue,
+            Some(Copy::Good(_)) => {
+                // Two good manifests for one id that disagree: one copy was changed. Never
+                // replace one with the other; say so loudly.
+                report.store_errors.push(StoreProblem {
+                    store: views[to].name.clone(),
+                    error: format!(
+                        "snapshot {id}: its copy has another manifest than the copy in {}: two different snapshots under one id; left as it is: compare the two folders and remove the wrong copy",
+                        views[sources[0]].name
+                    ),
+                });
+                continue;
+            }
             Some(Copy::Missing) => "missing".to_string(),
             Some(c @ Copy::ManifestBad(_)) => c.describe(),
             Some(Copy::Damaged(m, why)) if **m == *reference => format!("damaged: {why}"),

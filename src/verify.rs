@@ -62,7 +62,14 @@ pub async fn run(stores: &[NamedStore], db: &str, all: bool) -> Result<Vec<Verif
         for (store, copy) in merged.copies(s) {
             let (outcome, entry) = match copy {
                 Copy::Present(e) | Copy::Damaged(e) => {
-                    (verify_copy(&store.store, e).await, Some(e))
+                    let outcome = match verify_copy(&store.store, e).await {
+                        Outcome::Ok if merged.differs(s, e) => Outcome::Bad(format!(
+                            "its manifest in store {} differs from the copy that stands for this snapshot: two different snapshots under one id (one copy was changed); restore passes over it: compare the two folders and remove the wrong copy",
+                            store.name
+                        )),
+                        other => other,
+                    };
+                    (outcome, Some(e))
                 }
                 Copy::Missing => (
                     Outcome::Bad(format!(

@@ -440,3 +440,75 @@ fn a_drill_that_finds_a_differing_copy_is_a_failed_drill_in_the_metrics() {
     svc.wait_exit(15);
     assert_eq!(value, 0.0, "{}", svc.log());
 }
+
+/// One id, two different manifests (a copy was changed behind guardian's back): every
+/// command notices, none uses or spreads the changed copy as good.
+#[test]
+fn two_manifests_for_one_id_are_noticed_and_the_changed_copy_is_passed_over() {
+    let env = TestEnv::new();
+    two_stores(&env, local_far(), "");
+    let id = env.backup();
+    let far_manifest = env
+        .path("far")
+        .join("market")
+        .join(&id)
+        .join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&far_manifest).unwrap()).unwrap();
+    m["source_path"] = "/elsewhere/market.db".into();
+    std::fs::write(&far_manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+
+    let v = env.run(&["verify", "--all"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stdout.contains("differs"), "{}", v.stdout);
+    let s = env.run(&["status"]).expect_code(1);
+    assert!(s.stdout.contains("manifest differs"), "{}", s.stdout);
+    let sync = env.run(&["sync"]);
+    assert_eq!(sync.code, 2, "{sync:?}");
+    assert!(
+        format!("{}{}", sync.stdout, sync.stderr).contains("another manifest"),
+        "{sync:?}"
+    );
+    let r = env.run(&["restore", "--latest", "--to", "back.db"]).ok();
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("from store near"),
+        "{r:?}"
+    );
+    let list = env.run(&["list"]).ok();
+    assert!(list.stdout.contains("far(damaged)"), "{}", list.stdout);
+    // The drill finds it too, and records a failed verdict that far's catalog takes.
+    let d = env.run(&["drill"]);
+    assert_eq!(d.code, 1, "{d:?}");
+    let listed = env.run(&["list", "--json", "--store", "far"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(v[0]["status"], "failed", "{v}");
+}
+
+#[test]
+fn after_sync_fills_the_store_that_missed_a_snapshot_status_is_healthy_again() {
+    let env = TestEnv::new();
+    std::fs::write(env.path("far"), b"not a folder").unwrap();
+    two_stores(&env, local_far(), "");
+    env.run(&["backup"]).expect_code(2);
+    std::fs::remove_file(env.path("far")).unwrap();
+    env.run(&["status"]).expect_code(1);
+    env.run(&["sync"]).ok();
+    let s = env.run(&["status"]);
+    assert_eq!(s.code, 0, "{s:?}");
+}
+
+#[test]
+fn two_stores_that_are_one_folder_through_a_symlink_are_refused() {
+    let env = TestEnv::new();
+    std::fs::create_dir(env.path("a")).unwrap();
+    std::os::unix::fs::symlink(env.path("a"), env.path("alink")).unwrap();
+    let text = "[[stores]]\nname = \"a\"\npath = \"a\"\n[[stores]]\nname = \"b\"\npath = \"alink\"\n[[databases]]\nname = \"market\"\npath = \"market.db\"\n";
+    std::fs::write(&env.config, text).unwrap();
+    let r = env.run(&["backup"]).expect_code(2);
+    assert!(
+        r.error_line()
+            .contains("stores[1]: the same place as stores[0]"),
+        "{}",
+        r.error_line()
+    );
+}
