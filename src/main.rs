@@ -14,6 +14,7 @@ use guardian::error::Error;
 use guardian::output;
 
 fn main() -> ExitCode {
+    steady_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version are not errors; usage errors exit 2 (clap's own convention).
@@ -46,6 +47,38 @@ fn main() -> ExitCode {
         }
         None => ExitCode::from(code),
     }
+}
+
+/// The glibc setting that keeps guardian's peak RSS flat, and the value guardian runs with.
+const MMAP_THRESHOLD: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "131072");
+
+/// Start again with a fixed glibc mmap threshold, unless one is set.
+///
+/// glibc raises its mmap threshold each time a large block it had mapped is freed, up to 32
+/// MiB; from then on guardian's 1–5 MiB buffers (compressed members, S3 parts) come from the
+/// heaps of up to 16 arenas and stay resident after they are freed. A fixed threshold maps
+/// every block over 128 KiB and gives it back on free: a backup of 1 GiB to a local and an S3
+/// store peaks at 55 MiB instead of 92 MiB, at the same speed (docs/PERFORMANCE.md). glibc
+/// reads it only from the environment at start-up (`mallopt` would need `unsafe`), so the
+/// process replaces itself once, keeping its pid, arguments and open files. When that is not
+/// possible (no `/proc/self/exe`), guardian runs on as it is.
+fn steady_memory() {
+    use std::os::unix::process::CommandExt;
+    let (name, value) = MMAP_THRESHOLD;
+    if std::env::var_os(name).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    // `exec` returns only when it failed; then go on in this process.
+    let _ = std::process::Command::new(&exe)
+        .arg0(argv0)
+        .args(args)
+        .env(name, value)
+        .exec();
 }
 
 fn run(cli: Cli) -> guardian::Result<u8> {

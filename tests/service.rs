@@ -704,3 +704,42 @@ fn the_service_removes_old_orphans_without_a_retention_table() {
     assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
     assert!(env.snapshot_dir(&real).exists());
 }
+
+/// guardian runs with a fixed glibc mmap threshold (peak RSS stays flat: main.rs): it
+/// starts itself again once with it set, keeping its pid; a value the operator set is kept.
+#[test]
+fn the_process_runs_with_a_fixed_mmap_threshold_and_keeps_its_pid() {
+    let env = TestEnv::new();
+    env.write_config("backup = \"0 3 * * *\"\n[service]\nlisten = \"127.0.0.1:0\"\n");
+    let environ = |svc: &Service| {
+        let pid = svc.child.id();
+        let text = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let mut svc = Service::start(&env);
+    svc.addr();
+    let text = environ(&svc);
+    assert!(
+        text.split('\0')
+            .any(|v| v == "MALLOC_MMAP_THRESHOLD_=131072"),
+        "{text:?}"
+    );
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+
+    let mut svc = Service::spawn(
+        env.command()
+            .env("MALLOC_MMAP_THRESHOLD_", "65536")
+            .args(["--log-format", "json", "run"])
+            .stdout(std::process::Stdio::null()),
+    );
+    svc.addr();
+    let text = environ(&svc);
+    assert!(
+        text.split('\0')
+            .any(|v| v == "MALLOC_MMAP_THRESHOLD_=65536"),
+        "{text:?}"
+    );
+    svc.signal(Signal::SIGTERM);
+    assert_eq!(svc.wait_exit(15), 0, "{}", svc.log());
+}
