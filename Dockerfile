@@ -17,6 +17,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # SQLite (rusqlite "bundled") and aws-lc (TLS) are compiled from C with the image's gcc.
 COPY Cargo.toml Cargo.lock ./
+# The bundled SQLite's compile options (sqlite_dbpage, which incremental snapshots read).
+COPY .cargo ./.cargo
 COPY src ./src
 # Cargo reads every target the manifest declares, the test binary included.
 COPY tests ./tests

@@ -47,9 +47,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GUARDIAN = ROOT / "target" / "release" / "guardian"
+# GUARDIAN_BENCH_BIN: another build to measure (e.g. one with other SQLite compile options);
+# by default the release build, made when missing.
+GUARDIAN = Path(os.environ.get("GUARDIAN_BENCH_BIN", ROOT / "target" / "release" / "guardian"))
 # With --s3: the server from scripts/s3-server.sh (source target/s3-server/env first).
 S3_BUCKET = os.environ.get("GUARDIAN_TEST_S3_BUCKET", "guardian-test")
+S3_REGION = os.environ.get("GUARDIAN_TEST_S3_REGION", "us-east-1")
 
 
 def sh(cmd, **kw):
@@ -88,7 +91,7 @@ def write_config(work, db, level=None, s3=None):
     cfg = work / ("guardian-s3.toml" if s3 else "guardian.toml")
     storage = (
         f'[storage]\nkind = "s3"\nbucket = "{S3_BUCKET}"\nprefix = "t-bench"\nendpoint = "{s3}"\n'
-        f'force_path_style = true\nregion = "us-east-1"\n'
+        f'force_path_style = true\nregion = "{S3_REGION}"\n'
         if s3 else f'[storage]\npath = "{work / "store"}"\n'
     )
     backup = f'[backup]\nstaging_dir = "{work}"\n' + (f"compression_level = {level}\n" if level else "")
@@ -214,7 +217,7 @@ def bench_size(size_mib, runs, work, s3):
         env = dict(os.environ)
         env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get("GUARDIAN_TEST_S3_ACCESS_KEY", ""))
         env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get("GUARDIAN_TEST_S3_SECRET_KEY", ""))
-        env.setdefault("AWS_REGION", "us-east-1")
+        env.setdefault("AWS_REGION", S3_REGION)
         cfg_s3 = write_config(work, db, s3=s3)
         t_s3, rss_s3, _ = median_run(f"{GUARDIAN} -q --config {cfg_s3} backup", runs, env=env)
         row("guardian backup (S3)", t_s3, rss_s3)
@@ -394,7 +397,7 @@ def incr_config(work, name, db, check="integrity", store=None, s3=None):
     cfg = work / f"incr-{name}.toml"
     storage = (
         f'[storage]\nkind = "s3"\nbucket = "{S3_BUCKET}"\nprefix = "t-bench-incr-{os.getpid()}"\n'
-        f'endpoint = "{s3}"\nforce_path_style = true\nregion = "us-east-1"\n'
+        f'endpoint = "{s3}"\nforce_path_style = true\nregion = "{S3_REGION}"\n'
         if s3 else f'[storage]\npath = "{store}"\n'
     )
     cfg.write_text(
@@ -590,7 +593,7 @@ def s3_requests(work, db, writer, s3):
     env = dict(os.environ)
     env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get("GUARDIAN_TEST_S3_ACCESS_KEY", ""))
     env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get("GUARDIAN_TEST_S3_SECRET_KEY", ""))
-    env.setdefault("AWS_REGION", "us-east-1")
+    env.setdefault("AWS_REGION", S3_REGION)
     cfg = incr_config(work, "s3", db, check="quick", s3=s3)
     print(f"\n### S3 requests of one incremental in steady state (local moto server; load average {loadavg()})\n")
     incremental_run(cfg, None, "full", env)
@@ -634,7 +637,7 @@ def stores_config(work, db, which, s3):
     cfg = work / f"stores-{which}.toml"
     near = f'name = "near"\npath = "{work / "store-near"}"\n'
     far = (f'name = "far"\nkind = "s3"\nbucket = "{S3_BUCKET}"\nprefix = "t-bench-stores-{os.getpid()}"\n'
-           f'endpoint = "{s3}"\nforce_path_style = true\nregion = "us-east-1"\n')
+           f'endpoint = "{s3}"\nforce_path_style = true\nregion = "{S3_REGION}"\n')
     stores = {"local": [near], "s3": [far], "both": [near, far]}[which]
     text = "".join(f"[[stores]]\n{t}\n" for t in stores)
     cfg.write_text(f'{text}[backup]\nstaging_dir = "{work}"\n\n[[databases]]\nname = "bench"\npath = "{db}"\n')
@@ -652,7 +655,7 @@ def bench_stores(size_mib, runs, work, s3):
     env = dict(os.environ)
     env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get("GUARDIAN_TEST_S3_ACCESS_KEY", ""))
     env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get("GUARDIAN_TEST_S3_SECRET_KEY", ""))
-    env.setdefault("AWS_REGION", "us-east-1")
+    env.setdefault("AWS_REGION", S3_REGION)
     results = {w: {"t": [], "rss": [], "rchar": []} for w in ("local", "s3", "both")}
     for _ in range(runs):
         for which in ("local", "s3", "both"):

@@ -15,7 +15,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::human::{ago, human_age, human_bytes, rfc3339};
-use crate::jobs::Runner;
 use crate::output::{errln, outln, warnln};
 use crate::restore::{self, RestoreOptions, Selector};
 use crate::status;
@@ -387,7 +386,7 @@ pub fn describe_error(e: &Error) -> String {
 /// (e.g. `status` reporting an unhealthy database).
 pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
     match command {
-        Command::Backup(args) => commands::backup(&Runner::new(app.clone())?, args).await,
+        Command::Backup(args) => commands::backup(&commands::runner(app)?, args).await,
         Command::List(args) => list(app, args).await,
         Command::Restore(args) => restore(app, args).await,
         Command::Status(args) => status::print(app, args.db.as_deref(), args.json).await,
@@ -398,10 +397,10 @@ pub async fn dispatch(app: &App, command: Command) -> Result<u8> {
                 .await
                 .map(|()| 0)
         }
-        Command::Drill(args) => commands::drill(&Runner::new(app.clone())?, args).await,
-        Command::Verify(args) => commands::verify(&Runner::new(app.clone())?, args).await,
-        Command::Prune(args) => commands::prune(&Runner::new(app.clone())?, args).await,
-        Command::Sync(args) => commands::sync(&Runner::new(app.clone())?, args).await,
+        Command::Drill(args) => commands::drill(&commands::runner(app)?, args).await,
+        Command::Verify(args) => commands::verify(&commands::runner(app)?, args).await,
+        Command::Prune(args) => commands::prune(&commands::runner(app)?, args).await,
+        Command::Sync(args) => commands::sync(&commands::runner(app)?, args).await,
         Command::Doctor => Ok(crate::doctor::check(&app.config).await.print()),
         Command::Init(_) | Command::Completions(_) | Command::Man => {
             dispatch_standalone(app.config.file.as_deref(), &command)

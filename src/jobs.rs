@@ -355,7 +355,7 @@ pub(crate) struct Runner {
     app: Arc<App>,
     notifier: Notifier,
     metrics: Option<Arc<Metrics>>,
-    /// Cancelled by the service's shutdown (never on the command line).
+    /// Cancelled by the service's shutdown, or by a signal to a command.
     cancel: CancellationToken,
 }
 
@@ -377,6 +377,12 @@ impl Runner {
     /// Count runs and outcomes in `metrics`, and stop jobs in flight when `cancel` fires.
     pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>, cancel: CancellationToken) -> Self {
         self.metrics = Some(metrics);
+        self.cancel = cancel;
+        self
+    }
+
+    /// Stop the job in flight when `cancel` fires (a command's SIGINT, SIGTERM or SIGHUP).
+    pub(crate) fn cancelled_by(mut self, cancel: CancellationToken) -> Self {
         self.cancel = cancel;
         self
     }

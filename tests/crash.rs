@@ -334,6 +334,8 @@ fn sigkill_during_prune_never_leaves_a_manifest_without_its_data() {
 #[test]
 fn sigkill_during_a_prune_of_incremental_chains_never_leaves_a_manifest_without_an_object() {
     let env = TestEnv::new();
+    // Proven by integrity_check, so that retention may delete what is older.
+    env.write_config("incremental_check = \"integrity\"\n");
     let full = env.backup();
     let c = Connection::open(&env.db).unwrap();
     c.execute("UPDATE orders SET status = 'x' WHERE rowid = 1", [])

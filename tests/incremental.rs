@@ -413,7 +413,11 @@ fn incrementals_under_a_steady_writer_are_consistent() {
 fn prune_keeps_every_object_a_kept_snapshot_needs() {
     let env = TestEnv::empty();
     make_rows(&env.db, 1500);
-    env.write_config("[databases.retention]\nkeep_last = 2\nkeep_delete = \"0s\"\n");
+    // Incrementals proven by integrity_check, so that retention may delete what is older
+    // (with the default quick_check it waits for a full or a drill to prove a newer one).
+    env.write_config(
+        "incremental_check = \"integrity\"\n[databases.retention]\nkeep_last = 2\nkeep_delete = \"0s\"\n",
+    );
     let full = env.backup();
     let mut incs = Vec::new();
     for n in 0..3 {
@@ -464,8 +468,17 @@ fn an_incremental_of_a_damaged_database_is_refused_in_wal_and_rollback_mode() {
             exec(&env.db, "PRAGMA journal_mode = WAL;");
         }
         let full = env.backup();
-        // Damage quick_check cannot see; the default check (integrity) runs on the live
-        // database in the incremental's own read transaction (first, then the pages).
+        let cfg = fs::read_to_string(&env.config).unwrap();
+        fs::write(
+            &env.config,
+            cfg.replace(
+                "[backup]\n",
+                "[backup]\nincremental_check = \"integrity\"\n",
+            ),
+        )
+        .unwrap();
+        // Damage quick_check cannot see; integrity_check runs on the live database in the
+        // incremental's own read transaction (alongside the page reads).
         crate::silent_damage::damage_index(&env);
         let r = env.run(&["backup", "--incremental"]);
         assert_eq!(r.code, 1, "wal={wal}: {r:?}");
@@ -491,15 +504,12 @@ fn an_incremental_of_a_damaged_database_is_refused_in_wal_and_rollback_mode() {
             left.is_empty(),
             "wal={wal}: nothing of the refused snapshot stays: {left:?}"
         );
-        // With quick_check for incrementals, the same damage passes (as it does for a full
-        // with check = "quick"); the manifest records the check that ran.
-        let cfg = fs::read_to_string(&env.config).unwrap();
+        // By default an incremental runs quick_check: the same damage passes (as it does for
+        // a full with check = "quick"); the manifest records the check that ran, and a
+        // restore of it runs integrity_check (it was not proven by one) and refuses it.
         fs::write(
             &env.config,
-            cfg.replace(
-                "[backup]\n",
-                "[backup]\nincremental_check = \"quick\"\nincremental_max_changed = 100\n",
-            ),
+            cfg.replace("[backup]\n", "[backup]\nincremental_max_changed = 100\n"),
         )
         .unwrap();
         let (id, _) = incremental(&env);
@@ -508,6 +518,14 @@ fn an_incremental_of_a_damaged_database_is_refused_in_wal_and_rollback_mode() {
             util::read_manifest(&env, &id)["check"]["kind"],
             "quick_check",
             "wal={wal}"
+        );
+        let out = env.path("restored.db");
+        let r = env.run(&["restore", "--snapshot", &id, "--to", out.to_str().unwrap()]);
+        assert_eq!(r.code, 1, "wal={wal}: {r:?}");
+        assert!(r.stderr.contains("integrity_check"), "{}", r.stderr);
+        assert!(
+            !out.exists(),
+            "wal={wal}: a refused restore wrote its target"
         );
     }
 }

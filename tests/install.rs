@@ -348,6 +348,35 @@ const UNITS: [&str; 3] = [
     "guardian-backup.timer",
 ];
 
+/// The image builds guardian with everything `cargo build` reads here: without `.cargo/`, its
+/// bundled SQLite would lack `sqlite_dbpage` and every incremental snapshot would fail.
+#[test]
+fn the_docker_build_copies_everything_cargo_reads() {
+    let dockerfile = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let build_stage = dockerfile
+        .split("\nFROM ")
+        .find(|stage| stage.contains("cargo build"))
+        .expect("a stage that runs cargo build");
+    let copied: Vec<&str> = build_stage
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    for needed in ["Cargo.toml", "Cargo.lock", ".cargo", "src", "tests"] {
+        assert!(
+            copied.contains(&needed),
+            "the Dockerfile's build stage does not copy {needed}: {copied:?}"
+        );
+    }
+    assert!(
+        repo(".cargo/config.toml").is_file(),
+        "the SQLite options the image relies on"
+    );
+}
+
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     if !have("systemd-analyze") {

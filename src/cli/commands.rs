@@ -47,7 +47,12 @@ impl Worst {
                 self.add(out.exit_code());
             }
             Ended::Cancelled => {
-                errln!("{what} of {} was cancelled", out.db);
+                errln!(
+                    "{what} of {} interrupted by {}; {}",
+                    out.db,
+                    SIGNAL.get().copied().unwrap_or("a signal"),
+                    left_by_interrupted(&out.job)
+                );
                 self.add(out.exit_code());
             }
         }
@@ -58,6 +63,54 @@ impl Worst {
             0 => Ok(0),
             // Outcomes were printed as they happened.
             code => Err(Error::Reported(code)),
+        }
+    }
+}
+
+/// The signal that interrupted this command, once one has.
+static SIGNAL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The job runner of one command: SIGINT, SIGTERM or SIGHUP stops the job in flight, as a
+/// service's shutdown does, and the databases after it; the command then says so in one line
+/// and exits with 2 (what each job leaves: [`left_by_interrupted`]).
+///
+/// # Errors
+/// When the alert URLs cannot be loaded, or a signal handler cannot be installed.
+pub(super) fn runner(app: &crate::app::App) -> Result<Runner> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
+    let (mut int, mut term, mut hup) = (
+        install(SignalKind::interrupt())?,
+        install(SignalKind::terminate())?,
+        install(SignalKind::hangup())?,
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let fire = cancel.clone();
+    tokio::spawn(async move {
+        let sig = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        };
+        let _ = SIGNAL.set(sig);
+        fire.cancel();
+    });
+    Ok(Runner::new(app.clone())?.cancelled_by(cancel))
+}
+
+/// What an interrupted job leaves behind, for the line that reports it.
+fn left_by_interrupted(job: &Job) -> &'static str {
+    match job {
+        Job::Backup { .. } => {
+            "no snapshot was published (its manifest is written last); the next backup removes what it left"
+        }
+        Job::Drill { .. } => "no verdict was recorded for the snapshot it was restoring",
+        Job::Verify { .. } => "nothing was changed; run it again to verify every snapshot",
+        Job::Prune { .. } => {
+            "every snapshot still listed is whole (manifests are deleted before their objects); run it again to finish"
+        }
+        Job::Sync(_) => {
+            "every copy it made is whole (published manifest last); run it again to finish"
         }
     }
 }
@@ -94,6 +147,9 @@ pub(super) async fn backup(runner: &Runner, args: BackupArgs) -> Result<u8> {
             _ => {}
         }
         worst.outcome(&out);
+        if matches!(out.ended, Ended::Cancelled) {
+            break;
+        }
     }
     worst.finish()
 }
@@ -114,6 +170,9 @@ pub(super) async fn drill(runner: &Runner, args: DrillArgs) -> Result<u8> {
         };
         let out = runner.run(db, job).await;
         worst.outcome(&out);
+        if matches!(out.ended, Ended::Cancelled) {
+            break;
+        }
         let Ended::Done(Done::Drill { latest, rotation }) = &out.ended else {
             continue;
         };
@@ -241,6 +300,9 @@ pub(super) async fn verify(runner: &Runner, args: VerifyArgs) -> Result<u8> {
     for db in runner.app().config.select(args.db.as_deref())? {
         let out = runner.run(db, Job::Verify { all: args.all }).await;
         worst.outcome(&out);
+        if matches!(out.ended, Ended::Cancelled) {
+            break;
+        }
         let Ended::Done(Done::Verify(results)) = out.ended else {
             continue;
         };
@@ -297,6 +359,9 @@ pub(super) async fn prune(runner: &Runner, args: PruneArgs) -> Result<u8> {
         };
         let out = runner.run(db, job).await;
         worst.outcome(&out);
+        if matches!(out.ended, Ended::Cancelled) {
+            break;
+        }
         if let Ended::Done(Done::Prune(p)) = out.ended {
             let several = p.reports.len() + p.failed.len() > 1;
             for r in p.reports {
@@ -423,6 +488,9 @@ pub(super) async fn sync(runner: &Runner, args: SyncArgs) -> Result<u8> {
         });
         let out = runner.run(db, job).await;
         worst.outcome(&out);
+        if matches!(out.ended, Ended::Cancelled) {
+            break;
+        }
         if let Ended::Done(Done::Sync(r)) = out.ended {
             if !args.json {
                 print_sync(&r);
