@@ -22,7 +22,8 @@ With --incremental, only the page-level incremental snapshots are measured (issu
 on a copy of the same database:
   1. a full backup vs an incremental after 0.1% of the pages changed at random (rows updated in
      place all over the tables): time, peak RSS, local bytes written (/proc/<pid>/io) against the
-     incremental's stored bytes, with backup.check = "quick" and "integrity";
+     incremental's stored bytes, with backup.check and incremental_check both "quick", then both
+     "integrity" (and the ratio with the defaults: full "integrity", incremental "quick");
   2. a simulated day: one full, then --day (96) incrementals, each after a writer changed 0.01% of
      the pages at random plus the same few hot rows: the store folder's bytes vs the full alone;
   3. restore of the day's newest incremental vs restore of its base full (--check integrity);
@@ -402,7 +403,7 @@ def incr_config(work, name, db, check="integrity", store=None, s3=None):
     )
     cfg.write_text(
         f'{storage}\n[backup]\nstaging_dir = "{work}"\ncache_dir = "{work / f"cache-{name}"}"\n'
-        f'check = "{check}"\n\n[[databases]]\nname = "bench"\npath = "{db}"\n'
+        f'check = "{check}"\nincremental_check = "{check}"\n\n[[databases]]\nname = "bench"\npath = "{db}"\n'
         f'backup = "0 3 * * *"\nincremental = "*/15 * * * *"\n')
     return cfg
 
@@ -468,6 +469,7 @@ def bench_incremental(size_mib, runs, work, day, s3):
     # 1. Full vs incremental after 0.1% of the pages changed, per check.
     io_key = None
     summary = {}
+    times = {}  # check -> (full, incremental) median seconds
     for check in ("quick", "integrity"):
         store = work / f"incr-store-{check}"
         cfg = incr_config(work, check, db, check=check, store=store)
@@ -491,6 +493,7 @@ def bench_incremental(size_mib, runs, work, day, s3):
         st_i = med(incr, lambda r: r[3]["stored_bytes"])
         changed = med(incr, lambda r: r[3]["changed_pages"])
         summary[check] = (t_i / t_f, max(r[1] for r in incr), w_i / st_i)
+        times[check] = (t_f, t_i)
         print(f"\n### backup.check = \"{check}\" ({runs} runs, medians; load average {loadavg()})\n")
         print("| snapshot | s | peak RSS MiB | local bytes written MiB | wchar MiB | cancelled writes MiB | stored MiB | pages stored |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -579,6 +582,10 @@ def bench_incremental(size_mib, runs, work, day, s3):
     # 4. S3 requests per incremental in steady state.
     if s3:
         s3_requests(work, db, writer, s3)
+    if "quick" in times and "integrity" in times:
+        # The defaults: fulls run integrity_check, incrementals quick_check.
+        print(f"\n- with the defaults (full: integrity_check, incremental: quick_check): incremental / full time "
+              f"**{times['quick'][1] / times['integrity'][0]:.2f}x**")
     print("\n- summary: " + "; ".join(
         f"{c}: time {r[0]:.2f}x, RSS {r[1] / 1024:.1f} MiB, written/stored {r[2]:.2f}x" for c, r in summary.items()))
 

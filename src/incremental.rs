@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::catalog::{self, SnapshotEntry};
-use crate::config::{BackupConfig, DatabaseConfig};
+use crate::config::{BackupConfig, CheckKind, DatabaseConfig};
 use crate::crypto::Keys;
 use crate::damage::Damage;
 use crate::error::{Error, Result};
@@ -489,7 +489,7 @@ async fn load_overlay(
 /// What the scan needs.
 struct ScanPlan {
     source: PathBuf,
-    check: crate::config::CheckKind,
+    check: CheckKind,
     cache: PathBuf,
     db: String,
     base: SnapshotId,
@@ -547,10 +547,14 @@ fn scan(
     out: &mut PipeWriter,
     pages: &AtomicU64,
 ) -> std::result::Result<Scanned, Stop> {
-    // One more connection: the whole check on one core, the page reads on another. Splitting
-    // `integrity_check` over two more connections, beside the page reads, measured slower on
-    // two cores (35 s against 20 s on the 1 GiB bench database; docs/PERFORMANCE.md).
-    let mut snap = ReadSnapshot::begin_with_readers(&plan.source, 1)?;
+    // More connections for the check, on other cores, beside the page reads: `quick_check` is
+    // one pass (one connection); `integrity_check` splits over one per core (see
+    // `snapshot::check`).
+    let readers = match plan.check {
+        CheckKind::QuickCheck => 1,
+        CheckKind::IntegrityCheck => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let mut snap = ReadSnapshot::begin_with_readers(&plan.source, readers)?;
     let Some(alongside) = snap.take_check(plan.check) else {
         let started = std::time::Instant::now();
         plan.checked(snap.check(plan.check)?)?;
