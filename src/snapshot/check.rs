@@ -85,18 +85,15 @@ fn split(conns: Vec<Connection>, parts: &[Part], path: &Path) -> Result<CheckOut
         Mutex::new((0..parts.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for conn in conns {
-            let (next, results) = (&next, &results);
-            let order = &order;
-            s.spawn(move || loop {
-                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
-                let part = &parts[i];
-                let problems = match part {
-                    Part::Whole => pragma_on(&conn, path, "quick_check", None),
-                    Part::Table(t) => pragma_on(&conn, path, "integrity_check", Some(t)),
-                };
-                results.lock().expect("no checker panics holding the lock")[i] = Some(problems);
+            let (next, results, order) = (&next, &results, &order);
+            s.spawn(move || {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let problems = match &parts[i] {
+                        Part::Whole => pragma_on(&conn, path, "quick_check", None),
+                        Part::Table(t) => pragma_on(&conn, path, "integrity_check", Some(t)),
+                    };
+                    results.lock().expect("no checker panics holding the lock")[i] = Some(problems);
+                }
             });
         }
     });
