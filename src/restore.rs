@@ -705,45 +705,17 @@ async fn stage(
     let raw_len = m.raw_len;
     let target_owned = target.to_path_buf();
     let verdict = tokio::task::spawn_blocking(move || -> Result<std::result::Result<(), Skip>> {
-        if let Some(check) = check {
-            let progress = match check_eta {
-                Some(eta) => Progress::start_timed(check.pragma(), &db, eta),
-                None => Progress::start(check.pragma(), &db, None),
-            };
-            let outcome = snapshot::run_check(&path, check);
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(problems)) => {
-                    // Would the weaker check take it? Then say how to restore it anyway.
-                    let rescue = match check {
-                        CheckKind::IntegrityCheck => {
-                            match snapshot::run_check(&path, CheckKind::QuickCheck) {
-                                Ok(Ok(())) => Some(RestoreCheck::Quick),
-                                _ => Some(RestoreCheck::None),
-                            }
-                        }
-                        CheckKind::QuickCheck => Some(RestoreCheck::None),
-                    };
-                    remove_sidecars(&path);
-                    return Ok(Err(Skip {
-                        why: Damage::CheckFailed {
-                            check: check.pragma(),
-                            detail: shorten(&problems),
-                        },
-                        rescue,
-                    }));
-                }
-                Err(e) if e.is_data_error() || e.is_not_a_database() => {
-                    remove_sidecars(&path);
-                    return Ok(Err(Skip {
-                        why: Damage::NotADatabase(crate::error::chain(&e)),
-                        rescue: Some(RestoreCheck::None),
-                    }));
-                }
-                Err(e) => return Err(e),
-            }
-            progress.finish(raw_len);
+        // The restored bytes go to disk while SQLite checks them: both read what the page
+        // cache holds, and neither changes it.
+        let (checked, flushed) = std::thread::scope(|s| {
+            let flushing = s.spawn(|| file.sync_data());
+            let checked = check_staged(&path, check, check_eta, &db, raw_len);
+            (checked, flushing.join().expect("fsync does not panic"))
+        });
+        if let Err(skip) = checked? {
+            return Ok(Err(skip));
         }
+        flushed.map_err(|e| Error::io("fsync", &path, e))?;
         remove_sidecars(&path);
         // Owner first: chown clears set-id bits that the mode may carry.
         let old = fs::metadata(&target_owned).ok();
@@ -771,6 +743,56 @@ async fn stage(
     .await
     .expect("restore worker does not panic")?;
     Ok(verdict.map(|()| guard))
+}
+
+/// Run `check` (if any) on the staged file at `path`: `Ok(Err(Skip))` when the snapshot's data
+/// fails it (with the weaker check it would pass, if any), its sidecars removed.
+fn check_staged(
+    path: &Path,
+    check: Option<CheckKind>,
+    check_eta: Option<std::time::Duration>,
+    db: &str,
+    raw_len: u64,
+) -> Result<std::result::Result<(), Skip>> {
+    let Some(check) = check else {
+        return Ok(Ok(()));
+    };
+    let progress = match check_eta {
+        Some(eta) => Progress::start_timed(check.pragma(), db, eta),
+        None => Progress::start(check.pragma(), db, None),
+    };
+    match snapshot::run_check(path, check) {
+        Ok(Ok(())) => {}
+        Ok(Err(problems)) => {
+            // Would the weaker check take it? Then say how to restore it anyway.
+            let rescue = match check {
+                CheckKind::IntegrityCheck => match snapshot::run_check(path, CheckKind::QuickCheck)
+                {
+                    Ok(Ok(())) => Some(RestoreCheck::Quick),
+                    _ => Some(RestoreCheck::None),
+                },
+                CheckKind::QuickCheck => Some(RestoreCheck::None),
+            };
+            remove_sidecars(path);
+            return Ok(Err(Skip {
+                why: Damage::CheckFailed {
+                    check: check.pragma(),
+                    detail: shorten(&problems),
+                },
+                rescue,
+            }));
+        }
+        Err(e) if e.is_data_error() || e.is_not_a_database() => {
+            remove_sidecars(path);
+            return Ok(Err(Skip {
+                why: Damage::NotADatabase(crate::error::chain(&e)),
+                rescue: Some(RestoreCheck::None),
+            }));
+        }
+        Err(e) => return Err(e),
+    }
+    progress.finish(raw_len);
+    Ok(Ok(()))
 }
 
 /// Move the old database and its sidecars aside and rename the staged file into place.
