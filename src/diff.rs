@@ -201,21 +201,13 @@ pub async fn run(
     configured: &[DatabaseConfig],
     opts: &DiffOptions,
 ) -> Result<DiffReport> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
-    let (mut int, mut term, mut hup) = (
-        install(SignalKind::interrupt())?,
-        install(SignalKind::terminate())?,
-        install(SignalKind::hangup())?,
-    );
+    let interrupted = crate::service::first_interrupt()?;
     STOP.store(false, Ordering::SeqCst);
     let work = compare(stores, db, configured, opts);
     tokio::pin!(work);
     let sig = tokio::select! {
         r = &mut work => return r,
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
+        sig = interrupted => sig,
     };
     // The comparison stops at its next chunk and removes its scratch files as it returns; a
     // download still under way is dropped (with its scratch folder).

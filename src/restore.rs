@@ -173,16 +173,10 @@ pub async fn run_interruptible(
     db: &DatabaseConfig,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
-    let mut int = install(SignalKind::interrupt())?;
-    let mut term = install(SignalKind::terminate())?;
-    let mut hup = install(SignalKind::hangup())?;
+    let interrupted = crate::service::first_interrupt()?;
     let sig = tokio::select! {
         r = run(stores, db, opts) => return r,
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
+        sig = interrupted => sig,
     };
     let removed = remove_interrupted_staging();
     let target = opts.to.as_deref().unwrap_or(&db.path);

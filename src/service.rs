@@ -397,6 +397,29 @@ fn log_drill(r: &DrillReport) {
     }
 }
 
+/// The first SIGINT, SIGTERM or SIGHUP a command receives, by name: what `restore`, `diff` and
+/// the job commands stop on. The handlers are installed at once, so that from then on none of
+/// these signals kills the process.
+///
+/// # Errors
+/// When a handler cannot be installed.
+pub(crate) fn first_interrupt() -> Result<impl Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
+    let (mut int, mut term, mut hup) = (
+        install(SignalKind::interrupt())?,
+        install(SignalKind::terminate())?,
+        install(SignalKind::hangup())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        }
+    })
+}
+
 /// Futures that complete on the first and on the second SIGINT or SIGTERM (Docker sends
 /// SIGTERM, a terminal SIGINT). Install them before anything else runs.
 ///

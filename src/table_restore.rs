@@ -372,13 +372,7 @@ async fn apply(
     tables: Vec<TableRows>,
     aside: &Path,
 ) -> Result<Vec<TableRows>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
-    let (mut int, mut term, mut hup) = (
-        install(SignalKind::interrupt())?,
-        install(SignalKind::terminate())?,
-        install(SignalKind::hangup())?,
-    );
+    let interrupted = crate::service::first_interrupt()?;
     let conn = Connection::open_with_flags(
         target,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -393,9 +387,7 @@ async fn apply(
     let mut work = tokio::task::spawn_blocking(move || replace(&conn, &t, &s, tables, &flag, &a));
     let sig = tokio::select! {
         r = &mut work => return r.map_err(|e| Error::Internal(format!("table restore worker: {e}")))?,
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
+        sig = interrupted => sig,
     };
     stop.store(true, Ordering::SeqCst);
     STOPPED.store(true, Ordering::SeqCst);

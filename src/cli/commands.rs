@@ -77,22 +77,11 @@ static SIGNAL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 /// # Errors
 /// When the alert URLs cannot be loaded, or a signal handler cannot be installed.
 pub(super) fn runner(app: &crate::app::App) -> Result<Runner> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let install = |kind| signal(kind).map_err(|e| Error::io("install signal handler", "-", e));
-    let (mut int, mut term, mut hup) = (
-        install(SignalKind::interrupt())?,
-        install(SignalKind::terminate())?,
-        install(SignalKind::hangup())?,
-    );
+    let interrupted = crate::service::first_interrupt()?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let fire = cancel.clone();
     tokio::spawn(async move {
-        let sig = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
-        };
-        let _ = SIGNAL.set(sig);
+        let _ = SIGNAL.set(interrupted.await);
         fire.cancel();
     });
     Ok(Runner::new(app.clone())?.cancelled_by(cancel))
