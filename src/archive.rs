@@ -289,7 +289,7 @@ pub fn extract_with(
     let mut counted = HashingReader::new(src, progress, &source_failed);
     let mut raw_hash = Sha256::new();
     let mut raw_len = 0u64;
-    let mut out = |chunk: Vec<u8>| {
+    let mut out = |chunk: &[u8]| {
         raw_len += chunk.len() as u64;
         if raw_len > max_raw_len {
             return Err(ExtractError::Data(io::Error::new(
