@@ -298,9 +298,9 @@ pub fn extract_with(
             )));
         }
         if hash_raw {
-            raw_hash.update(&chunk);
+            raw_hash.update(chunk);
         }
-        dst.write_all(&chunk).map_err(ExtractError::Sink)
+        dst.write_all(chunk).map_err(ExtractError::Sink)
     };
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let decoded = match identities {

@@ -488,7 +488,7 @@ mod tests {
         let mut out = Vec::new();
         let mut src = stored;
         decode::<()>(&mut src, threads, &mut |chunk| {
-            out.extend_from_slice(&chunk);
+            out.extend_from_slice(chunk);
             Ok(())
         })
         .map_err(|e| match e {
