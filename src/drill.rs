@@ -46,7 +46,7 @@ use serde::Serialize;
 use tracing::{info, instrument};
 
 use crate::catalog;
-use crate::config::{CheckKind, DatabaseConfig};
+use crate::config::DatabaseConfig;
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::layout::SnapshotReader;
@@ -766,12 +766,7 @@ struct SqliteResults {
 impl SqliteResults {
     /// integrity_check, foreign_key_check and inspection of the file at `path` (blocking).
     fn run(path: &Path) -> SqliteResults {
-        let t = Instant::now();
-        let integrity = snapshot::run_check(path, CheckKind::IntegrityCheck);
-        let t_int = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let fks = snapshot::foreign_key_check(path);
-        let t_fk = t.elapsed().as_secs_f64();
+        let ((integrity, t_int), (fks, t_fk)) = snapshot::integrity_and_foreign_key_check(path);
         let t = Instant::now();
         let inspection = snapshot::inspect(path);
         let t_cmp = t.elapsed().as_secs_f64();

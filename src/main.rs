@@ -159,8 +159,20 @@ fn init_logging(cli: &Cli) {
         (false, 1) => "guardian=debug,info,aws_config=error,tokio_cron_scheduler=warn",
         (false, _) => "guardian=trace,debug",
     };
-    let filter =
-        EnvFilter::try_from_env("GUARDIAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Some lines of the SDK print the request's identity, the access key id with it (the
+    // secret is redacted): endpoint resolution at debug; at trace, the resolved identity, the
+    // signing parameters and the client's components (with the identity cache). Those targets
+    // stay a level above, whatever the filter asks for.
+    let filter = [
+        "aws_smithy_runtime::client::orchestrator=debug",
+        "aws_smithy_runtime::client::orchestrator::endpoints=info",
+        "aws_sigv4::http_request::sign=debug",
+    ]
+    .into_iter()
+    .fold(
+        EnvFilter::try_from_env("GUARDIAN_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+        |f, d| f.add_directive(d.parse().expect("a valid directive")),
+    );
     let interactive =
         std::io::stderr().is_terminal() && cli.log_format == LogFormat::Text && !cli.quiet;
     guardian::progress::set_interactive(interactive);

@@ -38,6 +38,8 @@ enum Part {
     Whole,
     /// `PRAGMA integrity_check(table)`.
     Table(String),
+    /// `PRAGMA foreign_key_check` (a drill's), after every part of the integrity check.
+    ForeignKeys,
 }
 
 /// `PRAGMA integrity_check` of the database at `path`, on up to `threads` connections.
@@ -76,32 +78,84 @@ pub(super) fn on_connections(
     }
 }
 
+/// `PRAGMA integrity_check` as in [`integrity`] and `PRAGMA foreign_key_check` as the last
+/// part of the same split, each with its seconds (the integrity check's: until its last part
+/// ended). `None` where the integrity check would not be split: the caller runs both in turn.
+pub(super) fn integrity_with_foreign_keys(
+    path: &Path,
+    threads: usize,
+) -> Option<super::DrillChecks> {
+    let mut parts = match open_read_only(path).map(|conn| plan(&conn)) {
+        Ok(Some(parts)) if threads >= 2 => parts,
+        _ => return None,
+    };
+    let conns = match (0..threads.min(parts.len()))
+        .map(|_| open_read_only(path))
+        .collect::<Result<Vec<_>>>()
+    {
+        Ok(conns) => conns,
+        Err(_) => return None,
+    };
+    parts.push(Part::ForeignKeys);
+    let mut order = start_order(&parts[..parts.len() - 1], conns.len());
+    order.push(parts.len() - 1);
+    let mut ran = run_parts(conns, &parts, &order, path);
+    let (fks, fk_took) = ran.pop().expect("the foreign key part ran");
+    let integrity_took = ran.iter().map(|(_, t)| t.end).max().unwrap_or_default();
+    let lists: Result<Vec<Vec<String>>> = ran.into_iter().map(|(r, _)| r).collect();
+    let integrity = lists.map(|l| outcome(interleave(l)));
+    Some((
+        (integrity, integrity_took.as_secs_f64()),
+        (fks, (fk_took.end - fk_took.start).as_secs_f64()),
+    ))
+}
+
 /// Run the `parts` of a split check on `conns`, one thread per connection, each taking the
 /// next part in turn; the verdict of the whole check.
 fn split(conns: Vec<Connection>, parts: &[Part], path: &Path) -> Result<CheckOutcome> {
     let order = start_order(parts, conns.len());
+    let lists = run_parts(conns, parts, &order, path)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(outcome(interleave(lists)))
+}
+
+/// Run `parts` in `order` on `conns`, one thread per connection, each taking the next part in
+/// turn: each part's problems (or violations) and when it ran, from the start of the run.
+fn run_parts(
+    conns: Vec<Connection>,
+    parts: &[Part],
+    order: &[usize],
+    path: &Path,
+) -> Vec<(Result<Vec<String>>, std::ops::Range<std::time::Duration>)> {
+    let start = std::time::Instant::now();
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Vec<String>>>>> =
-        Mutex::new((0..parts.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<_>>> = Mutex::new((0..parts.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for conn in conns {
-            let (next, results, order) = (&next, &results, &order);
+            let (next, results) = (&next, &results);
             s.spawn(move || {
                 while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let began = start.elapsed();
                     let problems = match &parts[i] {
                         Part::Whole => pragma_on(&conn, path, "quick_check", None),
                         Part::Table(t) => pragma_on(&conn, path, "integrity_check", Some(t)),
+                        Part::ForeignKeys => super::foreign_key_check_on(&conn, path),
                     };
-                    results.lock().expect("no checker panics holding the lock")[i] = Some(problems);
+                    let ran = began..start.elapsed();
+                    results.lock().expect("no checker panics holding the lock")[i] =
+                        Some((problems, ran));
                 }
             });
         }
     });
-    let mut lists = Vec::new();
-    for r in results.into_inner().expect("checkers finished") {
-        lists.push(r.expect("every part ran")?);
-    }
-    Ok(outcome(interleave(lists)))
+    results
+        .into_inner()
+        .expect("checkers finished")
+        .into_iter()
+        .map(|r| r.expect("every part ran"))
+        .collect()
 }
 
 /// The order the `parts` (the whole-file pass first, then the tables, biggest first) start in
@@ -284,6 +338,7 @@ mod tests {
                 .map(|p| match p {
                     Part::Whole => "(whole file)".to_string(),
                     Part::Table(t) => t,
+                    Part::ForeignKeys => "(foreign keys)".to_string(),
                 })
                 .collect()
         };
@@ -304,6 +359,29 @@ mod tests {
         ] {
             assert_eq!(plan(&db(sql)), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn foreign_keys_run_as_the_last_part_of_the_split_with_both_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fk.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE parent(id INTEGER PRIMARY KEY);
+             CREATE TABLE child(id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent(id));
+             CREATE INDEX child_p ON child(p);
+             INSERT INTO parent VALUES (1);
+             INSERT INTO child VALUES (1, 1), (2, 7);",
+        )
+        .unwrap();
+        drop(c);
+        let ((integrity, t_int), (fks, t_fk)) = integrity_with_foreign_keys(&path, 2).unwrap();
+        assert_eq!(integrity.unwrap(), Ok(()));
+        assert_eq!(fks.unwrap(), ["child row 2 -> parent"]);
+        assert!(t_int >= 0.0 && t_fk >= 0.0);
+        // One core: no split, so the caller runs both in turn.
+        assert!(integrity_with_foreign_keys(&path, 1).is_none());
     }
 
     #[test]
