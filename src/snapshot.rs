@@ -241,10 +241,11 @@ fn check_with(conn: &Connection, path: &Path, check: CheckKind) -> Result<CheckO
 pub type DrillChecks = ((Result<CheckOutcome>, f64), (Result<Vec<String>>, f64));
 
 /// `PRAGMA integrity_check` and `PRAGMA foreign_key_check` of the database at `path` (a
-/// drill's), each with how long it took. Where `integrity_check` is split over the cores,
-/// `foreign_key_check` is one more part of the split: it starts on the first connection that
-/// has no part of the integrity check left, so it fills the core that the longest table's check
-/// would leave idle, and the integrity check's own time is what a restore's would be.
+/// drill's), each with how long it took. Where `integrity_check` is split over the cores, so is
+/// `foreign_key_check`, one `foreign_key_check(T)` per table that has foreign keys, after every
+/// part of the integrity check: a connection with no integrity part left takes them, so they
+/// fill the core that the longest table's check would leave idle, and the integrity check's
+/// own time stays what a restore's would be.
 pub fn integrity_and_foreign_key_check(path: &Path) -> DrillChecks {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if let Some(both) = check::integrity_with_foreign_keys(path, threads) {
@@ -260,13 +261,21 @@ pub fn integrity_and_foreign_key_check(path: &Path) -> DrillChecks {
 
 /// `PRAGMA foreign_key_check`: the first violations, as `table rowid -> parent` lines.
 pub fn foreign_key_check(path: &Path) -> Result<Vec<String>> {
-    foreign_key_check_on(&open_read_only(path)?, path)
+    foreign_key_check_on(&open_read_only(path)?, path, None)
 }
 
-/// [`foreign_key_check`] on an open connection.
-fn foreign_key_check_on(conn: &Connection, path: &Path) -> Result<Vec<String>> {
+/// [`foreign_key_check`] on an open connection, of one table's foreign keys or of all.
+fn foreign_key_check_on(
+    conn: &Connection,
+    path: &Path,
+    table: Option<&str>,
+) -> Result<Vec<String>> {
+    let sql = match table {
+        Some(t) => format!("PRAGMA foreign_key_check(\"{}\")", t.replace('"', "\"\"")),
+        None => "PRAGMA foreign_key_check".to_string(),
+    };
     let mut stmt = conn
-        .prepare("PRAGMA foreign_key_check")
+        .prepare(&sql)
         .map_err(|e| sqlite_error("check foreign keys of", path, e))?;
     let rows = stmt
         .query_map([], |r| {

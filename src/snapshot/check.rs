@@ -22,9 +22,11 @@
 //! as a number (an error limit). Otherwise, and when the schema cannot even be read, the whole
 //! check runs as one pragma.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -38,8 +40,8 @@ enum Part {
     Whole,
     /// `PRAGMA integrity_check(table)`.
     Table(String),
-    /// `PRAGMA foreign_key_check` (a drill's), after every part of the integrity check.
-    ForeignKeys,
+    /// `PRAGMA foreign_key_check(table)` (a drill's), after every part of the integrity check.
+    ForeignKeys(String),
 }
 
 /// `PRAGMA integrity_check` of the database at `path`, on up to `threads` connections.
@@ -78,15 +80,19 @@ pub(super) fn on_connections(
     }
 }
 
-/// `PRAGMA integrity_check` as in [`integrity`] and `PRAGMA foreign_key_check` as the last
-/// part of the same split, each with its seconds (the integrity check's: until its last part
-/// ended). `None` where the integrity check would not be split: the caller runs both in turn.
+/// `PRAGMA integrity_check` as in [`integrity`], then `PRAGMA foreign_key_check(T)` of each
+/// table with foreign keys (biggest first) as the last parts of the same split, each check with
+/// its seconds (from its first part's start to its last part's end). `None` where the
+/// integrity check would not be split: the caller runs both whole, in turn.
 pub(super) fn integrity_with_foreign_keys(
     path: &Path,
     threads: usize,
 ) -> Option<super::DrillChecks> {
-    let mut parts = match open_read_only(path).map(|conn| plan(&conn)) {
-        Ok(Some(parts)) if threads >= 2 => parts,
+    let (mut parts, children) = match open_read_only(path).map(|conn| (plan(&conn), conn)) {
+        Ok((Some(parts), conn)) if threads >= 2 => {
+            let children = with_foreign_keys(&conn, &parts)?;
+            (parts, children)
+        }
         _ => return None,
     };
     let conns = match (0..threads.min(parts.len()))
@@ -96,18 +102,43 @@ pub(super) fn integrity_with_foreign_keys(
         Ok(conns) => conns,
         Err(_) => return None,
     };
-    parts.push(Part::ForeignKeys);
-    let mut order = start_order(&parts[..parts.len() - 1], conns.len());
-    order.push(parts.len() - 1);
+    let checks = parts.len();
+    let mut order = start_order(&parts, conns.len());
+    order.extend(checks..checks + children.len());
+    parts.extend(children.into_iter().map(Part::ForeignKeys));
     let mut ran = run_parts(conns, &parts, &order, path);
-    let (fks, fk_took) = ran.pop().expect("the foreign key part ran");
-    let integrity_took = ran.iter().map(|(_, t)| t.end).max().unwrap_or_default();
-    let lists: Result<Vec<Vec<String>>> = ran.into_iter().map(|(r, _)| r).collect();
-    let integrity = lists.map(|l| outcome(interleave(l)));
-    Some((
-        (integrity, integrity_took.as_secs_f64()),
-        (fks, (fk_took.end - fk_took.start).as_secs_f64()),
-    ))
+    let fk_ran = ran.split_off(checks);
+    let seconds = |ran: &[(Result<Vec<String>>, Range<Duration>)]| {
+        let start = ran.iter().map(|(_, t)| t.start).min().unwrap_or_default();
+        let end = ran.iter().map(|(_, t)| t.end).max().unwrap_or_default();
+        end.saturating_sub(start).as_secs_f64()
+    };
+    let (t_int, t_fk) = (seconds(&ran), seconds(&fk_ran));
+    let verdict = |ran: Vec<(Result<Vec<String>>, Range<Duration>)>| {
+        ran.into_iter()
+            .map(|(r, _)| r)
+            .collect::<Result<Vec<_>>>()
+            .map(interleave)
+    };
+    let integrity = verdict(ran).map(outcome);
+    Some(((integrity, t_int), (verdict(fk_ran), t_fk)))
+}
+
+/// The tables among `parts` that have foreign keys, in the same order (biggest first); `None`
+/// when the schema cannot say.
+fn with_foreign_keys(conn: &Connection, parts: &[Part]) -> Option<Vec<String>> {
+    let mut stmt = conn
+        .prepare("SELECT count(*) FROM pragma_foreign_key_list(?1)")
+        .ok()?;
+    let mut out = Vec::new();
+    for part in parts {
+        if let Part::Table(t) = part {
+            if stmt.query_row([t], |r| r.get::<_, i64>(0)).ok()? > 0 {
+                out.push(t.clone());
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Run the `parts` of a split check on `conns`, one thread per connection, each taking the
@@ -128,8 +159,8 @@ fn run_parts(
     parts: &[Part],
     order: &[usize],
     path: &Path,
-) -> Vec<(Result<Vec<String>>, std::ops::Range<std::time::Duration>)> {
-    let start = std::time::Instant::now();
+) -> Vec<(Result<Vec<String>>, Range<Duration>)> {
+    let start = Instant::now();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<_>>> = Mutex::new((0..parts.len()).map(|_| None).collect());
     std::thread::scope(|s| {
@@ -141,7 +172,7 @@ fn run_parts(
                     let problems = match &parts[i] {
                         Part::Whole => pragma_on(&conn, path, "quick_check", None),
                         Part::Table(t) => pragma_on(&conn, path, "integrity_check", Some(t)),
-                        Part::ForeignKeys => super::foreign_key_check_on(&conn, path),
+                        Part::ForeignKeys(t) => super::foreign_key_check_on(&conn, path, Some(t)),
                     };
                     let ran = began..start.elapsed();
                     results.lock().expect("no checker panics holding the lock")[i] =
@@ -338,7 +369,7 @@ mod tests {
                 .map(|p| match p {
                     Part::Whole => "(whole file)".to_string(),
                     Part::Table(t) => t,
-                    Part::ForeignKeys => "(foreign keys)".to_string(),
+                    Part::ForeignKeys(t) => format!("(foreign keys of {t})"),
                 })
                 .collect()
         };
@@ -362,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn foreign_keys_run_as_the_last_part_of_the_split_with_both_verdicts() {
+    fn foreign_keys_run_per_table_as_the_last_parts_of_the_split_with_both_verdicts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fk.db");
         let c = Connection::open(&path).unwrap();
@@ -371,14 +402,20 @@ mod tests {
              CREATE TABLE parent(id INTEGER PRIMARY KEY);
              CREATE TABLE child(id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent(id));
              CREATE INDEX child_p ON child(p);
+             CREATE TABLE other(id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent(id));
              INSERT INTO parent VALUES (1);
-             INSERT INTO child VALUES (1, 1), (2, 7);",
+             INSERT INTO child VALUES (1, 1), (2, 7);
+             INSERT INTO other VALUES (5, 1), (6, 1), (9, 8);",
         )
         .unwrap();
         drop(c);
         let ((integrity, t_int), (fks, t_fk)) = integrity_with_foreign_keys(&path, 2).unwrap();
         assert_eq!(integrity.unwrap(), Ok(()));
-        assert_eq!(fks.unwrap(), ["child row 2 -> parent"]);
+        // One part per table with foreign keys (the biggest first), every violation found.
+        assert_eq!(
+            fks.unwrap(),
+            ["other row 9 -> parent", "child row 2 -> parent"]
+        );
         assert!(t_int >= 0.0 && t_fk >= 0.0);
         // One core: no split, so the caller runs both in turn.
         assert!(integrity_with_foreign_keys(&path, 1).is_none());
