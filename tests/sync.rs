@@ -2,7 +2,8 @@
 //! filled (then restored from), a damaged copy repaired from the other store, `--dry-run`
 //! writes nothing, a chain of incrementals copied base first, no good copy anywhere (exit 1),
 //! a store that cannot be written (exit 2), a SIGKILL sweep (no partial copy is ever a
-//! snapshot), no secret in any output.
+//! snapshot), SIGINT mid-upload (said, exit 2, finished by the next sync), no secret in any
+//! output.
 //!
 //! Each world has two stores, `near` (`store/`) and `far` (`far/` or S3), and a config for
 //! each store alone, so `list` and `restore` look at one store through the CLI.
@@ -709,4 +710,55 @@ fn sigkill_during_a_sync_to_s3_never_shows_a_partial_copy() {
     );
     assert_eq!(w.restored(&w.far, &id, "far.db"), util::dump(&w.env.db));
     eprintln!("sync to S3 kill sweep: {trials} trials, {killed} killed mid-run, whole sync {whole:?}, 0 partial copies listed");
+}
+
+/// SIGINT to a sync whose upload to the far store is held: exit 2 within 10 s with its line,
+/// no partial copy listed, and the next sync finishes the copy.
+#[test]
+fn sigint_during_a_sync_says_so_and_the_next_sync_finishes() {
+    use crate::fault_proxy::{Fault, FaultProxy, Requests};
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::process::Stdio;
+    use std::time::Duration;
+    let server = S3Server::start();
+    let proxy = FaultProxy::start(&server.target.endpoint);
+    let target = S3Target {
+        endpoint: proxy.endpoint.clone(),
+        ..server.target.clone()
+    };
+    let w = TwoStores::s3(&target);
+    let id = w.backup_near(&[]);
+    proxy.inject(Requests::PutObject, Fault::Stall, usize::MAX);
+    let child = w
+        .command(&w.env.config)
+        .arg("sync")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.counts().1 == 0 {
+        assert!(Instant::now() < deadline, "the upload never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    proxy.heal();
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "sync did not stop at once"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("sync of market interrupted by SIGINT")
+            && stderr.contains("every copy it made is whole"),
+        "{stderr}"
+    );
+    assert!(w.ids(&w.far).is_empty(), "a partial copy is listed");
+    w.run(&["sync"]).ok();
+    assert_eq!(w.ids(&w.far), std::slice::from_ref(&id));
+    assert_eq!(w.restored(&w.far, &id, "far.db"), util::dump(&w.env.db));
 }
