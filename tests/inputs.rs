@@ -473,48 +473,37 @@ fn sigint_or_sigterm_during_a_restore_removes_its_staging_file_and_leaves_the_ta
 
 #[test]
 fn sigint_or_sigterm_during_a_backup_says_so_and_publishes_nothing() {
-    use nix::sys::signal::{kill, Signal};
+    use nix::sys::signal::Signal;
     let env = TestEnv::new();
     // The backup waits for this writer's lock: surely in flight when the signal comes.
     let writer = rusqlite::Connection::open(&env.db).unwrap();
     writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let lock_file = env.path("staging").join("guardian-market.lock");
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        let mut child = env
-            .command()
-            .arg("backup")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The job lock names the process once its job runs (after the signal handlers).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(&lock_file)
-            .is_ok_and(|t| t.starts_with(&format!("{} backup", child.id())))
-        {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the backup ended before it could be interrupted"
-            );
-            assert!(Instant::now() < deadline, "the backup never took its lock");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let sent = Instant::now();
-        kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
-        let out = child.wait_with_output().unwrap();
+        // The job lock names the process once its job runs (after the signal handlers); the
+        // backup then waits for the writer.
+        let (r, took) =
+            util::interrupt_in_flight(env.command().arg("backup"), sig, "the backup", |pid| {
+                let locked = std::fs::read_to_string(&lock_file)
+                    .is_ok_and(|t| t.starts_with(&format!("{pid} backup")));
+                if locked {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                locked
+            });
         assert!(
-            sent.elapsed() < Duration::from_secs(10),
+            took < Duration::from_secs(10),
             "{sig}: the backup did not stop at once"
         );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{sig}: {stderr}");
+        assert_eq!(r.code, 2, "{sig}: {}", r.stderr);
         assert!(
-            stderr.contains(&format!("backup of market interrupted by {sig}"))
-                && stderr.contains("no snapshot was published"),
-            "{sig}: {stderr}"
+            r.stderr
+                .contains(&format!("backup of market interrupted by {sig}"))
+                && r.stderr.contains("no snapshot was published"),
+            "{sig}: {}",
+            r.stderr
         );
-        assert!(out.stdout.is_empty(), "{sig}: an id was printed");
+        assert!(r.stdout.is_empty(), "{sig}: an id was printed");
         assert!(env.list().is_empty(), "{sig}: a snapshot was published");
     }
     // The next backup runs and leaves nothing of the interrupted ones.

@@ -483,9 +483,6 @@ fn download_faults_are_ridden_out(upstream: &S3Target) {
 /// once with exit 2 and its one line on what the interruption left, and the store is whole.
 #[test]
 fn a_signal_stops_a_drill_a_verify_and_a_prune_each_with_its_line() {
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    use std::process::Stdio;
     let server = S3Server::start();
     let (proxy, target, env) = proxied(&server.target, "signal-jobs");
     backup(&env, &target);
@@ -509,33 +506,23 @@ fn a_signal_stops_a_drill_a_verify_and_a_prune_each_with_its_line() {
         proxy.inject(to, Fault::Stall, usize::MAX);
         let mut cmd = env.command();
         target.credentials_env(&mut cmd);
-        let child = cmd
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
         // The job is in flight once its request is held by the proxy.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while proxy.counts().1 == injected {
-            assert!(Instant::now() < deadline, "{job}: its request never came");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let sent = Instant::now();
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let (r, took) = util::interrupt_in_flight(cmd.args(args), Signal::SIGINT, job, |_| {
+            proxy.counts().1 > injected
+        });
         proxy.heal();
         assert!(
-            sent.elapsed() < Duration::from_secs(10),
+            took < Duration::from_secs(10),
             "{job}: it did not stop at once"
         );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{job}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{job}: {stderr}");
+        assert_eq!(r.code, 2, "{job}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{job}: {}", r.stderr);
         assert!(
-            stderr.contains(&format!("{job} of market interrupted by SIGINT"))
-                && stderr.contains(left),
-            "{job}: {stderr}"
+            r.stderr
+                .contains(&format!("{job} of market interrupted by SIGINT"))
+                && r.stderr.contains(left),
+            "{job}: {}",
+            r.stderr
         );
     }
     // Nothing was left half-done: both snapshots are whole, and the next drill passes.

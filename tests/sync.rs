@@ -717,9 +717,6 @@ fn sigkill_during_a_sync_to_s3_never_shows_a_partial_copy() {
 #[test]
 fn sigint_during_a_sync_says_so_and_the_next_sync_finishes() {
     use crate::fault_proxy::{Fault, FaultProxy, Requests};
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    use std::process::Stdio;
     use std::time::Duration;
     let server = S3Server::start();
     let proxy = FaultProxy::start(&server.target.endpoint);
@@ -730,32 +727,20 @@ fn sigint_during_a_sync_says_so_and_the_next_sync_finishes() {
     let w = TwoStores::s3(&target);
     let id = w.backup_near(&[]);
     proxy.inject(Requests::PutObject, Fault::Stall, usize::MAX);
-    let child = w
-        .command(&w.env.config)
-        .arg("sync")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while proxy.counts().1 == 0 {
-        assert!(Instant::now() < deadline, "the upload never came");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let sent = Instant::now();
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let out = child.wait_with_output().unwrap();
-    proxy.heal();
-    assert!(
-        sent.elapsed() < Duration::from_secs(10),
-        "sync did not stop at once"
+    let (r, took) = util::interrupt_in_flight(
+        w.command(&w.env.config).arg("sync"),
+        nix::sys::signal::Signal::SIGINT,
+        "sync",
+        |_| proxy.counts().1 > 0,
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    proxy.heal();
+    assert!(took < Duration::from_secs(10), "sync did not stop at once");
+    assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        stderr.contains("sync of market interrupted by SIGINT")
-            && stderr.contains("every copy it made is whole"),
-        "{stderr}"
+        r.stderr.contains("sync of market interrupted by SIGINT")
+            && r.stderr.contains("every copy it made is whole"),
+        "{}",
+        r.stderr
     );
     assert!(w.ids(&w.far).is_empty(), "a partial copy is listed");
     w.run(&["sync"]).ok();

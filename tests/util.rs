@@ -166,6 +166,42 @@ pub fn run(cmd: &mut Command) -> Run {
     }
 }
 
+/// Start `cmd`, wait until `in_flight(pid)` says its work is under way (at most 60 s; the
+/// process must not end before), send it `sig`, and return what it printed and how long it
+/// took to end after the signal. `what` names the command in the failure messages.
+pub fn interrupt_in_flight(
+    cmd: &mut Command,
+    sig: nix::sys::signal::Signal,
+    what: &str,
+    mut in_flight: impl FnMut(u32) -> bool,
+) -> (Run, std::time::Duration) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("guardian starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !in_flight(child.id()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what} ended before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "{what} never got under way");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (run, sent.elapsed())
+}
+
 /// Open a database and return `SELECT count(*)` of a table.
 pub fn count(db: &Path, table: &str) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
