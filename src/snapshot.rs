@@ -271,7 +271,7 @@ fn foreign_key_check_on(
     table: Option<&str>,
 ) -> Result<Vec<String>> {
     let sql = match table {
-        Some(t) => format!("PRAGMA foreign_key_check(\"{}\")", t.replace('"', "\"\"")),
+        Some(t) => format!("PRAGMA foreign_key_check({})", check::quoted(t)),
         None => "PRAGMA foreign_key_check".to_string(),
     };
     let mut stmt = conn
